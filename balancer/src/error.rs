@@ -1,0 +1,18 @@
+//! Errors that stop the balancer from starting or running (the request
+//! path's errors are [`crate::proxy::ProxyError`], which become responses).
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is invalid; every problem is listed.
+    #[error("invalid config:\n{0}")]
+    Config(#[from] config::ConfigErrors),
+    /// A listener's address could not be bound.
+    #[error("listener {listener:?}: cannot bind {address}: {source}")]
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,26 @@
+//! The balancer: a Layer-7 reverse proxy for real-time game backends.
+//!
+//! Crate map, in the order a request meets it:
+//!
+//! * [`server`]: listening sockets, one task per client connection (HTTP/1.1
+//!   and HTTP/2 on the same port, upgrades on), idle and shutdown handling.
+//! * [`proxy`]: the request path: route, pick, rewrite headers, forward on a
+//!   pooled upstream connection, stream the response back, join WebSocket
+//!   tunnels; every failure becomes a 4xx/5xx response.
+//! * [`runtime`]: the immutable snapshot built from the config (route table,
+//!   pools, `Arc<Backend>` live state) behind one `ArcSwap`.
+//! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
+//! * [`app`]: start-up and shutdown: bind listeners, serve, drain, exit.
+//!
+//! Config parsing and validation live in the `config` crate, shared with
+//! `balancer check`.
+
+pub mod app;
+mod error;
+pub mod logging;
+pub mod proxy;
+pub mod runtime;
+pub mod select;
+pub mod server;
+
+pub use error::Error;

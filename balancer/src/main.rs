@@ -1,0 +1,99 @@
+//! `balancer --config FILE` runs the proxy; `balancer check --config FILE`
+//! validates a config and exits 0, or prints every error and exits 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use balancer::logging::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Load balancer for real-time game backends")]
+struct Cli {
+    /// Path to the TOML config file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format: text for people, json (one object per line) for machines.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config file: exit 0 when valid, else print every error and exit 2.
+    Check,
+}
+
+/// Exit code for an invalid config (and for command-line misuse, as clap does).
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("error: --config FILE is required");
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "error: {} is invalid ({} problem{}):",
+                path.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            for e in errors.iter() {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+        println!(
+            "{}: OK ({} listeners, {} pools, {} backends, {} routes)",
+            path.display(),
+            config.listeners.len(),
+            config.pools.len(),
+            backends,
+            config.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(balancer::app::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The response body the balancer sends: the backend's body streamed through
+//! (counted, never buffered) or a short local one. When it is done, or dropped
+//! because the client went away, it writes the request's access-log line and
+//! releases the backend's open-connection count.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::runtime::OpenGuard;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One access-log line, filled in as the request goes and written once.
+#[derive(Debug)]
+pub struct AccessLog {
+    pub request_id: HeaderValue,
+    pub listener: std::sync::Arc<str>,
+    pub client: std::net::IpAddr,
+    pub method: Method,
+    pub path: String,
+    pub status: StatusCode,
+    pub pool: Option<std::sync::Arc<str>>,
+    pub backend: Option<std::sync::Arc<str>>,
+    pub start: Instant,
+    /// Why the balancer answered itself, when it did.
+    pub error: Option<&'static str>,
+}
+
+impl AccessLog {
+    pub fn emit(&self, bytes: u64, complete: bool) {
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            request_id,
+            listener = &*self.listener,
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            pool = self.pool.as_deref().unwrap_or("-"),
+            backend = self.backend.as_deref().unwrap_or("-"),
+            duration_ms = self.start.elapsed().as_micros() as f64 / 1000.0,
+            bytes,
+            complete,
+            error = self.error.unwrap_or("-"),
+        );
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Inner,
+    bytes: u64,
+    done: bool,
+    log: Option<AccessLog>,
+    /// Held until the body is finished: the request counts as open until then.
+    _guard: Option<OpenGuard>,
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, log: AccessLog, guard: OpenGuard) -> Self {
+        Self {
+            inner: Inner::Upstream(body),
+            bytes: 0,
+            done: false,
+            log: Some(log),
+            _guard: Some(guard),
+        }
+    }
+
+    /// A body made by the balancer itself (errors), logged when sent.
+    pub fn local(text: &'static str, log: Option<AccessLog>) -> Self {
+        Self {
+            inner: Inner::Local(Some(Bytes::from_static(text.as_bytes()))),
+            bytes: 0,
+            done: false,
+            log,
+            _guard: None,
+        }
+    }
+
+    /// An empty body (e.g. for `101 Switching Protocols`), not logged here.
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Local(None),
+            bytes: 0,
+            done: true,
+            log: None,
+            _guard: None,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.map(|r| r.map_err(BoxError::from)),
+            },
+            Inner::Local(b) => b.take().map(|b| Ok(Frame::data(b))),
+        };
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            None => this.done = true,
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let complete = self.done || self.is_end_stream();
+            log.emit(self.bytes, complete);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Why a request failed, where the failure came from, and the response the
+//! client gets for it. Never a panic: every failure becomes one of these.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A request that could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream: no route matches the listener, host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// Downstream: a method the balancer does not proxy.
+    #[error("method not supported")]
+    MethodNotAllowed,
+    /// Internal: the pool has no usable backend.
+    #[error("no backend available in pool {pool}")]
+    NoBackend { pool: String },
+    /// Upstream: the TCP connection was refused or failed.
+    #[error("cannot connect to backend: {0}")]
+    Connect(String),
+    /// Upstream: the TCP connection did not open within `timeouts.connect`.
+    #[error("backend connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// Upstream: no response head within `timeouts.response_header`.
+    #[error("backend did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+    /// Upstream: the connection broke or the backend spoke bad HTTP.
+    #[error("backend failed: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Short plain-text body; details stay in the log, not in front of clients.
+    pub fn body(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "404 not found: no route\n",
+            Self::MethodNotAllowed => "405 method not allowed\n",
+            Self::NoBackend { .. } => "503 service unavailable: no backend available\n",
+            Self::Connect(_) => "502 bad gateway: backend unreachable\n",
+            Self::Upstream(_) => "502 bad gateway: backend failed\n",
+            Self::ConnectTimeout(_) => "504 gateway timeout: backend connect timed out\n",
+            Self::ResponseTimeout(_) => "504 gateway timeout: backend did not answer\n",
+        }
+    }
+
+    /// Short machine-readable cause for logs (and, later, metric labels).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed => "method",
+            Self::NoBackend { .. } => "no_backend",
+            Self::Connect(_) => "connect",
+            Self::ConnectTimeout(_) => "connect_timeout",
+            Self::ResponseTimeout(_) => "response_timeout",
+            Self::Upstream(_) => "upstream",
+        }
+    }
+
+    /// Classifies an error from the upstream client.
+    pub fn from_client(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> Self {
+        let detail = chain(e);
+        if e.is_connect() {
+            if has_io_kind(e, std::io::ErrorKind::TimedOut) {
+                Self::ConnectTimeout(connect_timeout)
+            } else {
+                Self::Connect(detail)
+            }
+        } else {
+            Self::Upstream(detail)
+        }
+    }
+}
+
+fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == kind {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The error and its sources on one line: "client error (Connect): tcp connect error: Connection refused".
+fn chain(e: &hyper_util::client::legacy::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}

@@ -1,0 +1,217 @@
+//! Header rewriting between client and backend: pure functions over a
+//! `HeaderMap`, tested without sockets.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones proxies strip.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` header), as a WebSocket handshake does.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and every
+/// `Proxy-*` header (and `Proxy`, the httpoxy vector). On an upgrade,
+/// `Upgrade` survives and `Connection` becomes exactly `upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    // Headers named by Connection are hop-by-hop too. Collect first: the
+    // names borrow from the map we are about to change.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-") || k.as_str() == "proxy")
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` (earlier hops are kept, folded into
+/// one header), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+    let client = client.to_string();
+    let mut xff = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                xff.push_str(s);
+                xff.push_str(", ");
+            }
+        }
+    }
+    xff.push_str(&client);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(v) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it sent a sane one,
+/// else a new random one, which is also added to the request.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let ok = !v.is_empty()
+            && v.len() <= 128
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// 32 lower-case hex digits of randomness.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy", "http://evil"),
+            ("x-secret", "s"),
+            ("x-kept", "k"),
+            ("host", "example.com"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_on_upgrades() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "abc");
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn appends_forwarded_for() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarded(&mut h, "127.0.0.9".parse().unwrap(), "http", Some("game.example.com"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 10.0.0.1, 127.0.0.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "game.example.com");
+
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+        let mut h = map(&[("x-request-id", "has space")]);
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,295 @@
+//! The request path: one client request in, one response out.
+//!
+//! ```text
+//! request ─▶ load snapshot ─▶ route ─▶ pick backend ─▶ rewrite headers ─▶ pooled upstream
+//!                 │             │ 404        │ 503                             │ 502 / 504
+//!                 │             ▼            ▼                                 ▼
+//!                 │          local error response (short body, access log with the cause)
+//!                 ▼
+//!   response ◀─ strip hop-by-hop ◀─ response head ◀──────────────────────────────┘
+//!      │           (101 ⇒ tunnel task joins the two sockets)
+//!      ▼
+//!   body streams through ProxyBody; access log when it ends
+//! ```
+
+mod body;
+pub mod error;
+pub mod headers;
+mod request_body;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+pub use body::{AccessLog, ProxyBody};
+pub use error::ProxyError;
+pub use request_body::RequestBody;
+
+use crate::runtime::{normalize_host, Backend, Snapshot};
+use crate::select::SelectionContext;
+use crate::server::activity::{now_ms, LastActivity};
+
+/// Shared by every connection of the process.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The live config; swapped whole on reload, loaded once per request.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Tunnels run as tasks of their own; tracked so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    /// Requests being handled on this connection; the idle timer waits for zero.
+    pub in_flight: AtomicUsize,
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Proxy {
+    /// Handles one request; failures become error responses, never panics.
+    pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&conn.in_flight);
+
+        let snap = self.snapshot.load_full();
+        let request_id = headers::ensure_request_id(req.headers_mut());
+        let mut log = AccessLog {
+            request_id: request_id.clone(),
+            listener: Arc::clone(&conn.listener),
+            client: conn.peer.ip(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            status: StatusCode::OK,
+            pool: None,
+            backend: None,
+            start: Instant::now(),
+            error: None,
+        };
+
+        match self.forward(&snap, conn, req, &mut log).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(e, log, request_id),
+        }
+    }
+
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+        log: &mut AccessLog,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // HTTP/2 puts the host in the URI (:authority); HTTP/1.1 in Host.
+        let host_value: Option<HeaderValue> = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let host = host_value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(normalize_host);
+        let pool = snap
+            .routes
+            .find(&conn.listener, host.as_deref(), req.uri().path())
+            .ok_or(ProxyError::NoRoute)?
+            .clone();
+        log.pool = Some(Arc::clone(&pool.name));
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+
+        let ctx = SelectionContext {
+            client_ip: conn.peer.ip(),
+            headers: req.headers(),
+            uri: req.uri(),
+        };
+        let backend: Arc<Backend> = pool
+            .select(&ctx)
+            .ok_or_else(|| ProxyError::NoBackend {
+                pool: pool.name.to_string(),
+            })?
+            .clone();
+        log.backend = Some(Arc::clone(&backend.id));
+
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let from_h2 = parts.version == Version::HTTP_2;
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // The balancer already answered any `Expect: 100-continue` itself.
+        parts.headers.remove(header::EXPECT);
+        let forwarded_host = host_value.as_ref().and_then(|v| v.to_str().ok());
+        headers::add_forwarded(&mut parts.headers, conn.peer.ip(), "http", forwarded_host);
+        if let Some(h) = host_value.clone() {
+            parts.headers.insert(header::HOST, h);
+        }
+        if from_h2 {
+            join_cookies(&mut parts.headers);
+        }
+        parts.uri = upstream_uri(&backend, &parts.uri)?;
+        parts.version = Version::HTTP_11;
+
+        let progress = LastActivity::new();
+        let upstream_req = Request::from_parts(parts, RequestBody::new(body, progress.clone()));
+        let guard = backend.open();
+        let timeouts = snap.timeouts;
+        let mut resp = await_response(
+            backend.client.request(upstream_req),
+            &progress,
+            timeouts.response_header,
+            timeouts.connect,
+        )
+        .await?;
+        log.status = resp.status();
+
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (mut parts, _body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            add_request_id(&mut parts.headers, &log.request_id);
+            self.tasks.spawn(tunnel::run(
+                client_upgrade,
+                upstream_upgrade,
+                guard,
+                timeouts.websocket_idle,
+                log.request_id.to_str().unwrap_or("-").to_string(),
+            ));
+            log.emit(0, true);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        add_request_id(&mut parts.headers, &log.request_id);
+        let log = take_log(log);
+        Ok(Response::from_parts(parts, ProxyBody::upstream(body, log, guard)))
+    }
+}
+
+/// Waits for the response head. The timeout counts from the last upload
+/// progress, so a long upload to a backend that reads it all first is not
+/// cut off while bytes are still moving.
+async fn await_response<F>(
+    fut: F,
+    progress: &LastActivity,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError>
+where
+    F: std::future::Future<
+        Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    >,
+{
+    tokio::pin!(fut);
+    let limit = timeout.as_millis() as u64;
+    loop {
+        let waited = now_ms().saturating_sub(progress.get());
+        let remaining = Duration::from_millis(limit.saturating_sub(waited));
+        match tokio::time::timeout(remaining, &mut fut).await {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => return Err(ProxyError::from_client(&e, connect_timeout)),
+            Err(_) if now_ms().saturating_sub(progress.get()) >= limit => {
+                return Err(ProxyError::ResponseTimeout(timeout))
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// `http://<backend>/<path?query>`: the legacy client connects to the URI's
+/// authority and sends the origin form.
+fn upstream_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(backend.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::Upstream(format!("cannot build upstream URI: {e}")))
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() > 1 {
+        let joined = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+fn add_request_id(headers: &mut http::HeaderMap, id: &HeaderValue) {
+    if !headers.contains_key(&headers::X_REQUEST_ID) {
+        headers.insert(headers::X_REQUEST_ID.clone(), id.clone());
+    }
+}
+
+fn take_log(log: &mut AccessLog) -> AccessLog {
+    AccessLog {
+        request_id: log.request_id.clone(),
+        listener: Arc::clone(&log.listener),
+        client: log.client,
+        method: log.method.clone(),
+        path: std::mem::take(&mut log.path),
+        status: log.status,
+        pool: log.pool.take(),
+        backend: log.backend.take(),
+        start: log.start,
+        error: log.error,
+    }
+}
+
+fn error_response(e: ProxyError, mut log: AccessLog, request_id: HeaderValue) -> Response<ProxyBody> {
+    let status = e.status();
+    log.status = status;
+    log.error = Some(e.cause());
+    match &e {
+        ProxyError::NoRoute | ProxyError::MethodNotAllowed => {
+            tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), error = %e, "request refused")
+        }
+        _ => tracing::warn!(
+            request_id = request_id.to_str().unwrap_or("-"),
+            pool = log.pool.as_deref().unwrap_or("-"),
+            backend = log.backend.as_deref().unwrap_or("-"),
+            error = %e,
+            "request failed"
+        ),
+    }
+    let mut resp = Response::new(ProxyBody::local(e.body(), Some(log)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(headers::X_REQUEST_ID.clone(), request_id);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}

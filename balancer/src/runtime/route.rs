@@ -1,0 +1,171 @@
+//! Route matching: (listener, Host, path) -> pool. A pure function of the
+//! route table, tested without sockets.
+//!
+//! Precedence, like nginx's server names then locations: an exact host beats
+//! a wildcard host (a longer wildcard suffix beats a shorter one), which
+//! beats a route without host; among those, the longest `path_prefix` wins.
+//! A prefix is a plain string prefix of the path (`/api` matches `/api/x`
+//! and `/apix`; write `/api/` to match the folder only).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use config::HostMatch;
+
+use super::Pool;
+
+#[derive(Debug)]
+struct CompiledRoute {
+    host: Option<HostMatch>,
+    prefix: String,
+    pool: Arc<Pool>,
+}
+
+impl CompiledRoute {
+    /// Sort key: most specific first.
+    fn rank(&self) -> (u8, usize, usize) {
+        match &self.host {
+            Some(HostMatch::Exact(_)) => (2, 0, self.prefix.len()),
+            Some(HostMatch::Wildcard(s)) => (1, s.len(), self.prefix.len()),
+            None => (0, 0, self.prefix.len()),
+        }
+    }
+}
+
+/// All routes, grouped by listener name, most specific first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_listener: HashMap<Arc<str>, Vec<CompiledRoute>>,
+}
+
+impl RouteTable {
+    /// Adds a route; call [`RouteTable::finish`] when all are in.
+    pub fn add(&mut self, listener: &str, host: Option<HostMatch>, prefix: &str, pool: Arc<Pool>) {
+        self.by_listener
+            .entry(listener.into())
+            .or_default()
+            .push(CompiledRoute {
+                host,
+                prefix: prefix.to_string(),
+                pool,
+            });
+    }
+
+    /// Orders each listener's routes by precedence (stable, so file order breaks ties).
+    pub fn finish(mut self) -> Self {
+        for routes in self.by_listener.values_mut() {
+            routes.sort_by_key(|r| std::cmp::Reverse(r.rank()));
+        }
+        self
+    }
+
+    /// The pool for a request. `host` must be normalized (see [`normalize_host`]).
+    pub fn find(&self, listener: &str, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+        self.by_listener
+            .get(listener)?
+            .iter()
+            .find(|r| {
+                let host_ok = match (&r.host, host) {
+                    (None, _) => true,
+                    (Some(m), Some(h)) => m.matches(h),
+                    (Some(_), None) => false,
+                };
+                host_ok && path.starts_with(r.prefix.as_str())
+            })
+            .map(|r| &r.pool)
+    }
+}
+
+/// Host header or `:authority` -> lower-case name without port; borrowed when
+/// already lower-case (the common case), so routing allocates nothing.
+pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let name = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: [::1]:8080 -> [::1]
+        match rest.find(']') {
+            Some(end) => &raw[..end + 2],
+            None => raw,
+        }
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::SmoothWeightedRoundRobin;
+
+    fn pool(name: &str) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            name,
+            Vec::new(),
+            Vec::new(),
+            Box::new(SmoothWeightedRoundRobin::new(&[])),
+        ))
+    }
+
+    fn table() -> RouteTable {
+        let mut t = RouteTable::default();
+        t.add("public", None, "/", pool("default"));
+        t.add("public", None, "/api", pool("api"));
+        t.add("public", None, "/api/v2", pool("api2"));
+        t.add(
+            "public",
+            Some(HostMatch::Wildcard(".example.com".into())),
+            "/",
+            pool("wild"),
+        );
+        t.add(
+            "public",
+            Some(HostMatch::Exact("game.example.com".into())),
+            "/",
+            pool("game"),
+        );
+        t.add(
+            "public",
+            Some(HostMatch::Exact("game.example.com".into())),
+            "/admin",
+            pool("game-admin"),
+        );
+        t.add("internal", Some(HostMatch::Exact("x".into())), "/only", pool("internal"));
+        t.finish()
+    }
+
+    fn find<'a>(t: &'a RouteTable, l: &str, h: Option<&str>, p: &str) -> Option<&'a str> {
+        t.find(l, h, p).map(|p| &*p.name)
+    }
+
+    #[test]
+    fn precedence() {
+        let t = table();
+        assert_eq!(find(&t, "public", None, "/"), Some("default"));
+        assert_eq!(find(&t, "public", None, "/api/v1"), Some("api"));
+        assert_eq!(find(&t, "public", None, "/api/v2/x"), Some("api2"));
+        assert_eq!(find(&t, "public", Some("other.org"), "/api"), Some("api"));
+        assert_eq!(find(&t, "public", Some("a.example.com"), "/api"), Some("wild"));
+        assert_eq!(find(&t, "public", Some("game.example.com"), "/x"), Some("game"));
+        assert_eq!(
+            find(&t, "public", Some("game.example.com"), "/admin/1"),
+            Some("game-admin")
+        );
+        assert_eq!(find(&t, "internal", Some("x"), "/"), None);
+        assert_eq!(find(&t, "internal", None, "/only"), None);
+        assert_eq!(find(&t, "nope", None, "/"), None);
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("Game.Example.COM:8080"), "game.example.com");
+        assert_eq!(normalize_host("game.example.com."), "game.example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+        assert!(matches!(normalize_host("a.b:1"), std::borrow::Cow::Borrowed(_)));
+    }
+}

@@ -1,0 +1,124 @@
+//! Config -> runtime snapshot, reusing live backends from the previous one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use config::{Config, Timeouts};
+
+use super::backend::UpstreamSettings;
+use super::{Backend, Pool, RouteTable};
+use crate::select;
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped on every successful (re)build; shown in logs and, later, the admin API.
+    pub generation: u64,
+    pub routes: RouteTable,
+    pub pools: HashMap<Arc<str>, Arc<Pool>>,
+    pub timeouts: Timeouts,
+}
+
+impl Snapshot {
+    /// Builds a snapshot. A backend whose pool, id, address and upstream
+    /// settings are unchanged from `previous` keeps its `Arc<Backend>`, and
+    /// with it its counters and pooled connections.
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
+        let mut live: HashMap<(&str, &str), &Arc<Backend>> = HashMap::new();
+        if let Some(prev) = previous {
+            for pool in prev.pools.values() {
+                for b in &pool.backends {
+                    live.insert((&pool.name, &b.id), b);
+                }
+            }
+        }
+
+        let mut pools = HashMap::new();
+        for p in &config.pools {
+            let settings = UpstreamSettings {
+                connect_timeout: config.timeouts.connect,
+                idle_timeout: config.timeouts.upstream_idle,
+                max_idle: p.max_idle_per_backend,
+            };
+            let backends: Vec<Arc<Backend>> = p
+                .backends
+                .iter()
+                .map(|b| match live.get(&(p.name.as_str(), b.id.as_str())) {
+                    Some(old) if old.address == b.address && old.settings == settings => {
+                        Arc::clone(old)
+                    }
+                    _ => Arc::new(Backend::new(&b.id, b.address, settings)),
+                })
+                .collect();
+            let weights: Vec<u32> = p.backends.iter().map(|b| b.weight).collect();
+            let selection = select::for_policy(p.policy, &weights);
+            let pool = Arc::new(Pool::new(&p.name, backends, weights, selection));
+            pools.insert(Arc::clone(&pool.name), pool);
+        }
+
+        let mut routes = RouteTable::default();
+        for r in &config.routes {
+            // Validation guarantees the pool exists.
+            if let Some(pool) = pools.get(r.pool.as_str()) {
+                routes.add(&r.listener, r.host.clone(), &r.path_prefix, Arc::clone(pool));
+            }
+        }
+
+        Self {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            routes: routes.finish(),
+            pools,
+            timeouts: config.timeouts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(b2_addr: &str, weight: u32) -> Config {
+        config::parse(&format!(
+            r#"
+            [[listener]]
+            name = "l"
+            address = "127.0.0.1:0"
+            [[pool]]
+            name = "p"
+              [[pool.backend]]
+              id = "a"
+              address = "127.0.0.1:9001"
+              [[pool.backend]]
+              id = "b"
+              address = "{b2_addr}"
+              weight = {weight}
+            [[route]]
+            listener = "l"
+            pool = "p"
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unchanged_backends_keep_their_live_state() {
+        let first = Snapshot::build(&config("127.0.0.1:9002", 1), None);
+        let a1 = Arc::clone(&first.pools["p"].backends[0]);
+        let b1 = Arc::clone(&first.pools["p"].backends[1]);
+        let _guard = a1.open();
+
+        // Weight change: same objects, new weights.
+        let second = Snapshot::build(&config("127.0.0.1:9002", 5), Some(&first));
+        assert_eq!(second.generation, 2);
+        assert!(Arc::ptr_eq(&a1, &second.pools["p"].backends[0]));
+        assert!(Arc::ptr_eq(&b1, &second.pools["p"].backends[1]));
+        assert_eq!(second.pools["p"].weights, vec![1, 5]);
+        assert_eq!(second.pools["p"].backends[0].open_connections(), 1);
+
+        // Address change: a new backend object for b only.
+        let third = Snapshot::build(&config("127.0.0.1:9003", 5), Some(&second));
+        assert!(Arc::ptr_eq(&a1, &third.pools["p"].backends[0]));
+        assert!(!Arc::ptr_eq(&b1, &third.pools["p"].backends[1]));
+        assert!(third.routes.find("l", None, "/").is_some());
+    }
+}

@@ -1,0 +1,143 @@
+//! Smooth weighted round robin, as nginx does it, without a lock.
+//!
+//! nginx keeps a "current weight" per backend and, for every pick, adds each
+//! backend's weight to its current weight, picks the largest and subtracts the
+//! total from it. The resulting order is periodic (period = total weight after
+//! dividing by the weights' gcd) and interleaves heavy and light backends
+//! (weights 5,1,1 give a a b a c a a, not a a a a a b c).
+//!
+//! Since the member list and weights are fixed for a snapshot, the whole
+//! period is computed once when the snapshot is built; a pick is then one
+//! atomic increment and an array read, with no lock on the request path.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{BackendSelection, SelectionContext};
+
+#[derive(Debug)]
+pub struct SmoothWeightedRoundRobin {
+    /// One period of nginx's pick order, as member indices.
+    schedule: Box<[u32]>,
+    next: AtomicUsize,
+}
+
+impl SmoothWeightedRoundRobin {
+    /// `weights[i]` is member i's weight; a zero weight is treated as 1.
+    pub fn new(weights: &[u32]) -> Self {
+        Self {
+            schedule: schedule(weights).into_boxed_slice(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// One period of the pick order (for tests and docs).
+    pub fn period(&self) -> &[u32] {
+        &self.schedule
+    }
+}
+
+impl BackendSelection for SmoothWeightedRoundRobin {
+    fn select(
+        &self,
+        _ctx: &SelectionContext<'_>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let len = self.schedule.len();
+        if len == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Walk on from the scheduled member when it is unusable, so the others
+        // keep their relative weights.
+        (0..len)
+            .map(|step| self.schedule[(start.wrapping_add(step)) % len] as usize)
+            .find(|&i| usable(i))
+    }
+}
+
+/// nginx's smooth weighted round robin, run for one full period.
+pub fn schedule(weights: &[u32]) -> Vec<u32> {
+    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w.max(1))).collect();
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().copied().fold(0, gcd);
+    let weights: Vec<i64> = weights.iter().map(|w| w / g).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_pick(rr: &SmoothWeightedRoundRobin, n: usize) -> Vec<usize> {
+        let headers = http::HeaderMap::new();
+        let uri = http::Uri::from_static("/");
+        let ctx = SelectionContext {
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            headers: &headers,
+            uri: &uri,
+        };
+        (0..n).map(|_| rr.select(&ctx, &|_| true).unwrap()).collect()
+    }
+
+    #[test]
+    fn matches_nginx_order() {
+        // The example from nginx's ngx_http_upstream_round_robin.c.
+        assert_eq!(schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(schedule(&[1, 1, 1]), vec![0, 1, 2]);
+        assert_eq!(schedule(&[3, 1]), vec![0, 0, 1, 0]);
+        assert_eq!(schedule(&[4, 4]), vec![0, 1], "gcd reduces the period");
+        assert!(schedule(&[]).is_empty());
+    }
+
+    #[test]
+    fn distribution_follows_weights_exactly_over_whole_periods() {
+        let weights = [7, 3, 1, 256, 2];
+        let rr = SmoothWeightedRoundRobin::new(&weights);
+        let total: u32 = weights.iter().sum();
+        let picks = ctx_pick(&rr, total as usize * 10);
+        for (i, &w) in weights.iter().enumerate() {
+            assert_eq!(picks.iter().filter(|&&p| p == i).count(), w as usize * 10);
+        }
+    }
+
+    #[test]
+    fn skips_unusable_members() {
+        let rr = SmoothWeightedRoundRobin::new(&[1, 1, 1]);
+        let headers = http::HeaderMap::new();
+        let uri = http::Uri::from_static("/");
+        let ctx = SelectionContext {
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            headers: &headers,
+            uri: &uri,
+        };
+        for _ in 0..10 {
+            assert_ne!(rr.select(&ctx, &|i| i != 1), Some(1));
+        }
+        assert_eq!(rr.select(&ctx, &|_| false), None);
+        assert_eq!(SmoothWeightedRoundRobin::new(&[]).select(&ctx, &|_| true), None);
+    }
+}

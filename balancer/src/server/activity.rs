@@ -1,0 +1,129 @@
+//! Idle detection without timers per read: an IO wrapper stamps a shared
+//! coarse clock on every byte moved, and one sleeping task per connection
+//! checks the stamp when its deadline comes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process's first call: cheap, monotonic.
+pub fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Last time (from [`now_ms`]) bytes moved on a connection.
+#[derive(Debug, Clone)]
+pub struct LastActivity(Arc<AtomicU64>);
+
+impl LastActivity {
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(now_ms())))
+    }
+
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for LastActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resolves once nothing moved for `idle` while `busy` reads zero.
+pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let due = last.get().saturating_add(idle_ms);
+        tokio::time::sleep_until((epoch() + Duration::from_millis(due)).into()).await;
+        if busy.load(Ordering::Relaxed) == 0 && now_ms().saturating_sub(last.get()) >= idle_ms {
+            return;
+        }
+        if busy.load(Ordering::Relaxed) > 0 {
+            // A request is in flight: it has its own timeouts. Look again later.
+            last.touch();
+        }
+    }
+}
+
+/// Wraps an IO object and stamps [`LastActivity`] whenever bytes move.
+#[derive(Debug)]
+pub struct Activity<T> {
+    inner: T,
+    last: LastActivity,
+}
+
+impl<T> Activity<T> {
+    pub fn new(inner: T, last: LastActivity) -> Self {
+        Self { inner, last }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

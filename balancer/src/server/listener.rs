@@ -1,0 +1,115 @@
+//! One listening socket: accept, then one task per connection running
+//! hyper-util's `auto` server (HTTP/1.1 or HTTP/2 by preface) with upgrades.
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::activity::{self, Activity, LastActivity};
+use crate::proxy::{ConnInfo, Proxy};
+
+/// Client-side connection settings, from `[timeouts]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    pub request_header: Duration,
+    pub client_idle: Duration,
+}
+
+/// Accepts until `shutdown` fires, then stops accepting (the socket closes)
+/// and asks every open connection to finish its in-flight requests and close.
+pub async fn serve_listener(
+    listener: TcpListener,
+    name: Arc<str>,
+    proxy: Arc<Proxy>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_header)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the
+                    // connections that hold the descriptors will close.
+                    tracing::warn!(listener = &*name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = Arc::new(ConnInfo {
+            listener: Arc::clone(&name),
+            peer,
+            in_flight: AtomicUsize::new(0),
+        });
+        proxy.tasks.spawn(serve_connection(
+            stream,
+            conn,
+            Arc::clone(&proxy),
+            Arc::clone(&builder),
+            settings,
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(listener = &*name, "stopped accepting");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    conn: Arc<ConnInfo>,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let last = LastActivity::new();
+    let io = TokioIo::new(Activity::new(stream, last.clone()));
+    let service_conn = Arc::clone(&conn);
+    let service = service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        let conn = Arc::clone(&service_conn);
+        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+    });
+    let mut http = pin!(builder.serve_connection_with_upgrades(io, service));
+    let mut draining = false;
+    let idle = activity::idle(&last, &conn.in_flight, settings.client_idle);
+    let mut idle = pin!(idle);
+    loop {
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                http.as_mut().graceful_shutdown();
+            }
+            () = idle.as_mut(), if !draining => {
+                tracing::debug!(peer = %conn.peer, "closing idle client connection");
+                draining = true;
+                http.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

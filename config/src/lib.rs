@@ -1,0 +1,51 @@
+//! Config for the balancer: the TOML file, parsed strictly and validated
+//! completely before anything runs on it.
+//!
+//! ```text
+//!   file text ──toml──▶ Table ──serde (per element)──▶ raw::* ──validate──▶ Config
+//!                         │                                │
+//!                         └── syntax error ──┐             └── every problem, with its key path
+//!                                            ▼
+//!                                       ConfigErrors  (nothing runs on a rejected file)
+//! ```
+//!
+//! * [`raw`] mirrors the file one to one (`#[serde(deny_unknown_fields)]`
+//!   everywhere); it only knows shapes and types.
+//! * [`validate`] turns raw structs into the typed [`Config`] and collects
+//!   every error it meets instead of stopping at the first one, so a user
+//!   fixes a file in one pass.
+//! * [`Config`] is what the balancer builds its runtime snapshot from: all
+//!   addresses parsed, all durations resolved, all references checked.
+//!
+//! The same code runs for `balancer check`, at start-up and (later) on every
+//! reload, so the three can never disagree about what is valid.
+
+pub mod duration;
+mod error;
+pub mod raw;
+mod types;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use types::{
+    BackendConfig, Config, HostMatch, ListenerConfig, Policy, PoolConfig, RouteConfig, Timeouts,
+};
+
+use std::path::Path;
+
+/// Parses and validates config text. `Err` holds every problem found.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let raw = raw::parse(text)?;
+    validate::validate(raw)
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        ))
+    })?;
+    parse(&text)
+}

@@ -1,0 +1,145 @@
+//! The file as written: one struct per TOML table, unknown keys refused.
+//!
+//! Values stay strings where the validator gives a better message than serde
+//! would (addresses, durations, policies). Each array element is deserialized
+//! on its own so one bad `[[pool]]` does not hide the errors in the next one.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::{ConfigError, ConfigErrors};
+
+/// The whole file.
+#[derive(Debug, Default)]
+pub struct RawFile {
+    pub listener: Vec<(usize, RawListener)>,
+    pub pool: Vec<(usize, RawPool)>,
+    pub route: Vec<(usize, RawRoute)>,
+    pub timeouts: RawTimeouts,
+    /// Errors met while reading shapes; validation appends to these.
+    pub errors: Vec<ConfigError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: String,
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Most idle keep-alive connections kept open to each backend of the pool.
+    #[serde(default)]
+    pub max_idle_per_backend: Option<i64>,
+    /// Read element by element, see [`RawBackend`].
+    #[serde(default)]
+    pub backend: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub id: String,
+    pub address: String,
+    #[serde(default)]
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub listener: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub request_header: Option<String>,
+    pub response_header: Option<String>,
+    pub client_idle: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub websocket_idle: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+/// Reads the file's shape. Syntax errors end the parse (there is nothing
+/// sound to read past them); shape errors are collected per element.
+pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors::single(ConfigError::new(
+            "",
+            format!("TOML syntax error: {}", e.to_string().trim_end()),
+        ))
+    })?;
+
+    let mut file = RawFile::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "listener" => file.listener = elements(&key, value, &mut file.errors),
+            "pool" => file.pool = elements(&key, value, &mut file.errors),
+            "route" => file.route = elements(&key, value, &mut file.errors),
+            "timeouts" => {
+                if let Some(t) = one(&key, value, &mut file.errors) {
+                    file.timeouts = t;
+                }
+            }
+            _ => file.errors.push(ConfigError::new(
+                key.clone(),
+                "unknown key (expected one of: listener, pool, route, timeouts)",
+            )),
+        }
+    }
+    Ok(file)
+}
+
+/// Deserializes every element of an array of tables, keeping each one's index.
+pub(crate) fn elements<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(usize, T)> {
+    let toml::Value::Array(items) = value else {
+        errors.push(ConfigError::new(
+            path,
+            format!("expected an array of tables ([[{path}]])"),
+        ));
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| one(&format!("{path}[{i}]"), item, errors).map(|t| (i, t)))
+        .collect()
+}
+
+/// Deserializes one value, recording the full key path of the first error in it.
+pub(crate) fn one<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(ConfigError::new(full, e.into_inner().to_string().trim_end()));
+            None
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Raw file -> typed [`Config`], collecting every error with its key path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::raw::{self, RawBackend, RawFile, RawTimeouts};
+use crate::types::{DEFAULT_MAX_IDLE_PER_BACKEND, MAX_WEIGHT};
+use crate::{
+    duration, BackendConfig, Config, ConfigError, ConfigErrors, HostMatch, ListenerConfig, Policy,
+    PoolConfig, RouteConfig, Timeouts,
+};
+
+pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
+    let RawFile {
+        listener,
+        pool,
+        route,
+        timeouts,
+        mut errors,
+    } = file;
+    let e = &mut errors;
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut listener_addrs: HashMap<SocketAddr, String> = HashMap::new();
+    for (i, l) in listener {
+        let path = format!("listener[{i}]");
+        check_name(e, &format!("{path}.name"), &l.name);
+        if !listener_names.insert(l.name.clone()) {
+            e.push(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            ));
+        }
+        if let Some(address) = socket_addr(e, &format!("{path}.address"), &l.address) {
+            // Port 0 asks the OS for a free port, so two of them never clash.
+            if address.port() != 0 {
+                if let Some(other) = listener_addrs.insert(address, l.name.clone()) {
+                    e.push(ConfigError::new(
+                        format!("{path}.address"),
+                        format!("{address} is already used by listener {other:?}"),
+                    ));
+                }
+            }
+            listeners.push(ListenerConfig {
+                name: l.name,
+                address,
+            });
+        }
+    }
+
+    let mut pools = Vec::new();
+    let mut pool_names = HashSet::new();
+    for (i, p) in pool {
+        let path = format!("pool[{i}]");
+        check_name(e, &format!("{path}.name"), &p.name);
+        if !pool_names.insert(p.name.clone()) {
+            e.push(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate pool name {:?}", p.name),
+            ));
+        }
+        let policy = match p.policy.as_deref() {
+            None => Policy::RoundRobin,
+            Some(name) => Policy::from_name(name).unwrap_or_else(|| {
+                e.push(ConfigError::new(
+                    format!("{path}.policy"),
+                    format!(
+                        "unknown policy {name:?} (expected one of: {})",
+                        Policy::NAMES.join(", ")
+                    ),
+                ));
+                Policy::RoundRobin
+            }),
+        };
+        let max_idle_per_backend = match p.max_idle_per_backend {
+            None => DEFAULT_MAX_IDLE_PER_BACKEND,
+            Some(n) if (0..=65_536).contains(&n) => n as usize,
+            Some(n) => {
+                e.push(ConfigError::new(
+                    format!("{path}.max_idle_per_backend"),
+                    format!("{n} is out of range (0 to 65536)"),
+                ));
+                DEFAULT_MAX_IDLE_PER_BACKEND
+            }
+        };
+        let raw_backends: Vec<(usize, RawBackend)> =
+            raw::elements(&format!("{path}.backend"), toml::Value::Array(p.backend), e);
+        let mut backends = Vec::new();
+        let mut ids = HashSet::new();
+        for (j, b) in raw_backends {
+            let bpath = format!("{path}.backend[{j}]");
+            check_name(e, &format!("{bpath}.id"), &b.id);
+            if !ids.insert(b.id.clone()) {
+                e.push(ConfigError::new(
+                    format!("{bpath}.id"),
+                    format!("duplicate backend id {:?} in pool {:?}", b.id, p.name),
+                ));
+            }
+            let weight = match b.weight {
+                None => 1,
+                Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+                Some(w) => {
+                    e.push(ConfigError::new(
+                        format!("{bpath}.weight"),
+                        format!("{w} is out of range (1 to {MAX_WEIGHT})"),
+                    ));
+                    1
+                }
+            };
+            let address = socket_addr(e, &format!("{bpath}.address"), &b.address);
+            if let Some(address) = address {
+                if address.port() == 0 {
+                    e.push(ConfigError::new(
+                        format!("{bpath}.address"),
+                        "a backend needs a real port, not 0",
+                    ));
+                }
+                backends.push(BackendConfig {
+                    id: b.id,
+                    address,
+                    weight,
+                });
+            }
+        }
+        pools.push(PoolConfig {
+            name: p.name,
+            policy,
+            max_idle_per_backend,
+            backends,
+        });
+    }
+
+    let mut routes = Vec::new();
+    let mut seen_routes = HashSet::new();
+    for (i, r) in route {
+        let path = format!("route[{i}]");
+        if !listener_names.contains(&r.listener) {
+            e.push(ConfigError::new(
+                format!("{path}.listener"),
+                format!("no listener named {:?}", r.listener),
+            ));
+        }
+        if !pool_names.contains(&r.pool) {
+            e.push(ConfigError::new(
+                format!("{path}.pool"),
+                format!("no pool named {:?}", r.pool),
+            ));
+        }
+        let host = r
+            .host
+            .as_deref()
+            .and_then(|h| host_match(e, &format!("{path}.host"), h));
+        let path_prefix = r.path_prefix.unwrap_or_else(|| "/".to_string());
+        if !path_prefix.starts_with('/') {
+            e.push(ConfigError::new(
+                format!("{path}.path_prefix"),
+                format!("{path_prefix:?} must start with '/'"),
+            ));
+        }
+        if !seen_routes.insert((r.listener.clone(), host.clone(), path_prefix.clone())) {
+            e.push(ConfigError::new(
+                path.clone(),
+                "duplicate route: an earlier route has the same listener, host and path_prefix",
+            ));
+        }
+        routes.push(RouteConfig {
+            listener: r.listener,
+            host,
+            path_prefix,
+            pool: r.pool,
+        });
+    }
+
+    let timeouts = timeouts_from(e, timeouts);
+
+    if errors.is_empty() {
+        Ok(Config {
+            listeners,
+            pools,
+            routes,
+            timeouts,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
+    let d = Timeouts::default();
+    let mut get = |key: &str, value: Option<String>, default: Duration| match value {
+        None => default,
+        Some(v) => positive_duration(e, &format!("timeouts.{key}"), &v).unwrap_or(default),
+    };
+    let connect = get("connect", raw.connect, d.connect);
+    let request_header = get("request_header", raw.request_header, d.request_header);
+    let response_header = get("response_header", raw.response_header, d.response_header);
+    let client_idle = get("client_idle", raw.client_idle, d.client_idle);
+    let upstream_idle = get("upstream_idle", raw.upstream_idle, d.upstream_idle);
+    let shutdown_grace = get("shutdown_grace", raw.shutdown_grace, d.shutdown_grace);
+    let websocket_idle = match raw.websocket_idle.as_deref() {
+        None | Some("none") => None,
+        Some(v) => positive_duration(e, "timeouts.websocket_idle", v),
+    };
+    Timeouts {
+        connect,
+        request_header,
+        response_header,
+        client_idle,
+        upstream_idle,
+        websocket_idle,
+        shutdown_grace,
+    }
+}
+
+fn positive_duration(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<Duration> {
+    match duration::parse(text) {
+        Ok(d) if d.is_zero() => {
+            e.push(ConfigError::new(path, "must be longer than zero"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(msg) => {
+            e.push(ConfigError::new(path, msg));
+            None
+        }
+    }
+}
+
+fn socket_addr(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            e.push(ConfigError::new(
+                path,
+                format!(
+                    "invalid address {text:?} (expected IP:PORT, e.g. 127.0.0.1:9001 or [::1]:9001)"
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// Names and ids appear in logs, metrics labels and admin URLs: keep them plain.
+fn check_name(e: &mut Vec<ConfigError>, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        e.push(ConfigError::new(
+            path,
+            format!("invalid name {name:?} (1 to 64 of A-Z a-z 0-9 - _ .)"),
+        ));
+    }
+}
+
+fn host_match(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<HostMatch> {
+    let lower = text.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !labels_ok {
+        e.push(ConfigError::new(
+            path,
+            format!(
+                "invalid host {text:?} (expected a host name like game.example.com or *.example.com, without port)"
+            ),
+        ));
+        return None;
+    }
+    Some(if wildcard {
+        HostMatch::Wildcard(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("config should be rejected:\n{text}"),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+        [[listener]]
+        name = "public"
+        address = "127.0.0.1:8080"
+
+        [[pool]]
+        name = "game"
+        policy = "round_robin"
+          [[pool.backend]]
+          id = "game-1"
+          address = "127.0.0.1:9001"
+          weight = 3
+          [[pool.backend]]
+          id = "game-2"
+          address = "[::1]:9002"
+
+        [[route]]
+        listener = "public"
+        host = "*.Example.com"
+        path_prefix = "/api"
+        pool = "game"
+
+        [timeouts]
+        connect = "250ms"
+        websocket_idle = "5m"
+    "#;
+
+    #[test]
+    fn accepts_a_good_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listeners[0].address.port(), 8080);
+        assert_eq!(c.pools[0].backends[0].weight, 3);
+        assert_eq!(c.pools[0].backends[1].weight, 1);
+        assert_eq!(
+            c.routes[0].host,
+            Some(crate::HostMatch::Wildcard(".example.com".into()))
+        );
+        assert_eq!(c.timeouts.connect.as_millis(), 250);
+        assert_eq!(c.timeouts.websocket_idle.unwrap().as_secs(), 300);
+        assert_eq!(c.timeouts.request_header.as_secs(), 10);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let errs = errors(
+            r#"
+            colour = "blue"
+            [[listener]]
+            name = "public"
+            address = "localhost"
+            [[pool]]
+            name = "game"
+            policy = "fastest"
+              [[pool.backend]]
+              id = "a"
+              address = "127.0.0.1:1"
+              weight = 0
+              [[pool.backend]]
+              id = "a"
+              address = "127.0.0.1:2"
+              [[pool.backend]]
+              id = "b"
+              adress = "127.0.0.1:3"
+            [[route]]
+            listener = "private"
+            pool = "lobby"
+            path_prefix = "api"
+            [timeouts]
+            connect = "3 parsecs"
+            "#,
+        );
+        let expect = [
+            "colour: unknown key",
+            "listener[0].address: invalid address \"localhost\"",
+            "pool[0].policy: unknown policy \"fastest\"",
+            "pool[0].backend[2].adress: unknown field `adress`",
+            "pool[0].backend[0].weight: 0 is out of range",
+            "pool[0].backend[1].id: duplicate backend id \"a\"",
+            "route[0].listener: no listener named \"private\"",
+            "route[0].pool: no pool named \"lobby\"",
+            "route[0].path_prefix: \"api\" must start with '/'",
+            "timeouts.connect: invalid duration \"3 parsecs\"",
+        ];
+        for want in expect {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let errs = errors("[[listener]\nname = 1");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("TOML syntax error"), "{errs:?}");
+        assert!(errs[0].contains("line 1"), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_required_key() {
+        let errs = errors("[[listener]]\nname = \"x\"\n");
+        assert_eq!(errs, vec!["listener[0]: missing field `address`".to_string()]);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let errs = errors("[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nweight = \"heavy\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("pool[0].backend[0].weight: invalid type"), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicates_and_bad_hosts() {
+        let errs = errors(
+            r#"
+            [[listener]]
+            name = "a"
+            address = "127.0.0.1:8080"
+            [[listener]]
+            name = "a"
+            address = "127.0.0.1:8080"
+            [[pool]]
+            name = "p"
+            [[pool]]
+            name = "p"
+            [[route]]
+            listener = "a"
+            pool = "p"
+            host = "exa mple.com:80"
+            [[route]]
+            listener = "a"
+            pool = "p"
+            [[route]]
+            listener = "a"
+            pool = "p"
+            "#,
+        );
+        for want in [
+            "listener[1].name: duplicate listener name",
+            "listener[1].address: 127.0.0.1:8080 is already used",
+            "pool[1].name: duplicate pool name",
+            "route[0].host: invalid host",
+            "route[2]: duplicate route",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn host_matching() {
+        let exact = crate::HostMatch::Exact("a.example.com".into());
+        let wild = crate::HostMatch::Wildcard(".example.com".into());
+        assert!(exact.matches("a.example.com"));
+        assert!(!exact.matches("b.example.com"));
+        assert!(wild.matches("a.example.com"));
+        assert!(wild.matches("x.y.example.com"));
+        assert!(!wild.matches("example.com"));
+        assert!(!wild.matches("badexample.com"));
+    }
+}
