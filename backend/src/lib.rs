@@ -112,6 +112,8 @@ struct SleepQuery {
 
 async fn sleep(Query(q): Query<SleepQuery>) -> String {
     let ms = q.ms.min(600_000);
+    // Tests wait for this line to know the request reached the backend.
+    tracing::info!(ms, "sleep started");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms}ms")
 }
@@ -139,8 +141,9 @@ async fn echo_socket(mut socket: WebSocket) {
                 return;
             }
             Message::Text(_) | Message::Binary(_) => msg,
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return,
+            // Keep reading after a Close: that is when the WebSocket layer
+            // sends the Close reply, and then the stream ends.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
         if socket.send(reply).await.is_err() {
             return;

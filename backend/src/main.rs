@@ -8,7 +8,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Multiplayer game server process (runs behind the balancer)")]
+#[command(
+    version,
+    about = "Multiplayer game server process (runs behind the balancer)"
+)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:9001 (port 0 picks a free port).
     #[arg(long)]

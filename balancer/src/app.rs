@@ -19,10 +19,7 @@ use crate::server::{serve_listener, ConnSettings};
 use crate::Error;
 
 /// Binds every listener, serves until `shutdown` resolves, then drains.
-pub async fn run(
-    config: config::Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+pub async fn run(config: config::Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, None)));
     let proxy = Arc::new(Proxy {
         snapshot,
@@ -36,11 +33,13 @@ pub async fn run(
     // Bind all before serving any, so a bad address fails the start cleanly.
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.address).await.map_err(|source| Error::Bind {
-            listener: l.name.clone(),
-            address: l.address,
-            source,
-        })?;
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| Error::Bind {
+                listener: l.name.clone(),
+                address: l.address,
+                source,
+            })?;
         let address = listener.local_addr().unwrap_or(l.address);
         tracing::info!(listener = %l.name, %address, "listening");
         bound.push((listener, Arc::<str>::from(l.name.as_str())));

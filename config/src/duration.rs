@@ -47,7 +47,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "5", "s", "5 parsecs", "1.2.3s", "-1s", "99999999h", "1e9s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5 parsecs",
+            "1.2.3s",
+            "-1s",
+            "99999999h",
+            "1e9s",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -138,7 +138,10 @@ pub(crate) fn one<T: DeserializeOwned>(
             } else {
                 format!("{path}.{inner}")
             };
-            errors.push(ConfigError::new(full, e.into_inner().to_string().trim_end()));
+            errors.push(ConfigError::new(
+                full,
+                e.into_inner().to_string().trim_end(),
+            ));
             None
         }
     }

@@ -403,14 +403,20 @@ mod tests {
     #[test]
     fn missing_required_key() {
         let errs = errors("[[listener]]\nname = \"x\"\n");
-        assert_eq!(errs, vec!["listener[0]: missing field `address`".to_string()]);
+        assert_eq!(
+            errs,
+            vec!["listener[0]: missing field `address`".to_string()]
+        );
     }
 
     #[test]
     fn wrong_type_names_the_key() {
         let errs = errors("[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nweight = \"heavy\"\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("pool[0].backend[0].weight: invalid type"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("pool[0].backend[0].weight: invalid type"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -446,7 +452,10 @@ mod tests {
             "route[0].host: invalid host",
             "route[2]: duplicate route",
         ] {
-            assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
         }
     }
 

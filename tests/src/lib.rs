@@ -1,1 +1,276 @@
-//! x
+//! Test harness for the end-to-end tests: starts real `balancer` and
+//! `backend` processes on `127.0.0.1:0`, learns their ports from their JSON
+//! logs, and waits on conditions (never on sleeps).
+//!
+//! Every process started here is killed when its handle drops, so a failing
+//! test leaves nothing behind.
+
+// Test code: a failed unwrap is a failed test, with the reason in the panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Path of a binary of this workspace. The first call per test binary runs
+/// `cargo build` for the binaries (a no-op when `cargo test --workspace`
+/// already built them), so `cargo test -p tests` never runs stale ones.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "balancer", "-p", "backend"]);
+        if dir.file_name().is_some_and(|d| d == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
+}
+
+/// Log lines a process wrote, shared with the thread that reads them.
+#[derive(Debug, Default)]
+struct Log {
+    lines: Mutex<Vec<Value>>,
+    changed: Condvar,
+}
+
+/// A child process whose stderr carries JSON log lines.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: Arc<Log>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Log::default());
+        let reader_log = Arc::clone(&log);
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[{label}] {line}");
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                reader_log.lines.lock().unwrap().push(value);
+                reader_log.changed.notify_all();
+            }
+        });
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a log line satisfies `pred` and returns it.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + DEADLINE;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(v) = lines.iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < end,
+                "{}: no log line {what} within {DEADLINE:?}",
+                self.name
+            );
+            lines = self.log.changed.wait_timeout(lines, end - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line whose `message` equals `msg`.
+    pub fn wait_message(&self, msg: &str) -> Value {
+        self.wait_log(msg, |v| v["message"] == msg)
+    }
+
+    /// All log lines so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, ...).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, failing the test after the deadline.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
+            // Polling a child's exit status has no event to wait on here;
+            // the deadline above bounds the loop.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Current resident memory (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `backend` process.
+#[derive(Debug)]
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Backend {
+    pub fn start(id: &str) -> Self {
+        let mut cmd = Command::new(bin("backend"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+            "--log-format",
+            "json",
+        ]);
+        let proc = Proc::spawn(&format!("backend {id}"), cmd);
+        let line = proc.wait_message("listening");
+        let addr = line["address"].as_str().unwrap().parse().unwrap();
+        Self {
+            id: id.to_string(),
+            addr,
+            proc,
+        }
+    }
+}
+
+/// A running `balancer` process and the ports its listeners got.
+#[derive(Debug)]
+pub struct Balancer {
+    pub proc: Proc,
+    pub listeners: HashMap<String, SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    /// Starts a balancer on `config` (listeners should use port 0) and waits
+    /// until every listener is bound.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("balancer.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(bin("balancer"));
+        cmd.arg("--config")
+            .arg(&path)
+            .args(["--log-format", "json"]);
+        let proc = Proc::spawn("balancer", cmd);
+        proc.wait_message("balancer started");
+        let listeners = proc
+            .lines()
+            .iter()
+            .filter(|v| v["message"] == "listening")
+            .map(|v| {
+                (
+                    v["listener"].as_str().unwrap().to_string(),
+                    v["address"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        Self {
+            proc,
+            listeners,
+            _dir: dir,
+        }
+    }
+
+    /// Address of the listener named `public`, which most tests use.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners["public"]
+    }
+
+    /// `http://127.0.0.1:PORT` of the `public` listener, with `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+}
+
+/// A config with one `public` listener and one pool `game` of `backends`
+/// (`(id, address, weight)`) routed at `/`, plus `extra` TOML appended.
+pub fn single_pool_config(backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
+    let mut c = String::from(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n",
+    );
+    for (id, addr, weight) in backends {
+        c.push_str(&format!(
+            "  [[pool.backend]]\n  id = \"{id}\"\n  address = \"{addr}\"\n  weight = {weight}\n"
+        ));
+    }
+    c.push_str("\n[[route]]\nlistener = \"public\"\npath_prefix = \"/\"\npool = \"game\"\n\n");
+    c.push_str(extra);
+    c
+}
+
+/// An address on which nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

@@ -77,7 +77,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Appends the client to `X-Forwarded-For` (earlier hops are kept, folded into
 /// one header), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     let client = client.to_string();
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -108,9 +113,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
 /// else a new random one, which is also added to the request.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let ok = !v.is_empty()
-            && v.len() <= 128
-            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        let ok =
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
         if ok {
             return v.clone();
         }
@@ -192,8 +196,16 @@ mod tests {
             ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, "127.0.0.9".parse().unwrap(), "http", Some("game.example.com"));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 10.0.0.1, 127.0.0.9");
+        add_forwarded(
+            &mut h,
+            "127.0.0.9".parse().unwrap(),
+            "http",
+            Some("game.example.com"),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 10.0.0.1, 127.0.0.9"
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "game.example.com");

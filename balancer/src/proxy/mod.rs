@@ -129,7 +129,8 @@ impl Proxy {
             .clone();
         log.backend = Some(Arc::clone(&backend.id));
 
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let upgrade =
+            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -161,7 +162,8 @@ impl Proxy {
         .await?;
         log.status = resp.status();
 
-        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, resp.status())
         {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (mut parts, _body) = resp.into_parts();
@@ -182,7 +184,10 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers, false);
         add_request_id(&mut parts.headers, &log.request_id);
         let log = take_log(log);
-        Ok(Response::from_parts(parts, ProxyBody::upstream(body, log, guard)))
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, log, guard),
+        ))
     }
 }
 
@@ -196,9 +201,7 @@ async fn await_response<F>(
     connect_timeout: Duration,
 ) -> Result<Response<Incoming>, ProxyError>
 where
-    F: std::future::Future<
-        Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-    >,
+    F: std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
 {
     tokio::pin!(fut);
     let limit = timeout.as_millis() as u64;
@@ -267,7 +270,11 @@ fn take_log(log: &mut AccessLog) -> AccessLog {
     }
 }
 
-fn error_response(e: ProxyError, mut log: AccessLog, request_id: HeaderValue) -> Response<ProxyBody> {
+fn error_response(
+    e: ProxyError,
+    mut log: AccessLog,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
     let status = e.status();
     log.status = status;
     log.error = Some(e.cause());
@@ -286,7 +293,10 @@ fn error_response(e: ProxyError, mut log: AccessLog, request_id: HeaderValue) ->
     let mut resp = Response::new(ProxyBody::local(e.body(), Some(log)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(headers::X_REQUEST_ID.clone(), request_id);
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -133,7 +133,12 @@ mod tests {
             "/admin",
             pool("game-admin"),
         );
-        t.add("internal", Some(HostMatch::Exact("x".into())), "/only", pool("internal"));
+        t.add(
+            "internal",
+            Some(HostMatch::Exact("x".into())),
+            "/only",
+            pool("internal"),
+        );
         t.finish()
     }
 
@@ -148,8 +153,14 @@ mod tests {
         assert_eq!(find(&t, "public", None, "/api/v1"), Some("api"));
         assert_eq!(find(&t, "public", None, "/api/v2/x"), Some("api2"));
         assert_eq!(find(&t, "public", Some("other.org"), "/api"), Some("api"));
-        assert_eq!(find(&t, "public", Some("a.example.com"), "/api"), Some("wild"));
-        assert_eq!(find(&t, "public", Some("game.example.com"), "/x"), Some("game"));
+        assert_eq!(
+            find(&t, "public", Some("a.example.com"), "/api"),
+            Some("wild")
+        );
+        assert_eq!(
+            find(&t, "public", Some("game.example.com"), "/x"),
+            Some("game")
+        );
         assert_eq!(
             find(&t, "public", Some("game.example.com"), "/admin/1"),
             Some("game-admin")
@@ -166,6 +177,9 @@ mod tests {
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
         assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
-        assert!(matches!(normalize_host("a.b:1"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_host("a.b:1"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -60,7 +60,12 @@ impl Snapshot {
         for r in &config.routes {
             // Validation guarantees the pool exists.
             if let Some(pool) = pools.get(r.pool.as_str()) {
-                routes.add(&r.listener, r.host.clone(), &r.path_prefix, Arc::clone(pool));
+                routes.add(
+                    &r.listener,
+                    r.host.clone(),
+                    &r.path_prefix,
+                    Arc::clone(pool),
+                );
             }
         }
 

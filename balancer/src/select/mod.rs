@@ -28,8 +28,7 @@ pub struct SelectionContext<'a> {
 pub trait BackendSelection: Send + Sync + Debug {
     /// Index of the chosen member, skipping members for which `usable` is
     /// false; `None` when no member is usable.
-    fn select(&self, ctx: &SelectionContext<'_>, usable: &dyn Fn(usize) -> bool)
-        -> Option<usize>;
+    fn select(&self, ctx: &SelectionContext<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize>;
 }
 
 /// Builds the selection for a pool's policy and member weights.

@@ -37,11 +37,7 @@ impl SmoothWeightedRoundRobin {
 }
 
 impl BackendSelection for SmoothWeightedRoundRobin {
-    fn select(
-        &self,
-        _ctx: &SelectionContext<'_>,
-        usable: &dyn Fn(usize) -> bool,
-    ) -> Option<usize> {
+    fn select(&self, _ctx: &SelectionContext<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -100,7 +96,9 @@ mod tests {
             headers: &headers,
             uri: &uri,
         };
-        (0..n).map(|_| rr.select(&ctx, &|_| true).unwrap()).collect()
+        (0..n)
+            .map(|_| rr.select(&ctx, &|_| true).unwrap())
+            .collect()
     }
 
     #[test]
@@ -138,6 +136,9 @@ mod tests {
             assert_ne!(rr.select(&ctx, &|i| i != 1), Some(1));
         }
         assert_eq!(rr.select(&ctx, &|_| false), None);
-        assert_eq!(SmoothWeightedRoundRobin::new(&[]).select(&ctx, &|_| true), None);
+        assert_eq!(
+            SmoothWeightedRoundRobin::new(&[]).select(&ctx, &|_| true),
+            None
+        );
     }
 }

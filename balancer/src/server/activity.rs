@@ -63,15 +63,39 @@ pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
 }
 
 /// Wraps an IO object and stamps [`LastActivity`] whenever bytes move.
+/// Tunnels also count the bytes read and learn when the peer sent EOF.
 #[derive(Debug)]
 pub struct Activity<T> {
     inner: T,
     last: LastActivity,
+    read: Option<Arc<AtomicU64>>,
+    eof: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<T> Activity<T> {
     pub fn new(inner: T, last: LastActivity) -> Self {
-        Self { inner, last }
+        Self {
+            inner,
+            last,
+            read: None,
+            eof: None,
+        }
+    }
+
+    /// Also counts bytes read into `read` and signals `eof` when the peer
+    /// finishes sending.
+    pub fn counted(
+        inner: T,
+        last: LastActivity,
+        read: Arc<AtomicU64>,
+        eof: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            inner,
+            last,
+            read: Some(read),
+            eof: Some(eof),
+        }
     }
 }
 
@@ -83,8 +107,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.last.touch();
+            if let Some(read) = &self.read {
+                read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        } else if matches!(r, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
+            if let Some(eof) = &self.eof {
+                eof.notify_one();
+            }
         }
         r
     }

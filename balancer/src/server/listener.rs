@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::activity::{self, Activity, LastActivity};
 use crate::proxy::{ConnInfo, Proxy};
 
+/// How long an idle connection asked to close may take before it is dropped.
+const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Client-side connection settings, from `[timeouts]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
@@ -91,6 +94,10 @@ async fn serve_connection(
     });
     let mut http = pin!(builder.serve_connection_with_upgrades(io, service));
     let mut draining = false;
+    // An idle connection asked to close gets this long to do so (an HTTP/2
+    // peer must acknowledge GOAWAY's PING); then it is dropped.
+    let hard_close = tokio::time::sleep(Duration::from_secs(3600));
+    let mut hard_close = pin!(hard_close);
     let idle = activity::idle(&last, &conn.in_flight, settings.client_idle);
     let mut idle = pin!(idle);
     loop {
@@ -109,6 +116,18 @@ async fn serve_connection(
                 tracing::debug!(peer = %conn.peer, "closing idle client connection");
                 draining = true;
                 http.as_mut().graceful_shutdown();
+                hard_close
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
+            }
+            () = hard_close.as_mut(), if draining => {
+                if conn.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
+                    return;
+                }
+                hard_close
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
             }
         }
     }
