@@ -7,8 +7,9 @@
 //! * `GET /readyz`: 200, or 503 once the process is draining after SIGTERM.
 //! * `GET /whoami`: the process's `--id`, as plain text.
 //! * `POST /echo`: streams the request body back as it arrives.
-//! * `GET /headers`: the request head as JSON (method, uri, version, headers), so
-//!   tests can see exactly what the balancer forwarded.
+//! * `GET /headers`: the request head as JSON (method, uri, version, headers,
+//!   and the peer address of the connection it came on), so tests can see
+//!   exactly what the balancer forwarded and whether it reused a connection.
 //! * `GET /sleep?ms=N`: answers after N milliseconds (at most 10 minutes).
 //! * `GET /ws`: WebSocket echo of text and binary messages; a text message
 //!   `close` makes the server close the socket (code 1000), so tests can see a
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -61,7 +62,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let drain_state = state.clone();
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             drain_state.draining.store(true, Ordering::SeqCst);
@@ -86,7 +88,10 @@ async fn echo(req: Request) -> Response {
     Body::from_stream(req.into_body().into_data_stream()).into_response()
 }
 
-async fn headers(req: Request) -> Json<serde_json::Value> {
+async fn headers(
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Json<serde_json::Value> {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -102,6 +107,7 @@ async fn headers(req: Request) -> Json<serde_json::Value> {
         "uri": req.uri().to_string(),
         "version": format!("{:?}", req.version()),
         "headers": headers,
+        "peer": peer.to_string(),
     }))
 }
 

@@ -49,3 +49,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     parse(&text)
 }
+
+#[cfg(test)]
+mod examples {
+    /// Every shipped example must stay valid as the config grows.
+    #[test]
+    fn example_files_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = crate::load(&path) {
+                    panic!("{} is invalid:\n{e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example files in {}", dir.display());
+    }
+}

@@ -346,3 +346,27 @@ async fn idle_http2_connection_is_closed_after_client_idle() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (_b, lb) = one_backend("");
+    // Sequential requests from different client connections share pooled
+    // upstream connections: the backend sees few peer ports, not one per
+    // request. (A connection returns to the pool a moment after its response
+    // ends, so a request may occasionally open a second one.)
+    let mut peers = Vec::new();
+    for _ in 0..20 {
+        let out = raw(
+            lb.addr(),
+            b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )
+        .await;
+        let body = out.split_once("\r\n\r\n").expect("a response").1;
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+        peers.push(seen["peer"].as_str().unwrap().to_string());
+    }
+    peers.sort();
+    peers.dedup();
+    assert!(peers.len() <= 3, "20 requests used {} upstream connections", peers.len());
+}
