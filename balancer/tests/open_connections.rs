@@ -59,8 +59,12 @@ async fn websocket_tunnels_count_until_closed() {
     let (lb, b) = start_balancer(backend_addr).await;
     assert_eq!(b.open_connections(), 0);
 
-    let (mut ws1, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws")).await.unwrap();
-    let (mut ws2, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws")).await.unwrap();
+    let (mut ws1, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws"))
+        .await
+        .unwrap();
+    let (mut ws2, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws"))
+        .await
+        .unwrap();
     ws1.send(Message::text("x")).await.unwrap();
     assert_eq!(ws1.next().await.unwrap().unwrap(), Message::text("x"));
     wait_open(&b, 2).await;

@@ -23,15 +23,36 @@ use serde_json::Value;
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Path of a binary of this workspace. The first call per test binary runs
-/// `cargo build` for the binaries (a no-op when `cargo test --workspace`
-/// already built them), so `cargo test -p tests` never runs stale ones.
+/// Path of a binary of this workspace. When a binary is missing or older
+/// than the sources it is built from (as after `cargo test -p tests` alone),
+/// the first call runs `cargo build` for the binaries, so tests never run
+/// stale ones; after `cargo test --workspace` nothing is rebuilt.
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test-binary>
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     BUILD.call_once(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let sources = ["balancer", "backend", "config"]
+            .iter()
+            .map(|c| newest_mtime(&root.join(c)))
+            .max()
+            .flatten();
+        let stale = ["balancer", "backend"].iter().any(|b| {
+            let built = std::fs::metadata(dir.join(b))
+                .and_then(|m| m.modified())
+                .ok();
+            match (built, sources) {
+                (Some(built), Some(src)) => built < src,
+                _ => true,
+            }
+        });
+        if !stale {
+            return;
+        }
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--quiet", "-p", "balancer", "-p", "backend"]);
         if dir.file_name().is_some_and(|d| d == "release") {
@@ -43,6 +64,21 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} not found", path.display());
     path
+}
+
+/// Newest modification time of any file under `dir` (sources and manifests).
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// Log lines a process wrote, shared with the thread that reads them.

@@ -368,5 +368,9 @@ async fn upstream_connections_are_reused() {
     }
     peers.sort();
     peers.dedup();
-    assert!(peers.len() <= 3, "20 requests used {} upstream connections", peers.len());
+    assert!(
+        peers.len() <= 3,
+        "20 requests used {} upstream connections",
+        peers.len()
+    );
 }
