@@ -459,6 +459,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text, however broken, gets Ok or errors: never a panic.
+        #[test]
+        fn never_panics_on_any_text(text in ".{0,400}") {
+            let _ = parse(&text);
+        }
+
+        /// Structurally plausible files with random values: still no panic,
+        /// and every error names a key path or the file.
+        #[test]
+        fn never_panics_on_plausible_files(
+            name in "[a-z\\-\\. ]{0,8}",
+            address in "[0-9a-z\\.:\\[\\]]{0,24}",
+            weight in proptest::prelude::any::<i64>(),
+            duration in "[0-9\\.a-z ]{0,8}",
+            prefix in "[/a-z]{0,6}",
+        ) {
+            let text = format!(
+                "[[listener]]\nname = {name:?}\naddress = {address:?}\n\
+                 [[pool]]\nname = {name:?}\n[[pool.backend]]\nid = {name:?}\naddress = {address:?}\nweight = {weight}\n\
+                 [[route]]\nlistener = {name:?}\npool = {name:?}\npath_prefix = {prefix:?}\n\
+                 [timeouts]\nconnect = {duration:?}\n"
+            );
+            if let Err(errors) = parse(&text) {
+                for e in errors.iter() {
+                    proptest::prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+
     #[test]
     fn host_matching() {
         let exact = crate::HostMatch::Exact("a.example.com".into());

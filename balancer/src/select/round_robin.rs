@@ -86,19 +86,22 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn ctx_pick(rr: &SmoothWeightedRoundRobin, n: usize) -> Vec<usize> {
+    fn with_ctx<R>(f: impl FnOnce(&SelectionContext<'_>) -> R) -> R {
         let headers = http::HeaderMap::new();
         let uri = http::Uri::from_static("/");
-        let ctx = SelectionContext {
+        f(&SelectionContext {
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             headers: &headers,
             uri: &uri,
-        };
-        (0..n)
-            .map(|_| rr.select(&ctx, &|_| true).unwrap())
-            .collect()
+        })
+    }
+
+    fn picks(rr: &SmoothWeightedRoundRobin, n: usize) -> Vec<usize> {
+        with_ctx(|ctx| (0..n).map(|_| rr.select(ctx, &|_| true).unwrap()).collect())
     }
 
     #[test]
@@ -112,33 +115,68 @@ mod tests {
     }
 
     #[test]
-    fn distribution_follows_weights_exactly_over_whole_periods() {
-        let weights = [7, 3, 1, 256, 2];
-        let rr = SmoothWeightedRoundRobin::new(&weights);
-        let total: u32 = weights.iter().sum();
-        let picks = ctx_pick(&rr, total as usize * 10);
-        for (i, &w) in weights.iter().enumerate() {
-            assert_eq!(picks.iter().filter(|&&p| p == i).count(), w as usize * 10);
-        }
-    }
-
-    #[test]
     fn skips_unusable_members() {
         let rr = SmoothWeightedRoundRobin::new(&[1, 1, 1]);
-        let headers = http::HeaderMap::new();
-        let uri = http::Uri::from_static("/");
-        let ctx = SelectionContext {
-            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            headers: &headers,
-            uri: &uri,
-        };
-        for _ in 0..10 {
-            assert_ne!(rr.select(&ctx, &|i| i != 1), Some(1));
+        with_ctx(|ctx| {
+            for _ in 0..10 {
+                assert_ne!(rr.select(ctx, &|i| i != 1), Some(1));
+            }
+            assert_eq!(rr.select(ctx, &|_| false), None);
+            assert_eq!(
+                SmoothWeightedRoundRobin::new(&[]).select(ctx, &|_| true),
+                None
+            );
+        });
+    }
+
+    proptest! {
+        /// Over whole periods every member gets exactly its share.
+        #[test]
+        fn distribution_follows_weights_exactly(weights in prop::collection::vec(1u32..=256, 1..12), periods in 1usize..4) {
+            let rr = SmoothWeightedRoundRobin::new(&weights);
+            let g = weights.iter().fold(0i64, |a, &b| gcd(a, i64::from(b))) as u32;
+            let period: u32 = weights.iter().map(|w| w / g).sum();
+            prop_assert_eq!(rr.period().len(), period as usize);
+            let got = picks(&rr, period as usize * periods);
+            for (i, &w) in weights.iter().enumerate() {
+                prop_assert_eq!(got.iter().filter(|&&p| p == i).count(), (w / g) as usize * periods);
+            }
         }
-        assert_eq!(rr.select(&ctx, &|_| false), None);
-        assert_eq!(
-            SmoothWeightedRoundRobin::new(&[]).select(&ctx, &|_| true),
-            None
-        );
+
+        /// Smoothness: no member waits more than twice its fair gap
+        /// (period / share), so a heavy member never takes a long run while
+        /// a light one starves. nginx's order is not perfectly even, hence 2x.
+        #[test]
+        fn every_member_appears_within_its_fair_gap(weights in prop::collection::vec(1u32..=64, 1..8)) {
+            let order = schedule(&weights);
+            let total = order.len();
+            for i in 0..weights.len() {
+                let share = order.iter().filter(|&&p| p as usize == i).count();
+                let positions: Vec<usize> = order.iter().enumerate().filter(|(_, &p)| p as usize == i).map(|(k, _)| k).collect();
+                // Gap between consecutive picks, wrapping around the period.
+                for (k, &pos) in positions.iter().enumerate() {
+                    let next = positions.get(k + 1).copied().unwrap_or(positions[0] + total);
+                    prop_assert!(next - pos <= 2 * total.div_ceil(share), "member {} gap {} in {:?}", i, next - pos, order);
+                }
+            }
+        }
+
+        /// Whatever is usable, a pick is usable, and None only when nothing is.
+        #[test]
+        fn picks_only_usable_members(weights in prop::collection::vec(1u32..=16, 1..10), mask in any::<u16>(), start in 0usize..100) {
+            let rr = SmoothWeightedRoundRobin::new(&weights);
+            let usable = |i: usize| mask & (1 << i) != 0;
+            let _ = picks(&rr, start);
+            let any_usable = (0..weights.len()).any(usable);
+            with_ctx(|ctx| {
+                for _ in 0..20 {
+                    match rr.select(ctx, &usable) {
+                        Some(i) => prop_assert!(usable(i)),
+                        None => prop_assert!(!any_usable),
+                    }
+                }
+                Ok(())
+            })?;
+        }
     }
 }
