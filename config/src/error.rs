@@ -29,7 +29,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in one config file, in file order.
+/// Every problem found in one config file: unknown top-level keys first,
+/// then each table's problems in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 

@@ -297,6 +297,46 @@ async fn malformed_request_gets_400_and_others_are_still_served() {
 }
 
 #[tokio::test]
+async fn connect_method_is_405() {
+    let (_b, lb) = one_backend("");
+    let out = raw(
+        lb.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_leaves_early_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let (b, lb) = one_backend("");
+    let mut s = tokio::net::TcpStream::connect(lb.addr()).await.unwrap();
+    s.write_all(b"GET /sleep?ms=3000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: leaver\r\n\r\n")
+        .await
+        .unwrap();
+    b.proc.wait_message("sleep started");
+    drop(s);
+    lb.proc.wait_log("499 access line", |v| {
+        v["target"] == "access"
+            && v["request_id"] == "leaver"
+            && v["status"] == 499
+            && v["error"] == "client_closed"
+    });
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_at_request_header_timeout() {
+    let (_b, lb) = one_backend("[timeouts]\nrequest_header = \"300ms\"\n");
+    let start = Instant::now();
+    let out = raw(lb.addr(), b"", Duration::from_secs(15)).await;
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(300), "closed after {waited:?}");
+    assert!(waited < Duration::from_secs(15), "never closed; got {out:?}");
+}
+
+#[tokio::test]
 async fn slow_request_head_is_cut_at_request_header_timeout() {
     let (_b, lb) = one_backend("[timeouts]\nrequest_header = \"300ms\"\n");
     let start = Instant::now();

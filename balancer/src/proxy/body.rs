@@ -4,6 +4,7 @@
 //! releases the backend's open-connection count.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::InFlight;
 use crate::runtime::OpenGuard;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,20 +22,46 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub struct AccessLog {
     pub request_id: HeaderValue,
-    pub listener: std::sync::Arc<str>,
+    pub listener: Arc<str>,
     pub client: std::net::IpAddr,
     pub method: Method,
     pub path: String,
     pub status: StatusCode,
-    pub pool: Option<std::sync::Arc<str>>,
-    pub backend: Option<std::sync::Arc<str>>,
+    pub pool: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
     pub start: Instant,
     /// Why the balancer answered itself, when it did.
     pub error: Option<&'static str>,
+    /// Set once the line is written; a log dropped unwritten (the client
+    /// left before the response head) writes itself as status 499.
+    pub done: bool,
 }
 
 impl AccessLog {
-    pub fn emit(&self, bytes: u64, complete: bool) {
+    /// Moves the record out (for the response body to write later), leaving
+    /// a spent one behind.
+    pub fn take(&mut self) -> AccessLog {
+        self.done = true;
+        AccessLog {
+            request_id: self.request_id.clone(),
+            listener: Arc::clone(&self.listener),
+            client: self.client,
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
+            status: self.status,
+            pool: self.pool.take(),
+            backend: self.backend.take(),
+            start: self.start,
+            error: self.error,
+            done: false,
+        }
+    }
+
+    pub fn emit(&mut self, bytes: u64, complete: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
         let request_id = self.request_id.to_str().unwrap_or("-");
         tracing::info!(
             target: "access",
@@ -53,6 +81,17 @@ impl AccessLog {
     }
 }
 
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if !self.done {
+            // nginx's convention for "client closed request".
+            self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            self.error = Some("client_closed");
+            self.emit(0, false);
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Inner {
     Upstream(Incoming),
@@ -66,18 +105,21 @@ pub struct ProxyBody {
     bytes: u64,
     done: bool,
     log: Option<AccessLog>,
-    /// Held until the body is finished: the request counts as open until then.
+    /// Held until the body is finished: the request counts as open on its
+    /// backend, and in flight on its client connection, until then.
     _guard: Option<OpenGuard>,
+    _in_flight: Option<InFlight>,
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, log: AccessLog, guard: OpenGuard) -> Self {
+    pub fn upstream(body: Incoming, log: AccessLog, guard: OpenGuard, in_flight: InFlight) -> Self {
         Self {
             inner: Inner::Upstream(body),
             bytes: 0,
             done: false,
             log: Some(log),
             _guard: Some(guard),
+            _in_flight: Some(in_flight),
         }
     }
 
@@ -89,6 +131,7 @@ impl ProxyBody {
             done: false,
             log,
             _guard: None,
+            _in_flight: None,
         }
     }
 
@@ -100,6 +143,7 @@ impl ProxyBody {
             done: true,
             log: None,
             _guard: None,
+            _in_flight: None,
         }
     }
 }
@@ -150,7 +194,7 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
+        if let Some(mut log) = self.log.take() {
             let complete = self.done || self.is_end_stream();
             log.emit(self.bytes, complete);
         }

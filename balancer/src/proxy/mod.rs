@@ -55,19 +55,32 @@ pub struct ConnInfo {
     pub in_flight: AtomicUsize,
 }
 
-struct InFlight<'a>(&'a AtomicUsize);
+/// One request in flight on a connection, from arrival until its response
+/// body is done (so a long-poll or a slow stream never counts as idle).
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnInfo>);
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    fn new(conn: &Arc<ConnInfo>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(conn))
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Proxy {
     /// Handles one request; failures become error responses, never panics.
-    pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        conn.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&conn.in_flight);
+    pub async fn handle(
+        &self,
+        conn: &Arc<ConnInfo>,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let in_flight = InFlight::new(conn);
 
         let snap = self.snapshot.load_full();
         let request_id = headers::ensure_request_id(req.headers_mut());
@@ -82,9 +95,10 @@ impl Proxy {
             backend: None,
             start: Instant::now(),
             error: None,
+            done: false,
         };
 
-        match self.forward(&snap, conn, req, &mut log).await {
+        match self.forward(&snap, conn, req, &mut log, in_flight).await {
             Ok(resp) => resp,
             Err(e) => error_response(e, log, request_id),
         }
@@ -96,7 +110,13 @@ impl Proxy {
         conn: &ConnInfo,
         mut req: Request<Incoming>,
         log: &mut AccessLog,
+        in_flight: InFlight,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Checked before routing: CONNECT's authority-form target has no
+        // path a route could match, and the answer is the same anyway.
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
         // HTTP/2 puts the host in the URI (:authority); HTTP/1.1 in Host.
         let host_value: Option<HeaderValue> = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -112,9 +132,6 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?
             .clone();
         log.pool = Some(Arc::clone(&pool.name));
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed);
-        }
 
         let ctx = SelectionContext {
             client_ip: conn.peer.ip(),
@@ -177,16 +194,17 @@ impl Proxy {
                 log.request_id.to_str().unwrap_or("-").to_string(),
             ));
             log.emit(0, true);
+            drop(in_flight);
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
 
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         add_request_id(&mut parts.headers, &log.request_id);
-        let log = take_log(log);
+        let log = log.take();
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, log, guard),
+            ProxyBody::upstream(body, log, guard, in_flight),
         ))
     }
 }
@@ -252,21 +270,6 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 fn add_request_id(headers: &mut http::HeaderMap, id: &HeaderValue) {
     if !headers.contains_key(&headers::X_REQUEST_ID) {
         headers.insert(headers::X_REQUEST_ID.clone(), id.clone());
-    }
-}
-
-fn take_log(log: &mut AccessLog) -> AccessLog {
-    AccessLog {
-        request_id: log.request_id.clone(),
-        listener: Arc::clone(&log.listener),
-        client: log.client,
-        method: log.method.clone(),
-        path: std::mem::take(&mut log.path),
-        status: log.status,
-        pool: log.pool.take(),
-        backend: log.backend.take(),
-        start: log.start,
-        error: log.error,
     }
 }
 

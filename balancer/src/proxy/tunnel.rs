@@ -27,7 +27,6 @@ pub async fn run(
     idle_timeout: Option<Duration>,
     request_id: String,
 ) {
-    let start = Instant::now();
     let backend = guard.backend().id.clone();
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -36,22 +35,22 @@ pub async fn run(
             return;
         }
     };
+    let mut log = TunnelLog {
+        request_id,
+        backend,
+        start: Instant::now(),
+        outcome: "shutdown",
+        from_client: Arc::new(AtomicU64::new(0)),
+        from_backend: Arc::new(AtomicU64::new(0)),
+    };
     let last = LastActivity::new();
-    let from_client = Arc::new(AtomicU64::new(0));
-    let from_backend = Arc::new(AtomicU64::new(0));
     let eof = Arc::new(tokio::sync::Notify::new());
-    let mut client = Activity::counted(
-        TokioIo::new(client),
-        last.clone(),
-        Arc::clone(&from_client),
-        Arc::clone(&eof),
-    );
-    let mut upstream = Activity::counted(
-        TokioIo::new(upstream),
-        last.clone(),
-        Arc::clone(&from_backend),
-        Arc::clone(&eof),
-    );
+    let mut client = Activity::new(TokioIo::new(client), last.clone())
+        .count_reads(Arc::clone(&log.from_client))
+        .notify_eof(Arc::clone(&eof));
+    let mut upstream = Activity::new(TokioIo::new(upstream), last.clone())
+        .count_reads(Arc::clone(&log.from_backend))
+        .notify_eof(Arc::clone(&eof));
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     let half_closed = async {
         eof.notified().await;
@@ -63,22 +62,36 @@ pub async fn run(
             None => std::future::pending().await,
         }
     };
-    let outcome = tokio::select! {
+    log.outcome = tokio::select! {
         r = copy => if r.is_ok() { "closed" } else { "reset" },
         () = half_closed => "half_closed_timeout",
         () = idle => "idle_timeout",
     };
-    let from_client = from_client.load(Ordering::Relaxed);
-    let from_backend = from_backend.load(Ordering::Relaxed);
-    tracing::info!(
-        target: "access",
-        request_id,
-        backend = &*backend,
-        event = "tunnel_closed",
-        outcome,
-        from_client,
-        from_backend,
-        duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
-    );
     drop(guard);
+}
+
+/// The tunnel's access-log line, written when the tunnel ends, including
+/// when its task is dropped at the end of the shutdown grace period.
+struct TunnelLog {
+    request_id: String,
+    backend: Arc<str>,
+    start: Instant,
+    outcome: &'static str,
+    from_client: Arc<AtomicU64>,
+    from_backend: Arc<AtomicU64>,
+}
+
+impl Drop for TunnelLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            backend = &*self.backend,
+            event = "tunnel_closed",
+            outcome = self.outcome,
+            from_client = self.from_client.load(Ordering::Relaxed),
+            from_backend = self.from_backend.load(Ordering::Relaxed),
+            duration_ms = self.start.elapsed().as_micros() as f64 / 1000.0,
+        );
+    }
 }

@@ -82,20 +82,16 @@ impl<T> Activity<T> {
         }
     }
 
-    /// Also counts bytes read into `read` and signals `eof` when the peer
-    /// finishes sending.
-    pub fn counted(
-        inner: T,
-        last: LastActivity,
-        read: Arc<AtomicU64>,
-        eof: Arc<tokio::sync::Notify>,
-    ) -> Self {
-        Self {
-            inner,
-            last,
-            read: Some(read),
-            eof: Some(eof),
-        }
+    /// Also counts the bytes read into `read`.
+    pub fn count_reads(mut self, read: Arc<AtomicU64>) -> Self {
+        self.read = Some(read);
+        self
+    }
+
+    /// Also signals `eof` when the peer finishes sending.
+    pub fn notify_eof(mut self, eof: Arc<tokio::sync::Notify>) -> Self {
+        self.eof = Some(eof);
+        self
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +85,8 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let last = LastActivity::new();
-    let io = TokioIo::new(Activity::new(stream, last.clone()));
+    let received = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Activity::new(stream, last.clone()).count_reads(Arc::clone(&received)));
     let service_conn = Arc::clone(&conn);
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
@@ -100,6 +101,11 @@ async fn serve_connection(
     let mut hard_close = pin!(hard_close);
     let idle = activity::idle(&last, &conn.in_flight, settings.client_idle);
     let mut idle = pin!(idle);
+    // hyper's header timeout starts with the first byte; a connection that
+    // sends nothing at all gets the same `request_header` limit from here.
+    let first_byte = tokio::time::sleep(settings.request_header);
+    let mut first_byte = pin!(first_byte);
+    let mut first_byte_seen = false;
     loop {
         tokio::select! {
             r = http.as_mut() => {
@@ -120,8 +126,15 @@ async fn serve_connection(
                     .as_mut()
                     .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
             }
+            () = first_byte.as_mut(), if !first_byte_seen => {
+                if received.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %conn.peer, "client sent nothing within request_header: closed");
+                    return;
+                }
+                first_byte_seen = true;
+            }
             () = hard_close.as_mut(), if draining => {
-                if conn.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                if conn.in_flight.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
                     return;
                 }
