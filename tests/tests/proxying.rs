@@ -332,8 +332,14 @@ async fn silent_connection_is_closed_at_request_header_timeout() {
     let start = Instant::now();
     let out = raw(lb.addr(), b"", Duration::from_secs(15)).await;
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(300), "closed after {waited:?}");
-    assert!(waited < Duration::from_secs(15), "never closed; got {out:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "never closed; got {out:?}"
+    );
 }
 
 #[tokio::test]
