@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use balancer::proxy::headers::{add_forwarded, ensure_request_id, strip_hop_by_hop};
 use balancer::runtime::{normalize_host, Pool, RouteTable};
-use balancer::select::{BackendSelection, SelectionContext, SmoothWeightedRoundRobin};
+use balancer::select::{
+    BackendSelection, SelectionContext, SmoothWeightedRoundRobin, StaticMembers,
+};
 use config::HostMatch;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -43,8 +45,9 @@ fn smooth_weighted_round_robin(c: &mut Criterion) {
     let mut group = c.benchmark_group("swrr_pick");
     for (name, weights) in &cases {
         let rr = SmoothWeightedRoundRobin::new(weights);
+        let members = StaticMembers::new(weights.len());
         group.bench_function(*name, |b| {
-            b.iter(|| rr.select(black_box(&ctx), &|_| true));
+            b.iter(|| rr.select(black_box(&ctx), &members));
         });
     }
     group.finish();
@@ -58,6 +61,102 @@ fn smooth_weighted_round_robin(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// One pick of every policy with 4, 64 and 1024 backends (mixed weights,
+/// uneven loads), with the request carrying what each policy reads: a client
+/// IP, a `room` query parameter and a valid sticky cookie.
+fn policy_picks(c: &mut Criterion) {
+    for n in [4usize, 64, 1024] {
+        let weights: Vec<u32> = [1, 2, 3, 5, 8].iter().copied().cycle().take(n).collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("game-{i}")).collect();
+        let pool = config::PoolConfig {
+            name: "game".into(),
+            policy: config::Policy::RoundRobin,
+            max_idle_per_backend: 0,
+            backends: ids
+                .iter()
+                .zip(&weights)
+                .enumerate()
+                .map(|(i, (id, &weight))| config::BackendConfig {
+                    id: id.clone(),
+                    address: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    weight,
+                })
+                .collect(),
+            sticky: None,
+            hash_key: None,
+        };
+        let sticky = config::StickyConfig {
+            cookie: "lb".into(),
+            secret: "benchmark-secret-0123456789".into(),
+            fallback_param: None,
+            path: "/".into(),
+            http_only: true,
+            secure: false,
+            same_site: config::SameSite::Lax,
+            max_age: None,
+        };
+        let policies: Vec<(&str, config::PoolConfig)> = vec![
+            ("round_robin", pool.clone()),
+            (
+                "least_connections",
+                config::PoolConfig {
+                    policy: config::Policy::LeastConnections,
+                    ..pool.clone()
+                },
+            ),
+            (
+                "ip_hash",
+                config::PoolConfig {
+                    policy: config::Policy::IpHash,
+                    ..pool.clone()
+                },
+            ),
+            (
+                "hash_query",
+                config::PoolConfig {
+                    policy: config::Policy::Hash,
+                    hash_key: Some(config::HashKey::Query("room".into())),
+                    ..pool.clone()
+                },
+            ),
+            (
+                "cookie",
+                config::PoolConfig {
+                    policy: config::Policy::Cookie,
+                    sticky: Some(sticky.clone()),
+                    ..pool.clone()
+                },
+            ),
+        ];
+        let token = balancer::select::cookie::token(sticky.secret.as_bytes(), "game", &ids[n / 2]);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_str(&format!("io=abc; lb={token}")).unwrap(),
+        );
+        let uri: http::Uri = "/socket.io/?EIO=4&transport=polling&room=lobby-42"
+            .parse()
+            .unwrap();
+        let ctx = SelectionContext {
+            client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+            headers: &headers,
+            uri: &uri,
+        };
+        let members = StaticMembers {
+            usable: vec![true; n],
+            load: (0..n).map(|i| (i * 7919) % 50).collect(),
+        };
+        let mut group = c.benchmark_group(format!("pick_{n}"));
+        for (name, p) in &policies {
+            let selection = balancer::select::for_pool(p);
+            group.bench_function(*name, |b| {
+                b.iter(|| selection.select(black_box(&ctx), black_box(&members)));
+            });
+        }
+        group.finish();
+    }
 }
 
 // === routing ===
@@ -249,6 +348,6 @@ criterion_group! {
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = smooth_weighted_round_robin, route_lookup, header_rewrite, config_parse
+    targets = smooth_weighted_round_robin, policy_picks, route_lookup, header_rewrite, config_parse
 }
 criterion_main!(hot_path);

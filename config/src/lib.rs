@@ -28,7 +28,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use types::{
-    BackendConfig, Config, HostMatch, ListenerConfig, Policy, PoolConfig, RouteConfig, Timeouts,
+    BackendConfig, Config, HashKey, HostMatch, ListenerConfig, Policy, PoolConfig, RouteConfig,
+    SameSite, StickyConfig, Timeouts,
 };
 
 use std::path::Path;

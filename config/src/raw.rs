@@ -16,6 +16,7 @@ pub struct RawFile {
     pub pool: Vec<(usize, RawPool)>,
     pub route: Vec<(usize, RawRoute)>,
     pub timeouts: RawTimeouts,
+    pub trusted_proxies: Vec<String>,
     /// Errors met while reading shapes; validation appends to these.
     pub errors: Vec<ConfigError>,
 }
@@ -39,6 +40,31 @@ pub struct RawPool {
     /// Read element by element, see [`RawBackend`].
     #[serde(default)]
     pub backend: Vec<toml::Value>,
+    /// Cookie stickiness settings (`policy = "cookie"`).
+    #[serde(default)]
+    pub sticky: Option<RawSticky>,
+    /// Key hashing settings (`policy = "hash"`).
+    #[serde(default)]
+    pub hash: Option<RawHash>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<String>,
+    pub secret: Option<String>,
+    pub fallback_param: Option<String>,
+    pub path: Option<String>,
+    pub http_only: Option<bool>,
+    pub secure: Option<bool>,
+    pub same_site: Option<String>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHash {
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,9 +120,14 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
                     file.timeouts = t;
                 }
             }
+            "trusted_proxies" => {
+                if let Some(t) = one(&key, value, &mut file.errors) {
+                    file.trusted_proxies = t;
+                }
+            }
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies)",
             )),
         }
     }

@@ -10,6 +10,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
     pub timeouts: Timeouts,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +26,89 @@ pub struct PoolConfig {
     pub policy: Policy,
     pub max_idle_per_backend: usize,
     pub backends: Vec<BackendConfig>,
+    /// Set exactly when `policy` is [`Policy::Cookie`].
+    pub sticky: Option<StickyConfig>,
+    /// Set exactly when `policy` is [`Policy::Hash`].
+    pub hash_key: Option<HashKey>,
 }
 
-/// How a pool picks a backend. More policies arrive with the routing work;
-/// the balancer's selection trait is where they plug in.
+/// `[pool.sticky]`: the cookie that pins a client to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// HMAC key; every balancer of a deployment must share it.
+    pub secret: String,
+    /// Query parameter accepted in place of the cookie (clients without a jar).
+    pub fallback_param: Option<String>,
+    pub path: String,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: SameSite,
+    /// `None`: a session cookie (no Max-Age).
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
+
+/// `[pool.hash] key`: which part of a request picks the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `header:NAME` (name stored lower-case); the first value.
+    Header(String),
+    /// `query:NAME`: the first such query parameter, raw (not percent-decoded).
+    Query(String),
+    /// `cookie:NAME`.
+    Cookie(String),
+    /// `path_segment:N`: the N-th non-empty path segment, counting from 0.
+    PathSegment(usize),
+}
+
+/// How a pool picks a backend; the balancer's selection trait implements each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Smooth weighted round robin, as nginx does it.
     RoundRobin,
+    /// Fewest open connections (requests + tunnels) relative to weight.
+    LeastConnections,
+    /// Client IP -> backend by weighted rendezvous hashing.
+    IpHash,
+    /// A signed cookie names the backend; first pick by least connections.
+    Cookie,
+    /// A request key -> backend by weighted rendezvous hashing.
+    Hash,
 }
 
 impl Policy {
-    pub const NAMES: &'static [&'static str] = &["round_robin"];
+    pub const NAMES: &'static [&'static str] = &[
+        "round_robin",
+        "least_connections",
+        "ip_hash",
+        "cookie",
+        "hash",
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
+            "least_connections" => Some(Self::LeastConnections),
+            "ip_hash" => Some(Self::IpHash),
+            "cookie" => Some(Self::Cookie),
+            "hash" => Some(Self::Hash),
             _ => None,
         }
     }
@@ -47,6 +116,10 @@ impl Policy {
     pub fn name(self) -> &'static str {
         match self {
             Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::IpHash => "ip_hash",
+            Self::Cookie => "cookie",
+            Self::Hash => "hash",
         }
     }
 }
@@ -122,6 +195,9 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// Shortest accepted `sticky.secret`: shorter keys are guessable.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// Default for `pool.max_idle_per_backend`.
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 256;

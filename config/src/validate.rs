@@ -4,11 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::raw::{self, RawBackend, RawFile, RawTimeouts};
-use crate::types::{DEFAULT_MAX_IDLE_PER_BACKEND, MAX_WEIGHT};
+use crate::raw::{self, RawBackend, RawFile, RawHash, RawSticky, RawTimeouts};
+use crate::types::{DEFAULT_MAX_IDLE_PER_BACKEND, MAX_WEIGHT, MIN_SECRET_LEN};
 use crate::{
-    duration, BackendConfig, Config, ConfigError, ConfigErrors, HostMatch, ListenerConfig, Policy,
-    PoolConfig, RouteConfig, Timeouts,
+    duration, BackendConfig, Config, ConfigError, ConfigErrors, HashKey, HostMatch, ListenerConfig,
+    Policy, PoolConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
 };
 
 pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
@@ -17,6 +17,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         pool,
         route,
         timeouts,
+        trusted_proxies,
         mut errors,
     } = file;
     let e = &mut errors;
@@ -124,11 +125,49 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                 });
             }
         }
+        let sticky = match (policy, p.sticky) {
+            (Policy::Cookie, Some(s)) => sticky_from(e, &format!("{path}.sticky"), s),
+            (Policy::Cookie, None) => {
+                e.push(ConfigError::new(
+                    format!("{path}.sticky"),
+                    "policy \"cookie\" needs a [pool.sticky] table with at least `secret`",
+                ));
+                None
+            }
+            (_, Some(_)) => {
+                e.push(ConfigError::new(
+                    format!("{path}.sticky"),
+                    "only used with policy = \"cookie\"",
+                ));
+                None
+            }
+            (_, None) => None,
+        };
+        let hash_key = match (policy, p.hash) {
+            (Policy::Hash, Some(RawHash { key })) => hash_key(e, &format!("{path}.hash.key"), &key),
+            (Policy::Hash, None) => {
+                e.push(ConfigError::new(
+                    format!("{path}.hash"),
+                    "policy \"hash\" needs a [pool.hash] table with `key`",
+                ));
+                None
+            }
+            (_, Some(_)) => {
+                e.push(ConfigError::new(
+                    format!("{path}.hash"),
+                    "only used with policy = \"hash\"",
+                ));
+                None
+            }
+            (_, None) => None,
+        };
         pools.push(PoolConfig {
             name: p.name,
             policy,
             max_idle_per_backend,
             backends,
+            sticky,
+            hash_key,
         });
     }
 
@@ -174,6 +213,11 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
     }
 
     let timeouts = timeouts_from(e, timeouts);
+    let trusted_proxies = trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| ip_net(e, &format!("trusted_proxies[{i}]"), t))
+        .collect();
 
     if errors.is_empty() {
         Ok(Config {
@@ -181,6 +225,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             pools,
             routes,
             timeouts,
+            trusted_proxies,
         })
     } else {
         Err(ConfigErrors(errors))
@@ -212,6 +257,135 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
         websocket_idle,
         shutdown_grace,
     }
+}
+
+fn sticky_from(e: &mut Vec<ConfigError>, path: &str, raw: RawSticky) -> Option<StickyConfig> {
+    let before = e.len();
+    let cookie = raw.cookie.unwrap_or_else(|| "lb".to_string());
+    if !is_token(&cookie) {
+        e.push(ConfigError::new(
+            format!("{path}.cookie"),
+            format!("invalid cookie name {cookie:?} (letters, digits and !#$%&'*+-.^_`|~)"),
+        ));
+    }
+    let secret = raw.secret.unwrap_or_default();
+    if secret.len() < MIN_SECRET_LEN {
+        e.push(ConfigError::new(
+            format!("{path}.secret"),
+            format!(
+                "needs at least {MIN_SECRET_LEN} characters (a long random string shared by every balancer of the deployment)"
+            ),
+        ));
+    }
+    if let Some(param) = &raw.fallback_param {
+        let ok = !param.is_empty()
+            && param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+        if !ok {
+            e.push(ConfigError::new(
+                format!("{path}.fallback_param"),
+                format!("invalid query parameter name {param:?} (letters, digits, - _ . ~)"),
+            ));
+        }
+    }
+    let cookie_path = raw.path.unwrap_or_else(|| "/".to_string());
+    if !cookie_path.starts_with('/')
+        || cookie_path
+            .bytes()
+            .any(|b| b == b';' || b.is_ascii_control() || b == b' ')
+    {
+        e.push(ConfigError::new(
+            format!("{path}.path"),
+            format!("invalid cookie path {cookie_path:?} (must start with '/', no spaces or ';')"),
+        ));
+    }
+    let secure = raw.secure.unwrap_or(false);
+    let same_site = match raw
+        .same_site
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            e.push(ConfigError::new(
+                format!("{path}.same_site"),
+                format!("unknown SameSite {other:?} (expected Strict, Lax or None)"),
+            ));
+            SameSite::Lax
+        }
+    };
+    if same_site == SameSite::None && !secure {
+        e.push(ConfigError::new(
+            format!("{path}.same_site"),
+            "SameSite=None needs secure = true (browsers drop it otherwise)",
+        ));
+    }
+    let max_age = raw
+        .max_age
+        .as_deref()
+        .and_then(|m| positive_duration(e, &format!("{path}.max_age"), m));
+    (e.len() == before).then_some(StickyConfig {
+        cookie,
+        secret,
+        fallback_param: raw.fallback_param,
+        path: cookie_path,
+        http_only: raw.http_only.unwrap_or(true),
+        secure,
+        same_site,
+        max_age,
+    })
+}
+
+/// RFC 9110 token characters (cookie and header names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn hash_key(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<HashKey> {
+    let bad = |e: &mut Vec<ConfigError>, why: &str| {
+        e.push(ConfigError::new(
+            path,
+            format!(
+                "invalid key {text:?}: {why} (expected header:NAME, query:NAME, cookie:NAME or path_segment:N)"
+            ),
+        ));
+        None
+    };
+    let Some((kind, arg)) = text.split_once(':') else {
+        return bad(e, "missing ':'");
+    };
+    match kind {
+        "header" | "cookie" if !is_token(arg) => bad(e, "invalid name"),
+        "header" => Some(HashKey::Header(arg.to_ascii_lowercase())),
+        "cookie" => Some(HashKey::Cookie(arg.to_string())),
+        "query" if arg.is_empty() || arg.contains(['&', '=', '#', ' ']) => bad(e, "invalid name"),
+        "query" => Some(HashKey::Query(arg.to_string())),
+        "path_segment" => match arg.parse::<usize>() {
+            Ok(n) if n < 64 => Some(HashKey::PathSegment(n)),
+            _ => bad(e, "N must be a number from 0 to 63"),
+        },
+        _ => bad(e, "unknown kind"),
+    }
+}
+
+fn ip_net(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<ipnet::IpNet> {
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Some(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(ipnet::IpNet::from(ip));
+    }
+    e.push(ConfigError::new(
+        path,
+        format!("invalid network {text:?} (expected CIDR like 10.0.0.0/8 or an address)"),
+    ));
+    None
 }
 
 fn positive_duration(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<Duration> {

@@ -53,7 +53,9 @@ pub fn bin(name: &str) -> PathBuf {
         if !stale {
             return;
         }
-        eprintln!("binaries missing or older than their sources: cargo build -p balancer -p backend");
+        eprintln!(
+            "binaries missing or older than their sources: cargo build -p balancer -p backend"
+        );
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--quiet", "-p", "balancer", "-p", "backend"]);
         if dir.file_name().is_some_and(|d| d == "release") {

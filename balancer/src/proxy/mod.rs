@@ -13,6 +13,7 @@
 //! ```
 
 mod body;
+pub mod client_ip;
 pub mod error;
 pub mod headers;
 mod request_body;
@@ -133,17 +134,18 @@ impl Proxy {
             .clone();
         log.pool = Some(Arc::clone(&pool.name));
 
+        let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+        log.client = client;
         let ctx = SelectionContext {
-            client_ip: conn.peer.ip(),
+            client_ip: client,
             headers: req.headers(),
             uri: req.uri(),
         };
-        let backend: Arc<Backend> = pool
-            .select(&ctx)
-            .ok_or_else(|| ProxyError::NoBackend {
-                pool: pool.name.to_string(),
-            })?
-            .clone();
+        let (backend, set_cookie) = pool.select(&ctx).ok_or_else(|| ProxyError::NoBackend {
+            pool: pool.name.to_string(),
+        })?;
+        let backend: Arc<Backend> = Arc::clone(backend);
+        let set_cookie: Option<HeaderValue> = set_cookie.cloned();
         log.backend = Some(Arc::clone(&backend.id));
 
         let upgrade =
@@ -186,6 +188,9 @@ impl Proxy {
             let (mut parts, _body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
             add_request_id(&mut parts.headers, &log.request_id);
+            if let Some(c) = &set_cookie {
+                parts.headers.append(header::SET_COOKIE, c.clone());
+            }
             self.tasks.spawn(tunnel::run(
                 client_upgrade,
                 upstream_upgrade,
@@ -201,6 +206,9 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         add_request_id(&mut parts.headers, &log.request_id);
+        if let Some(c) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
         let log = log.take();
         Ok(Response::from_parts(
             parts,

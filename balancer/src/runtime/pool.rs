@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::select::{BackendSelection, SelectionContext};
+use http::HeaderValue;
+
+use crate::select::{BackendSelection, Members, SelectionContext};
 
 use super::Backend;
 
@@ -30,11 +32,37 @@ impl Pool {
         }
     }
 
-    /// Picks a backend for a request, or `None` when the pool has none usable.
-    pub fn select(&self, ctx: &SelectionContext<'_>) -> Option<&Arc<Backend>> {
-        // Health and draining plug in here as the `usable` predicate.
-        self.selection
-            .select(ctx, &|_| true)
-            .and_then(|i| self.backends.get(i))
+    /// Picks a backend for a request, or `None` when the pool has none
+    /// usable; with it, the `Set-Cookie` value to send when the client's
+    /// sticky cookie must be (re)issued.
+    pub fn select(
+        &self,
+        ctx: &SelectionContext<'_>,
+    ) -> Option<(&Arc<Backend>, Option<&HeaderValue>)> {
+        let pick = self.selection.select(ctx, &LiveMembers(&self.backends))?;
+        let backend = self.backends.get(pick.index)?;
+        let cookie = pick
+            .renew_sticky
+            .then(|| self.selection.set_cookie(pick.index))
+            .flatten();
+        Some((backend, cookie))
+    }
+}
+
+/// The pool's backends as policies see them.
+struct LiveMembers<'a>(&'a [Arc<Backend>]);
+
+impl Members for LiveMembers<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn usable(&self, _i: usize) -> bool {
+        // Health checks and draining decide this (their own work).
+        true
+    }
+
+    fn load(&self, i: usize) -> usize {
+        self.0.get(i).map_or(0, |b| b.open_connections())
     }
 }

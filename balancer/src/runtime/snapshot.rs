@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub pools: HashMap<Arc<str>, Arc<Pool>>,
     pub timeouts: Timeouts,
+    /// Peers whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -51,7 +53,7 @@ impl Snapshot {
                 })
                 .collect();
             let weights: Vec<u32> = p.backends.iter().map(|b| b.weight).collect();
-            let selection = select::for_policy(p.policy, &weights);
+            let selection = select::for_pool(p);
             let pool = Arc::new(Pool::new(&p.name, backends, weights, selection));
             pools.insert(Arc::clone(&pool.name), pool);
         }
@@ -74,6 +76,7 @@ impl Snapshot {
             routes: routes.finish(),
             pools,
             timeouts: config.timeouts,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendSelection, SelectionContext};
+use super::{BackendSelection, Members, Pick, SelectionContext};
 
 #[derive(Debug)]
 pub struct SmoothWeightedRoundRobin {
@@ -37,7 +37,14 @@ impl SmoothWeightedRoundRobin {
 }
 
 impl BackendSelection for SmoothWeightedRoundRobin {
-    fn select(&self, _ctx: &SelectionContext<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select(&self, _ctx: &SelectionContext<'_>, members: &dyn Members) -> Option<Pick> {
+        self.pick(|i| members.usable(i)).map(Pick::plain)
+    }
+}
+
+impl SmoothWeightedRoundRobin {
+    /// The next scheduled member that `usable` accepts.
+    pub fn pick(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -101,7 +108,7 @@ mod tests {
     }
 
     fn picks(rr: &SmoothWeightedRoundRobin, n: usize) -> Vec<usize> {
-        with_ctx(|ctx| (0..n).map(|_| rr.select(ctx, &|_| true).unwrap()).collect())
+        (0..n).map(|_| rr.pick(|_| true).unwrap()).collect()
     }
 
     #[test]
@@ -117,15 +124,18 @@ mod tests {
     #[test]
     fn skips_unusable_members() {
         let rr = SmoothWeightedRoundRobin::new(&[1, 1, 1]);
+        for _ in 0..10 {
+            assert_ne!(rr.pick(|i| i != 1), Some(1));
+        }
+        assert_eq!(rr.pick(|_| false), None);
         with_ctx(|ctx| {
-            for _ in 0..10 {
-                assert_ne!(rr.select(ctx, &|i| i != 1), Some(1));
+            let none = crate::select::StaticMembers::new(0);
+            assert_eq!(SmoothWeightedRoundRobin::new(&[]).select(ctx, &none), None);
+            let mut one_down = crate::select::StaticMembers::new(3);
+            one_down.usable[0] = false;
+            for _ in 0..6 {
+                assert_ne!(rr.select(ctx, &one_down).map(|p| p.index), Some(0));
             }
-            assert_eq!(rr.select(ctx, &|_| false), None);
-            assert_eq!(
-                SmoothWeightedRoundRobin::new(&[]).select(ctx, &|_| true),
-                None
-            );
         });
     }
 
@@ -168,15 +178,12 @@ mod tests {
             let usable = |i: usize| mask & (1 << i) != 0;
             let _ = picks(&rr, start);
             let any_usable = (0..weights.len()).any(usable);
-            with_ctx(|ctx| {
-                for _ in 0..20 {
-                    match rr.select(ctx, &usable) {
-                        Some(i) => prop_assert!(usable(i)),
-                        None => prop_assert!(!any_usable),
-                    }
+            for _ in 0..20 {
+                match rr.pick(usable) {
+                    Some(i) => prop_assert!(usable(i)),
+                    None => prop_assert!(!any_usable),
                 }
-                Ok(())
-            })?;
+            }
         }
     }
 }
