@@ -13,7 +13,8 @@
 //! * `GET /sleep?ms=N`: answers after N milliseconds (at most 10 minutes).
 //! * `GET /ws`: WebSocket echo of text and binary messages; a text message
 //!   `close` makes the server close the socket (code 1000), so tests can see a
-//!   backend-side close travel through the balancer.
+//!   backend-side close travel through the balancer; a text message `whoami`
+//!   is answered with the process's id instead of an echo.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests
 //! and the binary bind wherever they like (`127.0.0.1:0` in tests).
@@ -124,11 +125,11 @@ async fn sleep(Query(q): Query<SleepQuery>) -> String {
     format!("slept {ms}ms")
 }
 
-async fn ws(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(echo_socket)
+async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| echo_socket(socket, state))
 }
 
-async fn echo_socket(mut socket: WebSocket) {
+async fn echo_socket(mut socket: WebSocket, state: Arc<AppState>) {
     while let Some(Ok(msg)) = socket.recv().await {
         let reply = match msg {
             Message::Text(t) if t.as_str() == "close" => {
@@ -146,6 +147,7 @@ async fn echo_socket(mut socket: WebSocket) {
                 }
                 return;
             }
+            Message::Text(t) if t.as_str() == "whoami" => Message::text(state.id.clone()),
             Message::Text(_) | Message::Binary(_) => msg,
             // Keep reading after a Close: that is when the WebSocket layer
             // sends the Close reply, and then the stream ends.

@@ -70,3 +70,25 @@ mod examples {
         assert!(seen > 0, "no example files in {}", dir.display());
     }
 }
+
+#[cfg(test)]
+mod documented_example {
+    /// The complete example in docs/config.md must stay valid.
+    #[test]
+    fn config_reference_example_is_valid() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let after = text
+            .split("## A complete example")
+            .nth(1)
+            .expect("docs/config.md has a complete example");
+        let toml = after
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|t| t.split("```").next())
+            .expect("a toml block");
+        if let Err(e) = crate::parse(toml) {
+            panic!("the example in docs/config.md is invalid:\n{e}");
+        }
+    }
+}

@@ -147,6 +147,25 @@ impl Proc {
         }
     }
 
+    /// Waits until at least `n` log lines satisfy `pred`.
+    pub fn wait_count(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
+        let end = Instant::now() + DEADLINE;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            let seen = lines.iter().filter(|v| pred(v)).count();
+            if seen >= n {
+                return;
+            }
+            let now = Instant::now();
+            assert!(
+                now < end,
+                "{}: {seen} of {n} log lines {what} within {DEADLINE:?}",
+                self.name
+            );
+            lines = self.log.changed.wait_timeout(lines, end - now).unwrap().0;
+        }
+    }
+
     /// Waits for a line whose `message` equals `msg`.
     pub fn wait_message(&self, msg: &str) -> Value {
         self.wait_log(msg, |v| v["message"] == msg)

@@ -31,8 +31,8 @@ impl LeastConnections {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut best: Option<(usize, u64)> = None;
-        for step in 0..n {
-            let i = (start + step) % n;
+        // From the rotating start to the end, then from 0: no division per member.
+        for i in (start..n).chain(0..start) {
             if !members.usable(i) {
                 continue;
             }
