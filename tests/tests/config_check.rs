@@ -131,6 +131,41 @@ const BAD: &[(&str, &str, &str)] = &[
         "route[1].path_prefix: \"api\" must start with '/'",
     ),
     (
+        "cookie policy without [pool.sticky]",
+        "[[pool]]\nname = \"x\"\npolicy = \"cookie\"\n",
+        "pool[1].sticky: policy \"cookie\" needs a [pool.sticky] table",
+    ),
+    (
+        "short sticky secret",
+        "[[pool]]\nname = \"x\"\npolicy = \"cookie\"\n[pool.sticky]\nsecret = \"change-me\"\n",
+        "pool[1].sticky.secret: needs at least 16 characters",
+    ),
+    (
+        "SameSite=None without Secure",
+        "[[pool]]\nname = \"x\"\npolicy = \"cookie\"\n[pool.sticky]\nsecret = \"0123456789abcdef\"\nsame_site = \"None\"\n",
+        "pool[1].sticky.same_site: SameSite=None needs secure = true",
+    ),
+    (
+        "sticky table on another policy",
+        "[[pool]]\nname = \"x\"\n[pool.sticky]\nsecret = \"0123456789abcdef\"\n",
+        "pool[1].sticky: only used with policy = \"cookie\"",
+    ),
+    (
+        "unknown key in [pool.sticky]",
+        "[[pool]]\nname = \"x\"\npolicy = \"cookie\"\n[pool.sticky]\nsecret = \"0123456789abcdef\"\ncookie_name = \"a\"\n",
+        "pool[1].sticky.cookie_name: unknown field `cookie_name`",
+    ),
+    (
+        "hash policy with a bad key",
+        "[[pool]]\nname = \"x\"\npolicy = \"hash\"\n[pool.hash]\nkey = \"body:room\"\n",
+        "pool[1].hash.key: invalid key \"body:room\": unknown kind",
+    ),
+    (
+        "hash policy without a key",
+        "[[pool]]\nname = \"x\"\npolicy = \"hash\"\n",
+        "pool[1].hash: policy \"hash\" needs a [pool.hash] table",
+    ),
+    (
         "TOML syntax error",
         "[[listener]\n",
         "TOML syntax error",
@@ -150,6 +185,21 @@ fn each_kind_of_bad_config_is_refused_with_its_key_path() {
             );
         }
     }
+}
+
+#[test]
+fn bad_trusted_proxy_names_its_index() {
+    let text = format!("trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\", \"lan\"]\n{GOOD}");
+    let (code, _, stderr) = run(&["check"], &text);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("trusted_proxies[1]: invalid network \"10.0.0.0/33\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("trusted_proxies[2]: invalid network \"lan\""),
+        "{stderr}"
+    );
 }
 
 #[test]
