@@ -91,7 +91,7 @@ struct Log {
     changed: Condvar,
 }
 
-/// A child process whose stderr carries JSON log lines.
+/// A child process whose stdout and stderr carry (JSON) log lines.
 #[derive(Debug)]
 pub struct Proc {
     pub name: String,
@@ -102,22 +102,25 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Log::default());
-        let reader_log = Arc::clone(&log);
-        let label = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[{label}] {line}");
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                reader_log.lines.lock().unwrap().push(value);
-                reader_log.changed.notify_all();
-            }
-        });
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let reader_log = Arc::clone(&log);
+            let label = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{label}] {line}");
+                    let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                    reader_log.lines.lock().unwrap().push(value);
+                    reader_log.changed.notify_all();
+                }
+            });
+        }
         Self {
             name: name.to_string(),
             child,
@@ -258,6 +261,50 @@ impl Backend {
             addr,
             proc,
         }
+    }
+}
+
+/// A real `redis-server` on a free loopback port, with nothing saved to disk.
+#[derive(Debug)]
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts `redis-server` (from the distribution's packages; `.ci/run`
+    /// installs it). Redis cannot bind port 0 and report it, so a free port
+    /// is picked and the start retried if another process takes it first.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = closed_port().port();
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path());
+            let proc = Proc::spawn("redis", cmd);
+            let ready = proc.wait_log("ready or failed", |v| {
+                v.as_str().is_some_and(|l| {
+                    l.contains("Ready to accept connections")
+                        || l.contains("Could not create server TCP")
+                })
+            });
+            if ready.as_str().is_some_and(|l| l.contains("Ready")) {
+                return Self {
+                    port,
+                    proc,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 tries");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 }
 
