@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::health::HealthChecker;
 use crate::proxy::Proxy;
 use crate::runtime::Snapshot;
 use crate::server::{serve_listener, ConnSettings};
@@ -89,6 +90,25 @@ impl App {
         );
 
         let stop = CancellationToken::new();
+        let checkers = TaskTracker::new();
+        {
+            let snap = proxy.snapshot.load();
+            for p in &config.pools {
+                let (Some(health), Some(pool)) = (&p.health, snap.pools.get(p.name.as_str()))
+                else {
+                    continue;
+                };
+                for backend in &pool.backends {
+                    let checker = HealthChecker {
+                        pool: Arc::clone(&pool.name),
+                        backend: Arc::clone(backend),
+                        config: health.clone(),
+                    };
+                    checkers.spawn(checker.run(stop.clone()));
+                }
+            }
+        }
+        checkers.close();
         let listeners = TaskTracker::new();
         for (listener, name, _) in bound {
             listeners.spawn(serve_listener(

@@ -10,6 +10,7 @@
 //! * [`runtime`]: the immutable snapshot built from the config (route table,
 //!   pools, `Arc<Backend>` live state) behind one `ArcSwap`.
 //! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
+//! * [`health`]: active health checks writing each backend's health atomic.
 //! * [`app`]: start-up and shutdown: bind listeners, serve, drain, exit.
 //!
 //! Config parsing and validation live in the `config` crate, shared with
@@ -17,6 +18,7 @@
 
 pub mod app;
 mod error;
+pub mod health;
 pub mod logging;
 pub mod proxy;
 pub mod runtime;

@@ -86,6 +86,7 @@ fn policy_picks(c: &mut Criterion) {
                 .collect(),
             sticky: None,
             hash_key: None,
+            health: None,
         };
         let sticky = config::StickyConfig {
             cookie: "lb".into(),

@@ -46,6 +46,23 @@ pub struct RawPool {
     /// Key hashing settings (`policy = "hash"`).
     #[serde(default)]
     pub hash: Option<RawHash>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub expect: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub assume_up: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

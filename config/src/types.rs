@@ -30,6 +30,34 @@ pub struct PoolConfig {
     pub sticky: Option<StickyConfig>,
     /// Set exactly when `policy` is [`Policy::Hash`].
     pub hash_key: Option<HashKey>,
+    /// Active health checks; `None`: every backend counts as up.
+    pub health: Option<HealthConfig>,
+}
+
+/// `[pool.health]`: active checks, one checker per backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    /// HTTP path to GET (`type = "http"`).
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Passing status codes, inclusive.
+    pub expect: (u16, u16),
+    /// Consecutive passes that mark a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that mark an up backend down.
+    pub fall: u32,
+    /// New backends start up instead of waiting for their first pass.
+    pub assume_up: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    /// `GET path`, pass on a status in `expect`.
+    Http,
+    /// Pass when a TCP connection opens.
+    Tcp,
 }
 
 /// `[pool.sticky]`: the cookie that pins a client to a backend.

@@ -4,11 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::raw::{self, RawBackend, RawFile, RawHash, RawSticky, RawTimeouts};
+use crate::raw::{self, RawBackend, RawFile, RawHash, RawHealth, RawSticky, RawTimeouts};
 use crate::types::{DEFAULT_MAX_IDLE_PER_BACKEND, MAX_WEIGHT, MIN_SECRET_LEN};
 use crate::{
-    duration, BackendConfig, Config, ConfigError, ConfigErrors, HashKey, HostMatch, ListenerConfig,
-    Policy, PoolConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
+    duration, BackendConfig, Config, ConfigError, ConfigErrors, HashKey, HealthConfig, HealthKind,
+    HostMatch, ListenerConfig, Policy, PoolConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
 };
 
 pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
@@ -161,6 +161,9 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             }
             (_, None) => None,
         };
+        let health = p
+            .health
+            .and_then(|h| health_from(e, &format!("{path}.health"), h));
         pools.push(PoolConfig {
             name: p.name,
             policy,
@@ -168,6 +171,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             backends,
             sticky,
             hash_key,
+            health,
         });
     }
 
@@ -338,6 +342,87 @@ fn sticky_from(e: &mut Vec<ConfigError>, path: &str, raw: RawSticky) -> Option<S
         same_site,
         max_age,
     })
+}
+
+fn health_from(e: &mut Vec<ConfigError>, path: &str, raw: RawHealth) -> Option<HealthConfig> {
+    let before = e.len();
+    let kind = match raw.kind.as_deref() {
+        None | Some("http") => HealthKind::Http,
+        Some("tcp") => HealthKind::Tcp,
+        Some(other) => {
+            e.push(ConfigError::new(
+                format!("{path}.type"),
+                format!("unknown check type {other:?} (expected http or tcp)"),
+            ));
+            HealthKind::Http
+        }
+    };
+    let check_path = raw.path.unwrap_or_else(|| "/healthz".to_string());
+    if !check_path.starts_with('/')
+        || check_path
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ')
+    {
+        e.push(ConfigError::new(
+            format!("{path}.path"),
+            format!("{check_path:?} must start with '/' and have no spaces"),
+        ));
+    }
+    let mut dur = |key: &str, v: Option<String>, default: Duration| match v {
+        None => default,
+        Some(v) => positive_duration(e, &format!("{path}.{key}"), &v).unwrap_or(default),
+    };
+    let interval = dur("interval", raw.interval, Duration::from_secs(1));
+    let timeout = dur("timeout", raw.timeout, Duration::from_secs(1));
+    let expect = match raw.expect.as_deref() {
+        None => (200, 399),
+        Some(text) => match status_range(text) {
+            Some(r) => r,
+            None => {
+                e.push(ConfigError::new(
+                    format!("{path}.expect"),
+                    format!("invalid status range {text:?} (e.g. \"200-399\" or \"204\")"),
+                ));
+                (200, 399)
+            }
+        },
+    };
+    let mut count = |key: &str, v: Option<i64>| match v {
+        None => 2,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(n) => {
+            e.push(ConfigError::new(
+                format!("{path}.{key}"),
+                format!("{n} is out of range (1 to 100)"),
+            ));
+            2
+        }
+    };
+    let rise = count("rise", raw.rise);
+    let fall = count("fall", raw.fall);
+    (e.len() == before).then_some(HealthConfig {
+        kind,
+        path: check_path,
+        interval,
+        timeout,
+        expect,
+        rise,
+        fall,
+        assume_up: raw.assume_up.unwrap_or(false),
+    })
+}
+
+/// `"200-399"` or `"204"`, within 100-599.
+fn status_range(text: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match text.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let s = text.trim().parse().ok()?;
+            (s, s)
+        }
+    };
+    (100..=599).contains(&lo).then_some(())?;
+    (lo <= hi && hi <= 599).then_some((lo, hi))
 }
 
 /// RFC 9110 token characters (cookie and header names).

@@ -244,15 +244,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(id: &str) -> Self {
+        Self::start_on(id, "127.0.0.1:0")
+    }
+
+    /// Starts a backend on a given address (e.g. to restart one on its old port).
+    pub fn start_on(id: &str, listen: &str) -> Self {
         let mut cmd = Command::new(bin("backend"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            id,
-            "--log-format",
-            "json",
-        ]);
+        cmd.args(["--listen", listen, "--id", id, "--log-format", "json"]);
         let proc = Proc::spawn(&format!("backend {id}"), cmd);
         let line = proc.wait_message("listening");
         let addr = line["address"].as_str().unwrap().parse().unwrap();

@@ -264,3 +264,71 @@ async fn two_balancers_agree_on_cookie_ip_and_key() {
     }
     assert!(room_targets.len() >= 3, "{room_targets:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sticky_target_moves_to_the_same_replacement_on_both_balancers() {
+    let mut backends: Vec<Option<Backend>> = (1..=4)
+        .map(|i| Some(Backend::start(&format!("game-{i}"))))
+        .collect();
+    let members: String = backends
+        .iter()
+        .flatten()
+        .map(|b| {
+            format!(
+                "  [[pool.backend]]\n  id = \"{}\"\n  address = \"{}\"\n",
+                b.id, b.addr
+            )
+        })
+        .collect();
+    let config = format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\npolicy = \"cookie\"\n{members}\
+         [pool.sticky]\n  secret = \"a-long-shared-secret-for-tests\"\n\
+         [pool.health]\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  fall = 2\n\
+         \n[[route]]\nlistener = \"public\"\npool = \"game\"\n"
+    );
+    let one = Balancer::start(&config);
+    let two = Balancer::start(&config);
+    for lb in [&one, &two] {
+        lb.proc
+            .wait_count("backend up", 4, |v| v["message"] == "backend up");
+    }
+
+    // Ten clients, each pinned by a cookie from balancer one.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let (target, set_cookie) = whoami(&one, "x", "/whoami", &[]).await;
+        let pair = set_cookie.unwrap().split(';').next().unwrap().to_string();
+        clients.push((target, pair));
+    }
+    let victim = clients[0].0.clone();
+    let index = backends
+        .iter()
+        .position(|b| b.as_ref().is_some_and(|b| b.id == victim))
+        .unwrap();
+    backends[index] = None; // SIGKILL the sticky target
+    for lb in [&one, &two] {
+        let v = victim.clone();
+        lb.proc.wait_log("victim down", |l| {
+            l["message"] == "backend down" && l["backend"] == v.as_str()
+        });
+    }
+
+    for (target, pair) in &clients {
+        let (a, new_a) = whoami(&one, "x", "/whoami", &[("cookie", pair)]).await;
+        let (b, new_b) = whoami(&two, "x", "/whoami", &[("cookie", pair)]).await;
+        assert_eq!(a, b, "both balancers must pick the same replacement");
+        if *target == victim {
+            assert_ne!(a, victim);
+            let (new_a, new_b) = (new_a.expect("a new cookie"), new_b.expect("a new cookie"));
+            assert_eq!(new_a, new_b, "the same new cookie from both");
+            assert!(new_a.starts_with(&format!("lb={a}.")), "{new_a}");
+            // The new cookie now pins to the replacement, without re-issue.
+            let pair = new_a.split(';').next().unwrap();
+            let (c, again) = whoami(&two, "x", "/whoami", &[("cookie", pair)]).await;
+            assert_eq!((c.as_str(), again), (a.as_str(), None));
+        } else {
+            assert_eq!(&a, target, "clients of other backends do not move");
+            assert_eq!((new_a, new_b), (None, None));
+        }
+    }
+}

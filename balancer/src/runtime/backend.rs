@@ -1,7 +1,7 @@
 //! One backend process and its live state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,10 +39,35 @@ pub struct Backend {
     open: AtomicUsize,
     /// Requests sent to this backend since it appeared.
     requests: AtomicU64,
+    /// [`Health`] as a byte: written by the health checker, read by every pick.
+    health: AtomicU8,
+    /// Health state changes so far (for logs now, metrics later).
+    health_changes: AtomicU64,
+}
+
+/// What the health checker last concluded about a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Checked, but no verdict yet: takes no traffic.
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
 }
 
 impl Backend {
-    pub fn new(id: &str, address: SocketAddr, settings: UpstreamSettings) -> Self {
+    /// A backend starting in `health` (`Up` for pools without checks or
+    /// with `assume_up`, else `Unknown` until its first passing check).
+    pub fn new(id: &str, address: SocketAddr, settings: UpstreamSettings, health: Health) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -65,7 +90,36 @@ impl Backend {
             client,
             open: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            health: AtomicU8::new(health as u8),
+            health_changes: AtomicU64::new(0),
         }
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Whether picks may choose this backend.
+    pub fn is_up(&self) -> bool {
+        self.health() == Health::Up
+    }
+
+    /// Records the checker's verdict; true when it changed the state.
+    pub fn set_health(&self, h: Health) -> bool {
+        let old = self.health.swap(h as u8, Ordering::Relaxed);
+        let changed = old != h as u8;
+        if changed {
+            self.health_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    pub fn health_changes(&self) -> u64 {
+        self.health_changes.load(Ordering::Relaxed)
     }
 
     /// Current in-flight requests plus open tunnels.

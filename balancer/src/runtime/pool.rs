@@ -57,9 +57,9 @@ impl Members for LiveMembers<'_> {
         self.0.len()
     }
 
-    fn usable(&self, _i: usize) -> bool {
-        // Health checks and draining decide this (their own work).
-        true
+    fn usable(&self, i: usize) -> bool {
+        // Health checkers write this; draining will join it.
+        self.0.get(i).is_some_and(|b| b.is_up())
     }
 
     fn load(&self, i: usize) -> usize {

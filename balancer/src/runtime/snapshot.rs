@@ -6,7 +6,7 @@ use std::sync::Arc;
 use config::{Config, Timeouts};
 
 use super::backend::UpstreamSettings;
-use super::{Backend, Pool, RouteTable};
+use super::{Backend, Health, Pool, RouteTable};
 use crate::select;
 
 /// Everything a request needs, immutable once built.
@@ -49,7 +49,13 @@ impl Snapshot {
                     Some(old) if old.address == b.address && old.settings == settings => {
                         Arc::clone(old)
                     }
-                    _ => Arc::new(Backend::new(&b.id, b.address, settings)),
+                    _ => {
+                        let initial = match &p.health {
+                            Some(h) if !h.assume_up => Health::Unknown,
+                            _ => Health::Up,
+                        };
+                        Arc::new(Backend::new(&b.id, b.address, settings, initial))
+                    }
                 })
                 .collect();
             let weights: Vec<u32> = p.backends.iter().map(|b| b.weight).collect();

@@ -1,0 +1,203 @@
+//! Active health checks: one [`HealthChecker`] task per backend of every
+//! pool with a `[pool.health]` table.
+//!
+//! A checker probes its backend every `interval` (with ±10% jitter, so the
+//! checks of many backends and balancers do not align), and writes its
+//! verdict into the backend's health atomic. Picks read that atomic; nothing
+//! is rebuilt. A state change is logged with its reason (status code,
+//! timeout, refused, ...) and counted.
+//!
+//! States: a backend starts `unknown` (no traffic) unless `assume_up`; its
+//! first pass makes it `up`; `fall` consecutive failures make it `down`;
+//! `rise` consecutive passes bring a `down` backend back `up`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::{HealthConfig, HealthKind};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{Backend, Health};
+
+/// The pure state machine: consecutive counts in, verdict out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passes: u32,
+    pub failures: u32,
+}
+
+/// The next state after one check result.
+pub fn next_state(
+    current: Health,
+    counts: &mut Counts,
+    passed: bool,
+    rise: u32,
+    fall: u32,
+) -> Health {
+    if passed {
+        counts.passes = counts.passes.saturating_add(1);
+        counts.failures = 0;
+        match current {
+            // The first pass is enough for a backend never seen up.
+            Health::Unknown => Health::Up,
+            Health::Down if counts.passes >= rise => Health::Up,
+            other => other,
+        }
+    } else {
+        counts.failures = counts.failures.saturating_add(1);
+        counts.passes = 0;
+        if counts.failures >= fall {
+            Health::Down
+        } else {
+            current
+        }
+    }
+}
+
+/// Checks one backend until `stop` fires.
+#[derive(Debug)]
+pub struct HealthChecker {
+    pub pool: Arc<str>,
+    pub backend: Arc<Backend>,
+    pub config: HealthConfig,
+}
+
+impl HealthChecker {
+    pub async fn run(self, stop: CancellationToken) {
+        let mut counts = Counts::default();
+        // A first check soon after start (jittered), so new backends do not
+        // wait a whole interval for traffic.
+        let mut wait = jitter(self.config.interval / 10);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let result = check(&self.backend, &self.config).await;
+            let current = self.backend.health();
+            let next = next_state(
+                current,
+                &mut counts,
+                result.is_ok(),
+                self.config.rise,
+                self.config.fall,
+            );
+            if self.backend.set_health(next) {
+                let reason = match &result {
+                    Ok(status) => format!("passed ({status})"),
+                    Err(e) => e.clone(),
+                };
+                let (pool, backend) = (&*self.pool, &*self.backend.id);
+                if next == Health::Up {
+                    tracing::info!(pool, backend, from = current.as_str(), reason, "backend up");
+                } else {
+                    tracing::warn!(
+                        pool,
+                        backend,
+                        from = current.as_str(),
+                        reason,
+                        "backend down"
+                    );
+                }
+            }
+            wait = jitter(self.config.interval);
+        }
+    }
+}
+
+/// `d` ± 10%.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// One probe. `Ok` carries what passed (the status code, or "connected");
+/// `Err` says why it failed.
+pub async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<String, String> {
+    match tokio::time::timeout(cfg.timeout, probe(backend, cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {:?}", cfg.timeout)),
+    }
+}
+
+async fn probe(backend: &Backend, cfg: &HealthConfig) -> Result<String, String> {
+    let stream = TcpStream::connect(backend.address)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            _ => format!("connect failed: {e}"),
+        })?;
+    if cfg.kind == HealthKind::Tcp {
+        return Ok("connected".to_string());
+    }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    // The connection task ends when the probe is done and `sender` drops.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(cfg.path.as_str())
+        .header(http::header::HOST, backend.authority.as_str())
+        .header(http::header::USER_AGENT, "balancer-health-check")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    if (cfg.expect.0..=cfg.expect.1).contains(&status) {
+        Ok(format!("status {status}"))
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: Health, results: &[bool], rise: u32, fall: u32) -> Vec<Health> {
+        let mut counts = Counts::default();
+        let mut state = start;
+        results
+            .iter()
+            .map(|&ok| {
+                state = next_state(state, &mut counts, ok, rise, fall);
+                state
+            })
+            .collect()
+    }
+
+    use Health::{Down, Unknown, Up};
+
+    #[test]
+    fn first_pass_brings_a_new_backend_up() {
+        assert_eq!(run(Unknown, &[true], 3, 2), vec![Up]);
+        assert_eq!(
+            run(Unknown, &[false, false, true], 3, 2),
+            vec![Unknown, Down, Down]
+        );
+    }
+
+    #[test]
+    fn fall_and_rise_need_consecutive_results() {
+        assert_eq!(
+            run(
+                Up,
+                &[false, true, false, false, true, true, false, true],
+                2,
+                2
+            ),
+            vec![Up, Up, Up, Down, Down, Up, Up, Up]
+        );
+        assert_eq!(
+            run(Down, &[true, false, true, true, true], 3, 1),
+            vec![Down, Down, Down, Down, Up]
+        );
+    }
+}
