@@ -26,6 +26,9 @@ use super::{key, BackendSelection, LeastConnections, Members, Pick, SelectionCon
 
 #[derive(Debug)]
 pub struct StickyCookie {
+    /// Kept to verify tokens of backends no longer in the pool (rare path).
+    secret: Box<[u8]>,
+    pool: Box<str>,
     cookie: String,
     fallback_param: Option<String>,
     /// Member index by backend id.
@@ -89,6 +92,8 @@ impl StickyCookie {
             })
             .collect();
         Self {
+            secret: s.secret.as_bytes().into(),
+            pool: pool.into(),
             cookie: s.cookie.clone(),
             fallback_param: s.fallback_param.clone(),
             by_id: ids
@@ -110,6 +115,17 @@ impl StickyCookie {
         constant_time_eq(presented.as_bytes(), self.tokens[i].as_bytes()).then_some(i)
     }
 
+    /// The backend id a genuine token names when that backend is no longer
+    /// in the pool (removed from the config): costs one HMAC, only on this path.
+    fn verify_removed<'t>(&self, presented: &'t str) -> Option<&'t str> {
+        let (id, _) = presented.rsplit_once('.')?;
+        if id.is_empty() || self.by_id.contains_key(id) {
+            return None;
+        }
+        let expected = token(&self.secret, &self.pool, id);
+        constant_time_eq(presented.as_bytes(), expected.as_bytes()).then_some(id)
+    }
+
     /// The token member `i` is pinned by.
     pub fn token_of(&self, i: usize) -> Option<&str> {
         self.tokens.get(i).map(String::as_str)
@@ -125,20 +141,24 @@ impl StickyCookie {
 
 impl BackendSelection for StickyCookie {
     fn select(&self, ctx: &SelectionContext<'_>, members: &dyn Members) -> Option<Pick> {
-        if let Some(i) = self.presented(ctx).and_then(|t| self.verify(t)) {
-            if members.usable(i) {
-                return Some(Pick::plain(i));
+        if let Some(presented) = self.presented(ctx) {
+            let pinned_id = match self.verify(presented) {
+                Some(i) if members.usable(i) => return Some(Pick::plain(i)),
+                Some(_) => presented.rsplit_once('.').map(|(id, _)| id),
+                None => self.verify_removed(presented),
+            };
+            if let Some(id) = pinned_id {
+                // The pinned backend is unavailable or gone: its own
+                // rendezvous order names the replacement, the same on
+                // every balancer.
+                return self
+                    .rendezvous
+                    .pick(key_hash(id.as_bytes()), |j| members.usable(j))
+                    .map(|index| Pick {
+                        index,
+                        renew_sticky: true,
+                    });
             }
-            // The pinned backend is unavailable: its own rendezvous order
-            // names the replacement, the same on every balancer.
-            let id_key = key_hash(self.tokens[i].split('.').next().unwrap_or("").as_bytes());
-            return self
-                .rendezvous
-                .pick(id_key, |j| members.usable(j))
-                .map(|index| Pick {
-                    index,
-                    renew_sticky: true,
-                });
         }
         self.first_pick.pick(members).map(|index| Pick {
             index,
@@ -168,6 +188,17 @@ mod tests {
             secure: false,
             same_site: config::SameSite::Lax,
             max_age: Some(std::time::Duration::from_secs(3600)),
+        }
+    }
+
+    impl StickyCookie {
+        fn index_to_id(&self, i: usize) -> String {
+            self.token_of(i)
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_string()
         }
     }
 
@@ -260,6 +291,35 @@ mod tests {
                 got.index
             );
         }
+    }
+
+    #[test]
+    fn removed_target_moves_to_the_same_replacement_as_when_down() {
+        // Pool a, b, c; then b is removed from the config.
+        let full = policy();
+        let t = full.token_of(1).unwrap().to_string();
+        let mut b_down = StaticMembers::new(3);
+        b_down.usable[1] = false;
+        let when_down = full.index_to_id(
+            pick(&full, Some(&format!("lb={t}")), "/", &b_down)
+                .unwrap()
+                .index,
+        );
+
+        let without_b = StickyCookie::new("game", &sticky(), &["a", "c"], &[1, 1]);
+        let m = StaticMembers::new(2);
+        let got = pick(&without_b, Some(&format!("lb={t}")), "/", &m).unwrap();
+        assert!(got.renew_sticky);
+        assert_eq!(without_b.index_to_id(got.index), when_down);
+        // A forged token for a removed id is still just ignored.
+        let forged = format!("lb=b.{}", "0".repeat(32));
+        let mut loaded = StaticMembers::new(2);
+        loaded.load = vec![0, 9];
+        assert_eq!(
+            pick(&without_b, Some(&forged), "/", &loaded).unwrap().index,
+            0,
+            "least connections"
+        );
     }
 
     #[test]
