@@ -87,6 +87,8 @@ fn policy_picks(c: &mut Criterion) {
             sticky: None,
             hash_key: None,
             health: None,
+            retry: config::RetryConfig::default(),
+            ejection: config::EjectionConfig::default(),
         };
         let sticky = config::StickyConfig {
             cookie: "lb".into(),

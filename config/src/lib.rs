@@ -28,8 +28,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use types::{
-    BackendConfig, Config, HashKey, HealthConfig, HealthKind, HostMatch, ListenerConfig, Policy,
-    PoolConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
+    BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind, HostMatch,
+    ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
 };
 
 use std::path::Path;

@@ -49,6 +49,30 @@ pub struct RawPool {
     /// Active health checks.
     #[serde(default)]
     pub health: Option<RawHealth>,
+    /// Retries of failed requests on another backend.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub ejection: Option<RawEjection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<i64>,
+    pub budget_percent: Option<i64>,
+    pub max_body: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEjection {
+    pub consecutive_failures: Option<i64>,
+    pub base: Option<String>,
+    pub max: Option<String>,
+    pub max_percent: Option<i64>,
+    pub on_5xx: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

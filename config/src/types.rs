@@ -32,6 +32,58 @@ pub struct PoolConfig {
     pub hash_key: Option<HashKey>,
     /// Active health checks; `None`: every backend counts as up.
     pub health: Option<HealthConfig>,
+    pub retry: RetryConfig,
+    pub ejection: EjectionConfig,
+}
+
+/// `[pool.retry]`: when a failed request is tried again on another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Extra attempts after the first (0 turns retries off).
+    pub attempts: u32,
+    /// Retries may be at most this share of recent requests (plus a small reserve).
+    pub budget_percent: u32,
+    /// Request bodies up to this size (known Content-Length) are buffered so
+    /// the request can be retried; larger or unknown-length bodies stream
+    /// and are not retried.
+    pub max_body: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// `[pool.ejection]`: passive outlier detection from real traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionConfig {
+    /// Consecutive failures (connect errors, resets before the response,
+    /// 5xx when `on_5xx`) that eject a backend; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// First ejection time; doubles on each repeat up to `max`.
+    pub base: Duration,
+    pub max: Duration,
+    /// Never eject more than this share of a pool.
+    pub max_percent: u32,
+    /// Count 5xx responses as failures too.
+    pub on_5xx: bool,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+            max_percent: 50,
+            on_5xx: false,
+        }
+    }
 }
 
 /// `[pool.health]`: active checks, one checker per backend.

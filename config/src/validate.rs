@@ -4,11 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::raw::{self, RawBackend, RawFile, RawHash, RawHealth, RawSticky, RawTimeouts};
+use crate::raw::{
+    self, RawBackend, RawEjection, RawFile, RawHash, RawHealth, RawRetry, RawSticky, RawTimeouts,
+};
 use crate::types::{DEFAULT_MAX_IDLE_PER_BACKEND, MAX_WEIGHT, MIN_SECRET_LEN};
 use crate::{
-    duration, BackendConfig, Config, ConfigError, ConfigErrors, HashKey, HealthConfig, HealthKind,
-    HostMatch, ListenerConfig, Policy, PoolConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
+    duration, BackendConfig, Config, ConfigError, ConfigErrors, EjectionConfig, HashKey,
+    HealthConfig, HealthKind, HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig,
+    RouteConfig, SameSite, StickyConfig, Timeouts,
 };
 
 pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
@@ -172,6 +175,8 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             sticky,
             hash_key,
             health,
+            retry: retry_from(e, &format!("{path}.retry"), p.retry),
+            ejection: ejection_from(e, &format!("{path}.ejection"), p.ejection),
         });
     }
 
@@ -410,6 +415,93 @@ fn health_from(e: &mut Vec<ConfigError>, path: &str, raw: RawHealth) -> Option<H
         fall,
         assume_up: raw.assume_up.unwrap_or(false),
     })
+}
+
+/// An integer key within `range`, or the default (recording an error).
+fn int_in(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    value: Option<i64>,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+) -> i64 {
+    match value {
+        None => default,
+        Some(n) if range.contains(&n) => n,
+        Some(n) => {
+            e.push(ConfigError::new(
+                path,
+                format!("{n} is out of range ({} to {})", range.start(), range.end()),
+            ));
+            default
+        }
+    }
+}
+
+fn retry_from(e: &mut Vec<ConfigError>, path: &str, raw: Option<RawRetry>) -> RetryConfig {
+    let d = RetryConfig::default();
+    let Some(raw) = raw else { return d };
+    RetryConfig {
+        attempts: int_in(
+            e,
+            &format!("{path}.attempts"),
+            raw.attempts,
+            0..=10,
+            d.attempts.into(),
+        ) as u32,
+        budget_percent: int_in(
+            e,
+            &format!("{path}.budget_percent"),
+            raw.budget_percent,
+            0..=100,
+            d.budget_percent.into(),
+        ) as u32,
+        max_body: int_in(
+            e,
+            &format!("{path}.max_body"),
+            raw.max_body,
+            0..=16 * 1024 * 1024,
+            d.max_body as i64,
+        ) as u64,
+    }
+}
+
+fn ejection_from(e: &mut Vec<ConfigError>, path: &str, raw: Option<RawEjection>) -> EjectionConfig {
+    let d = EjectionConfig::default();
+    let Some(raw) = raw else { return d };
+    let base = raw
+        .base
+        .and_then(|v| positive_duration(e, &format!("{path}.base"), &v))
+        .unwrap_or(d.base);
+    let max = raw
+        .max
+        .and_then(|v| positive_duration(e, &format!("{path}.max"), &v))
+        .unwrap_or(d.max);
+    if max < base {
+        e.push(ConfigError::new(
+            format!("{path}.max"),
+            "must not be shorter than base",
+        ));
+    }
+    EjectionConfig {
+        consecutive_failures: int_in(
+            e,
+            &format!("{path}.consecutive_failures"),
+            raw.consecutive_failures,
+            0..=1000,
+            d.consecutive_failures.into(),
+        ) as u32,
+        base,
+        max,
+        max_percent: int_in(
+            e,
+            &format!("{path}.max_percent"),
+            raw.max_percent,
+            0..=100,
+            d.max_percent.into(),
+        ) as u32,
+        on_5xx: raw.on_5xx.unwrap_or(d.on_5xx),
+    }
 }
 
 /// `"200-399"` or `"204"`, within 100-599.

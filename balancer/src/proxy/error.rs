@@ -15,6 +15,12 @@ pub enum ProxyError {
     /// Downstream: a method the balancer does not proxy.
     #[error("method not supported")]
     MethodNotAllowed,
+    /// Downstream: the client's request body broke off.
+    #[error("client request body failed: {0}")]
+    ClientBody(String),
+    /// Downstream: the client's (small, buffered) body did not arrive in time.
+    #[error("client request body not received within {0:?}")]
+    ClientTimeout(Duration),
     /// Internal: the pool has no usable backend.
     #[error("no backend available in pool {pool}")]
     NoBackend { pool: String },
@@ -37,6 +43,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -48,6 +56,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => "404 not found: no route\n",
             Self::MethodNotAllowed => "405 method not allowed\n",
+            Self::ClientBody(_) => "400 bad request: request body incomplete\n",
+            Self::ClientTimeout(_) => "408 request timeout: request body too slow\n",
             Self::NoBackend { .. } => "503 service unavailable: no backend available\n",
             Self::Connect(_) => "502 bad gateway: backend unreachable\n",
             Self::Upstream(_) => "502 bad gateway: backend failed\n",
@@ -61,6 +71,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method",
+            Self::ClientBody(_) => "client_body",
+            Self::ClientTimeout(_) => "client_timeout",
             Self::NoBackend { .. } => "no_backend",
             Self::Connect(_) => "connect",
             Self::ConnectTimeout(_) => "connect_timeout",

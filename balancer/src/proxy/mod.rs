@@ -32,9 +32,9 @@ use tokio_util::task::TaskTracker;
 
 pub use body::{AccessLog, ProxyBody};
 pub use error::ProxyError;
-pub use request_body::RequestBody;
+pub use request_body::{ClientBody, RequestBody};
 
-use crate::runtime::{normalize_host, Backend, Snapshot};
+use crate::runtime::{normalize_host, Backend, Pool, Snapshot};
 use crate::select::SelectionContext;
 use crate::server::activity::{now_ms, LastActivity};
 
@@ -136,17 +136,6 @@ impl Proxy {
 
         let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         log.client = client;
-        let ctx = SelectionContext {
-            client_ip: client,
-            headers: req.headers(),
-            uri: req.uri(),
-        };
-        let (backend, set_cookie) = pool.select(&ctx).ok_or_else(|| ProxyError::NoBackend {
-            pool: pool.name.to_string(),
-        })?;
-        let backend: Arc<Backend> = Arc::clone(backend);
-        let set_cookie: Option<HeaderValue> = set_cookie.cloned();
-        log.backend = Some(Arc::clone(&backend.id));
 
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
@@ -165,20 +154,97 @@ impl Proxy {
         if from_h2 {
             join_cookies(&mut parts.headers);
         }
-        parts.uri = upstream_uri(&backend, &parts.uri)?;
-        parts.version = Version::HTTP_11;
 
-        let progress = LastActivity::new();
-        let upstream_req = Request::from_parts(parts, RequestBody::new(body, progress.clone()));
-        let guard = backend.open();
         let timeouts = snap.timeouts;
-        let mut resp = await_response(
-            backend.client.request(upstream_req),
-            &progress,
-            timeouts.response_header,
-            timeouts.connect,
-        )
-        .await?;
+        let mut body = client_body(body, &pool.retry, timeouts.request_header).await?;
+        let idempotent = is_idempotent(&parts.method);
+        pool.retry_budget.deposit();
+
+        // One attempt per backend; a failure that left the request unseen
+        // (or unseen enough, for idempotent methods) tries another backend.
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error: Option<ProxyError> = None;
+        let (guard, set_cookie, mut resp) = loop {
+            let ctx = SelectionContext {
+                client_ip: client,
+                headers: &parts.headers,
+                uri: &parts.uri,
+            };
+            let Some((index, backend, set_cookie)) = pool.select(&ctx, &tried) else {
+                return Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
+                    pool: pool.name.to_string(),
+                }));
+            };
+            let backend: Arc<Backend> = Arc::clone(backend);
+            let set_cookie: Option<HeaderValue> = set_cookie.cloned();
+            log.backend = Some(Arc::clone(&backend.id));
+
+            let progress = LastActivity::new();
+            let Some(attempt_body) = body.attempt(progress.clone()) else {
+                return Err(last_error
+                    .unwrap_or_else(|| ProxyError::Upstream("request body already sent".into())));
+            };
+            let more_possible = body.replayable() && tried.len() < pool.retry.attempts as usize;
+            let mut attempt = Request::new(attempt_body);
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = upstream_uri(&backend, &parts.uri)?;
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = if more_possible {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+
+            let guard = backend.open();
+            let result = await_response(
+                backend.client.request(attempt),
+                &progress,
+                timeouts.response_header,
+                timeouts.connect,
+            )
+            .await;
+            match result {
+                Ok(resp) => {
+                    if pool.ejection.on_5xx && resp.status().is_server_error() {
+                        note_failure(&pool, &backend, log);
+                    } else {
+                        backend.record_success();
+                    }
+                    break (guard, set_cookie, resp);
+                }
+                Err(e) => {
+                    drop(guard);
+                    note_failure(&pool, &backend, log);
+                    let retryable = match &e {
+                        // Nothing reached the backend.
+                        ProxyError::Connect(_) | ProxyError::ConnectTimeout(_) => true,
+                        // The connection broke before any response byte.
+                        ProxyError::Upstream(_) => idempotent,
+                        _ => false,
+                    };
+                    if retryable && more_possible {
+                        if pool.retry_budget.withdraw() {
+                            tracing::info!(
+                                request_id = log.request_id.to_str().unwrap_or("-"),
+                                pool = &*pool.name,
+                                backend = &*backend.id,
+                                error = %e,
+                                "retrying on another backend"
+                            );
+                            tried.push(index);
+                            last_error = Some(e);
+                            continue;
+                        }
+                        tracing::warn!(
+                            request_id = log.request_id.to_str().unwrap_or("-"),
+                            pool = &*pool.name,
+                            "retry budget exhausted: not retrying"
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        };
         log.status = resp.status();
 
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
@@ -214,6 +280,52 @@ impl Proxy {
             parts,
             ProxyBody::upstream(body, log, guard, in_flight),
         ))
+    }
+}
+
+/// Methods whose requests may be sent twice (RFC 9110 9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Buffers a small body of known length (so it can be replayed), or keeps
+/// the stream (one attempt only).
+async fn client_body(
+    body: Incoming,
+    retry: &config::RetryConfig,
+    limit: Duration,
+) -> Result<ClientBody, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(ClientBody::Empty);
+    }
+    match body.size_hint().exact() {
+        Some(n) if retry.attempts > 0 && n <= retry.max_body => {
+            use http_body_util::BodyExt;
+            match tokio::time::timeout(limit, body.collect()).await {
+                Ok(Ok(c)) => Ok(ClientBody::Full(c.to_bytes())),
+                Ok(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
+                Err(_) => Err(ProxyError::ClientTimeout(limit)),
+            }
+        }
+        _ => Ok(ClientBody::Stream(Some(body))),
+    }
+}
+
+/// Passive outlier detection: one more failure of `backend`.
+fn note_failure(pool: &Pool, backend: &Backend, log: &AccessLog) {
+    if let Some(duration) = backend.record_failure(&pool.ejection, || pool.may_eject()) {
+        tracing::warn!(
+            request_id = log.request_id.to_str().unwrap_or("-"),
+            pool = &*pool.name,
+            backend = &*backend.id,
+            ?duration,
+            ejections = backend.ejections_total(),
+            "backend ejected"
+        );
     }
 }
 
@@ -290,7 +402,10 @@ fn error_response(
     log.status = status;
     log.error = Some(e.cause());
     match &e {
-        ProxyError::NoRoute | ProxyError::MethodNotAllowed => {
+        ProxyError::NoRoute
+        | ProxyError::MethodNotAllowed
+        | ProxyError::ClientBody(_)
+        | ProxyError::ClientTimeout(_) => {
             tracing::debug!(request_id = request_id.to_str().unwrap_or("-"), error = %e, "request refused")
         }
         _ => tracing::warn!(

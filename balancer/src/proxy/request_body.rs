@@ -1,6 +1,8 @@
-//! The body sent upstream: the client's body streamed through, recording
-//! upload progress so the response timeout counts from the last byte sent,
-//! not from the start of a long upload.
+//! The body sent upstream. Small bodies of known length are buffered so a
+//! failed attempt can be replayed to another backend; everything else
+//! streams through. Either way, upload progress is recorded so the response
+//! timeout counts from the last byte sent, not from the start of a long
+//! upload.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,37 +14,85 @@ use hyper::body::Incoming;
 use crate::server::activity::LastActivity;
 
 #[derive(Debug)]
+enum Inner {
+    /// No body (GET and friends): replayable.
+    Empty,
+    /// The whole body, buffered: replayable.
+    Full(Option<Bytes>),
+    /// Streamed from the client as it arrives: one attempt only.
+    Stream(Incoming),
+}
+
+#[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inner,
     progress: LastActivity,
 }
 
-impl RequestBody {
-    pub fn new(inner: Incoming, progress: LastActivity) -> Self {
-        Self { inner, progress }
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the proxy holds of a client's request body between attempts.
+#[derive(Debug)]
+pub enum ClientBody {
+    Empty,
+    Full(Bytes),
+    /// Taken by the first attempt.
+    Stream(Option<Incoming>),
+}
+
+impl ClientBody {
+    /// Whether another attempt can send this body again.
+    pub fn replayable(&self) -> bool {
+        !matches!(self, Self::Stream(_))
+    }
+
+    /// The body for one attempt; `None` when a streamed body was already sent.
+    pub fn attempt(&mut self, progress: LastActivity) -> Option<RequestBody> {
+        let inner = match self {
+            Self::Empty => Inner::Empty,
+            Self::Full(b) => Inner::Full(Some(b.clone())),
+            Self::Stream(s) => Inner::Stream(s.take()?),
+        };
+        Some(RequestBody { inner, progress })
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = match &mut this.inner {
+            Inner::Empty => Poll::Ready(None),
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream(s) => Pin::new(s)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+        };
         if r.is_ready() {
-            self.progress.touch();
+            this.progress.touch();
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::Full(b) => b.is_none(),
+            Inner::Stream(s) => s.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Stream(s) => s.size_hint(),
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! One backend process and its live state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::server::activity::now_ms;
 
 /// HTTP/1.1 client with its own bounded keep-alive pool for one backend.
 pub type UpstreamClient = Client<HttpConnector, crate::proxy::RequestBody>;
@@ -43,6 +45,14 @@ pub struct Backend {
     health: AtomicU8,
     /// Health state changes so far (for logs now, metrics later).
     health_changes: AtomicU64,
+    /// Passive outlier detection: failures in a row from real traffic.
+    consecutive_failures: AtomicU32,
+    /// Ejected until this time ([`now_ms`]); 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Ejections in the current series (the ejection time doubles with each).
+    ejections: AtomicU32,
+    /// Ejections so far (for logs now, metrics later).
+    ejections_total: AtomicU64,
 }
 
 /// What the health checker last concluded about a backend.
@@ -92,7 +102,72 @@ impl Backend {
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),
             health_changes: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
         }
+    }
+
+    /// Whether passive outlier detection has this backend out right now.
+    /// One atomic load when not ejected (the common case): no clock read.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
+    }
+
+    /// A response came back: the failure streak ends.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// One more failure from real traffic; `Some(duration)` when it crossed
+    /// the threshold and this call ejected the backend. `may_eject` is the
+    /// pool's say (its `max_percent` cap).
+    pub fn record_failure(
+        &self,
+        cfg: &config::EjectionConfig,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<std::time::Duration> {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected() {
+            return None;
+        }
+        if !may_eject() {
+            return None;
+        }
+        let now = now_ms();
+        let previous_until = self.ejected_until.load(Ordering::Relaxed);
+        // A backend that stayed in for `max` since its last ejection starts a
+        // new series at `base`.
+        let series = if previous_until != 0
+            && now.saturating_sub(previous_until) < cfg.max.as_millis() as u64
+        {
+            self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.ejections.store(1, Ordering::Relaxed);
+            1
+        };
+        let factor = 1u32 << (series - 1).min(16);
+        let duration = cfg.base.saturating_mul(factor).min(cfg.max);
+        let until = now + duration.as_millis() as u64;
+        // Only one of several concurrent failures ejects.
+        if self
+            .ejected_until
+            .compare_exchange(previous_until, until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections_total.fetch_add(1, Ordering::Relaxed);
+        Some(duration)
     }
 
     pub fn health(&self) -> Health {
@@ -103,9 +178,14 @@ impl Backend {
         }
     }
 
-    /// Whether picks may choose this backend.
+    /// Whether the health checker has this backend up.
     pub fn is_up(&self) -> bool {
         self.health() == Health::Up
+    }
+
+    /// Whether picks may choose this backend: up and not ejected.
+    pub fn is_usable(&self) -> bool {
+        self.is_up() && !self.is_ejected()
     }
 
     /// Records the checker's verdict; true when it changed the state.

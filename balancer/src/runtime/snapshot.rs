@@ -60,7 +60,10 @@ impl Snapshot {
                 .collect();
             let weights: Vec<u32> = p.backends.iter().map(|b| b.weight).collect();
             let selection = select::for_pool(p);
-            let pool = Arc::new(Pool::new(&p.name, backends, weights, selection));
+            let pool = Arc::new(
+                Pool::new(&p.name, backends, weights, selection)
+                    .with_failure_policy(p.retry, p.ejection),
+            );
             pools.insert(Arc::clone(&pool.name), pool);
         }
 
