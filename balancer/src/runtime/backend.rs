@@ -116,6 +116,12 @@ impl Backend {
         until != 0 && now_ms() < until
     }
 
+    /// [`Backend::is_ejected`] at a given time (tests drive the clock).
+    pub fn is_ejected_at(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now < until
+    }
+
     pub fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
@@ -135,14 +141,24 @@ impl Backend {
         cfg: &config::EjectionConfig,
         may_eject: impl FnOnce() -> bool,
     ) -> Option<std::time::Duration> {
+        self.record_failure_at(now_ms(), cfg, may_eject)
+    }
+
+    /// [`Backend::record_failure`] at a given time (tests drive the clock).
+    pub fn record_failure_at(
+        &self,
+        now: u64,
+        cfg: &config::EjectionConfig,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<std::time::Duration> {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected() {
+        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected_at(now)
+        {
             return None;
         }
         if !may_eject() {
             return None;
         }
-        let now = now_ms();
         let previous_until = self.ejected_until.load(Ordering::Relaxed);
         // A backend that stayed in for `max` since its last ejection starts a
         // new series at `base`.
@@ -235,5 +251,74 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn backend() -> Backend {
+        let settings = UpstreamSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+        };
+        Backend::new("b", "127.0.0.1:9".parse().unwrap(), settings, Health::Up)
+    }
+
+    fn cfg() -> config::EjectionConfig {
+        config::EjectionConfig {
+            consecutive_failures: 3,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+            max_percent: 50,
+            on_5xx: false,
+        }
+    }
+
+    /// Fails `n` times at `now`; returns the ejection, if any.
+    fn fail(b: &Backend, now: u64, n: u32) -> Option<Duration> {
+        (0..n)
+            .filter_map(|_| b.record_failure_at(now, &cfg(), || true))
+            .last()
+    }
+
+    #[tokio::test]
+    async fn ejection_needs_consecutive_failures_and_doubles_up_to_max() {
+        let b = backend();
+        assert_eq!(fail(&b, 1_000, 2), None);
+        b.record_success();
+        assert_eq!(fail(&b, 1_000, 2), None, "a success resets the streak");
+        assert_eq!(fail(&b, 1_000, 1), Some(Duration::from_secs(5)));
+        assert!(b.is_ejected_at(5_999));
+        assert!(!b.is_ejected_at(6_000));
+        // Each repeat within `max` of the last ejection doubles: 10, 20, 40, 60 (cap), 60.
+        let mut now = 6_000;
+        for want in [10, 20, 40, 60, 60] {
+            assert_eq!(fail(&b, now, 3), Some(Duration::from_secs(want)));
+            now += want * 1_000;
+        }
+        assert_eq!(b.ejections_total(), 6);
+        // In again for longer than `max`: the series starts over at `base`.
+        now += 61_000;
+        assert_eq!(fail(&b, now, 3), Some(Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn failures_while_ejected_or_vetoed_do_not_eject() {
+        let b = backend();
+        assert!(fail(&b, 0, 3).is_some());
+        assert_eq!(fail(&b, 1_000, 10), None, "already ejected");
+        let c = backend();
+        assert_eq!(
+            (0..5)
+                .filter_map(|_| c.record_failure_at(0, &cfg(), || false))
+                .count(),
+            0
+        );
+        assert!(!c.is_ejected_at(0));
     }
 }

@@ -92,7 +92,16 @@ impl Pool {
     /// Whether one more backend may be ejected without passing
     /// `ejection.max_percent` of the pool.
     pub fn may_eject(&self) -> bool {
-        let ejected = self.backends.iter().filter(|b| b.is_ejected()).count();
+        self.may_eject_at(crate::server::activity::now_ms())
+    }
+
+    /// [`Pool::may_eject`] at a given time (tests drive the clock).
+    pub fn may_eject_at(&self, now: u64) -> bool {
+        let ejected = self
+            .backends
+            .iter()
+            .filter(|b| b.is_ejected_at(now))
+            .count();
         (ejected + 1) * 100 <= self.backends.len() * self.ejection.max_percent as usize
     }
 
@@ -138,5 +147,74 @@ impl Members for LiveMembers<'_> {
 
     fn load(&self, i: usize) -> usize {
         self.backends.get(i).map_or(0, |b| b.open_connections())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runtime::backend::UpstreamSettings;
+    use crate::runtime::Health;
+    use crate::select::LeastConnections;
+
+    #[tokio::test]
+    async fn never_ejects_more_than_max_percent() {
+        let settings = UpstreamSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+        };
+        let backends: Vec<Arc<Backend>> = (0..4)
+            .map(|i| {
+                let addr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
+                Arc::new(Backend::new(&format!("b{i}"), addr, settings, Health::Up))
+            })
+            .collect();
+        let ejection = config::EjectionConfig {
+            consecutive_failures: 1,
+            ..config::EjectionConfig::default()
+        };
+        let pool = Pool::new(
+            "p",
+            backends,
+            vec![1; 4],
+            Box::new(LeastConnections::new(&[1; 4])),
+        )
+        .with_failure_policy(config::RetryConfig::default(), ejection);
+        let ejected: Vec<bool> = pool
+            .backends
+            .iter()
+            .map(|b| {
+                b.record_failure_at(0, &pool.ejection, || pool.may_eject_at(0))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(ejected, vec![true, true, false, false], "50% of 4 is 2");
+    }
+
+    #[test]
+    fn retry_budget_allows_a_share_of_requests_plus_a_reserve() {
+        let budget = RetryBudget::new(20);
+        let reserve = (0..100).take_while(|_| budget.withdraw()).count();
+        assert_eq!(reserve, 10);
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        assert_eq!(
+            (0..100).take_while(|_| budget.withdraw()).count(),
+            10,
+            "20% of 50"
+        );
+        let none = RetryBudget::new(0);
+        for _ in 0..1000 {
+            none.deposit();
+        }
+        assert_eq!(
+            (0..100).take_while(|_| none.withdraw()).count(),
+            10,
+            "only the reserve"
+        );
     }
 }

@@ -1,0 +1,218 @@
+//! Retries and passive ejection through real processes, and the reliability
+//! run: backends killed and restarted under load cost clients nothing.
+
+// Test code: a failed unwrap is a failed test, with the reason in the panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tests::http::{full, get, h1, send};
+use tests::{closed_port, Backend, Balancer};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Round robin over a dead backend (first) and a live one, no health checks.
+fn dead_first(live: &Backend, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n\
+         [[pool.backend]]\nid = \"dead\"\naddress = \"{}\"\n\
+         [[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n{extra}\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+        closed_port(),
+        live.id,
+        live.addr
+    )
+}
+
+const NO_EJECTION: &str = "[pool.ejection]\nconsecutive_failures = 0\n";
+
+#[tokio::test]
+async fn refused_connection_is_retried_transparently_and_the_backend_ejected() {
+    let live = Backend::start("live");
+    let lb = Balancer::start(&dead_first(&live, ""));
+    let c = h1();
+    for _ in 0..20 {
+        let r = get(&c, &lb.url("/whoami")).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "live"));
+    }
+    lb.proc.wait_log("retry line", |v| {
+        v["message"] == "retrying on another backend" && v["backend"] == "dead"
+    });
+    // After 3 consecutive failures the dead backend is ejected (and never
+    // more than half the pool: the live one stays in).
+    lb.proc.wait_log("ejection", |v| {
+        v["message"] == "backend ejected" && v["backend"] == "dead"
+    });
+    let retries = lb
+        .proc
+        .lines()
+        .iter()
+        .filter(|v| v["message"] == "retrying on another backend")
+        .count();
+    assert!(
+        retries <= 3,
+        "an ejected backend costs no more retries: {retries}"
+    );
+}
+
+#[tokio::test]
+async fn small_bodies_are_replayed_large_ones_are_not() {
+    let live = Backend::start("live");
+    let lb = Balancer::start(&dead_first(&live, NO_EJECTION));
+    let c = h1();
+    // First pick is the dead backend: a 1 KiB POST is buffered and replayed.
+    let small = vec![7u8; 1024];
+    let r = send(
+        &c,
+        ::http::Request::post(lb.url("/echo"))
+            .body(full(small.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == small);
+    // Next pick is the live one; then the dead one again, now with 1 MiB:
+    // too large to buffer, so no retry and the client sees the 502.
+    let r = get(&c, &lb.url("/whoami")).await;
+    assert_eq!(r.status, 200);
+    let big = vec![9u8; 1 << 20];
+    let r = send(
+        &c,
+        ::http::Request::post(lb.url("/echo"))
+            .body(full(big))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 502, "a 1 MiB body is not retried");
+}
+
+#[tokio::test]
+async fn retry_budget_caps_retries() {
+    let live = Backend::start("live");
+    let extra = format!("{NO_EJECTION}[pool.retry]\nbudget_percent = 0\n");
+    let lb = Balancer::start(&dead_first(&live, &extra));
+    let c = h1();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(get(&c, &lb.url("/whoami")).await.status.as_u16());
+    }
+    // With 0% of requests as budget, only the reserve of 10 retries is
+    // there: exactly 10 retries happen, and every later request that hits
+    // the dead backend fails instead of being retried.
+    let failures = statuses.iter().filter(|&&s| s == 502).count();
+    assert!(failures > 0, "{statuses:?}");
+    assert!(statuses[..10].iter().all(|&s| s == 200), "{statuses:?}");
+    lb.proc.wait_count("budget lines", failures, |v| {
+        v["message"] == "retry budget exhausted: not retrying"
+    });
+    let lines = lb.proc.lines();
+    let retries = lines
+        .iter()
+        .filter(|v| v["message"] == "retrying on another backend")
+        .count();
+    assert_eq!(retries, 10, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_to_a_refusing_backend_is_retried() {
+    let live = Backend::start("live");
+    let lb = Balancer::start(&dead_first(&live, NO_EJECTION));
+    for _ in 0..4 {
+        let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("whoami")).await.unwrap();
+        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert_eq!(id.as_str(), "live");
+    }
+}
+
+/// CI-sized reliability run: 4 backends behind the balancer, 8 keep-alive
+/// clients sending GETs for about 16 s, and every 2 s one backend is
+/// SIGKILLed and restarted on its port. No client may see a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_killed_and_restarted_under_load_cost_no_request() {
+    let ids = ["r1", "r2", "r3", "r4"];
+    let mut backends: Vec<Option<Backend>> =
+        ids.iter().map(|id| Some(Backend::start(id))).collect();
+    let addrs: Vec<String> = backends
+        .iter()
+        .flatten()
+        .map(|b| b.addr.to_string())
+        .collect();
+    let members: String = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, a)| format!("  [[pool.backend]]\n  id = \"{id}\"\n  address = \"{a}\"\n"))
+        .collect();
+    let lb = Balancer::start(&format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\npolicy = \"least_connections\"\n{members}\
+         [pool.health]\n  interval = \"250ms\"\n  timeout = \"250ms\"\n\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n"
+    ));
+    lb.proc
+        .wait_count("backend up", 4, |v| v["message"] == "backend up");
+
+    let passed = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(16);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (passed, failed, url) = (passed.clone(), failed.clone(), lb.url("/whoami"));
+        clients.push(tokio::spawn(async move {
+            let c = h1();
+            // Bounded by time and by count.
+            for _ in 0..200_000 {
+                if Instant::now() >= end {
+                    break;
+                }
+                let req = ::http::Request::get(&url)
+                    .body(tests::http::empty())
+                    .unwrap();
+                match c.request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        use http_body_util::BodyExt;
+                        match r.into_body().collect().await {
+                            Ok(_) => passed.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    Ok(r) => {
+                        eprintln!("reliability: status {}", r.status());
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("reliability: error {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut victim = 0;
+    let mut kills = 0;
+    while Instant::now() + Duration::from_secs(2) < end {
+        tokio::time::sleep(Duration::from_secs(2)).await; // the chaos schedule, not synchronisation
+        let id = ids[victim];
+        // Kill (dropping the handle sends SIGKILL), then restart on the same port.
+        drop(backends[victim].take());
+        backends[victim] = Some(Backend::start_on(id, &addrs[victim]));
+        kills += 1;
+        victim = (victim + 1) % ids.len();
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (p, f) = (
+        passed.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    eprintln!("reliability: {p} passed, {f} failed, {kills} kills");
+    assert!(kills >= 6, "only {kills} kills");
+    assert!(p > 1000, "too few requests to mean anything: {p}");
+    assert_eq!(f, 0, "{f} client-visible failures out of {}", p + f);
+}
