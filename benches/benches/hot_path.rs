@@ -88,6 +88,7 @@ fn policy_picks(c: &mut Criterion) {
             hash_key: None,
             health: None,
             retry: config::RetryConfig::default(),
+            slow_start: Duration::ZERO,
             ejection: config::EjectionConfig::default(),
         };
         let sticky = config::StickyConfig {
@@ -150,6 +151,7 @@ fn policy_picks(c: &mut Criterion) {
         let members = StaticMembers {
             usable: vec![true; n],
             load: (0..n).map(|i| (i * 7919) % 50).collect(),
+            ramp: Vec::new(),
         };
         let mut group = c.benchmark_group(format!("pick_{n}"));
         for (name, p) in &policies {

@@ -37,6 +37,9 @@ pub struct RawPool {
     /// Most idle keep-alive connections kept open to each backend of the pool.
     #[serde(default)]
     pub max_idle_per_backend: Option<i64>,
+    /// Ramp-up time for a backend that comes (back) up.
+    #[serde(default)]
+    pub slow_start: Option<String>,
     /// Read element by element, see [`RawBackend`].
     #[serde(default)]
     pub backend: Vec<toml::Value>,

@@ -34,6 +34,9 @@ pub struct PoolConfig {
     pub health: Option<HealthConfig>,
     pub retry: RetryConfig,
     pub ejection: EjectionConfig,
+    /// A backend that comes (back) up ramps from 10% to full weight over
+    /// this long; zero: off.
+    pub slow_start: Duration,
 }
 
 /// `[pool.retry]`: when a failed request is tried again on another backend.

@@ -175,6 +175,13 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             sticky,
             hash_key,
             health,
+            slow_start: match p.slow_start.as_deref() {
+                None => Duration::ZERO,
+                Some(v) => duration::parse(v).unwrap_or_else(|msg| {
+                    e.push(ConfigError::new(format!("{path}.slow_start"), msg));
+                    Duration::ZERO
+                }),
+            },
             retry: retry_from(e, &format!("{path}.retry"), p.retry),
             ejection: ejection_from(e, &format!("{path}.ejection"), p.ejection),
         });

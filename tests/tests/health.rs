@@ -126,3 +126,41 @@ async fn http_check_uses_path_and_expected_status() {
         .unwrap();
     assert_eq!(reason["reason"], "status 404", "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_backend_ramps_up_under_slow_start() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let b_addr = b.addr.to_string();
+    let health = "  [pool.health]\n  interval = \"100ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  assume_up = true\n";
+    let mut c = config(&[("a", a.addr.to_string()), ("b", b_addr.clone())], health);
+    c = c.replace(
+        "name = \"game\"\n",
+        "name = \"game\"\npolicy = \"least_connections\"\nslow_start = \"5s\"\n",
+    );
+    let lb = Balancer::start(&c);
+    drop(b);
+    transition(&lb, "backend down", "b", 0);
+    let _b = Backend::start_on("b", &b_addr);
+    transition(&lb, "backend up", "b", 0);
+
+    // Right after coming back, b has about 10% of its weight: of 22 new
+    // long-lived connections it gets a few, not half.
+    let mut sockets = Vec::new();
+    let mut on_b = 0;
+    for _ in 0..22 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
+            .await
+            .unwrap();
+        ws.send(Message::text("whoami")).await.unwrap();
+        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        if id.as_str() == "b" {
+            on_b += 1;
+        }
+        sockets.push(ws);
+    }
+    assert!((1..=6).contains(&on_b), "b got {on_b} of 22 while ramping");
+}

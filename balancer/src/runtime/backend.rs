@@ -53,6 +53,9 @@ pub struct Backend {
     ejections: AtomicU32,
     /// Ejections so far (for logs now, metrics later).
     ejections_total: AtomicU64,
+    /// When the health checker last brought it up ([`now_ms`]); slow start
+    /// ramps from here (or from the end of an ejection, whichever is later).
+    up_since: AtomicU64,
 }
 
 /// What the health checker last concluded about a backend.
@@ -106,7 +109,18 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
+            up_since: AtomicU64::new(0),
         }
+    }
+
+    /// Slow-start share of its weight (thousandths) at `now` for a ramp of
+    /// `window` ms.
+    pub fn ramp(&self, now: u64, window: u64) -> u32 {
+        let since = self
+            .up_since
+            .load(Ordering::Relaxed)
+            .max(self.ejected_until.load(Ordering::Relaxed));
+        crate::select::ramp(now, since, window)
     }
 
     /// Whether passive outlier detection has this backend out right now.
@@ -210,6 +224,9 @@ impl Backend {
         let changed = old != h as u8;
         if changed {
             self.health_changes.fetch_add(1, Ordering::Relaxed);
+            if h == Health::Up {
+                self.up_since.store(now_ms(), Ordering::Relaxed);
+            }
         }
         changed
     }

@@ -19,6 +19,8 @@ pub struct Pool {
     pub retry: config::RetryConfig,
     pub ejection: config::EjectionConfig,
     pub retry_budget: RetryBudget,
+    /// Slow-start window in ms (0: off).
+    pub slow_start_ms: u64,
 }
 
 /// Retries allowed as a share of recent requests: every request deposits
@@ -74,7 +76,14 @@ impl Pool {
             retry: config::RetryConfig::default(),
             ejection: config::EjectionConfig::default(),
             retry_budget: RetryBudget::new(config::RetryConfig::default().budget_percent),
+            slow_start_ms: 0,
         }
+    }
+
+    /// Sets the slow-start window.
+    pub fn with_slow_start(mut self, window: std::time::Duration) -> Self {
+        self.slow_start_ms = window.as_millis() as u64;
+        self
     }
 
     /// Sets the pool's retry and ejection settings.
@@ -118,6 +127,13 @@ impl Pool {
         let members = LiveMembers {
             backends: &self.backends,
             exclude,
+            slow_start_ms: self.slow_start_ms,
+            // Read the clock once per pick, and only when slow start is on.
+            now: if self.slow_start_ms > 0 {
+                crate::server::activity::now_ms()
+            } else {
+                0
+            },
         };
         let pick = self.selection.select(ctx, &members)?;
         let backend = self.backends.get(pick.index)?;
@@ -133,6 +149,8 @@ impl Pool {
 struct LiveMembers<'a> {
     backends: &'a [Arc<Backend>],
     exclude: &'a [usize],
+    slow_start_ms: u64,
+    now: u64,
 }
 
 impl Members for LiveMembers<'_> {
@@ -147,6 +165,13 @@ impl Members for LiveMembers<'_> {
 
     fn load(&self, i: usize) -> usize {
         self.backends.get(i).map_or(0, |b| b.open_connections())
+    }
+
+    fn ramp(&self, i: usize) -> u32 {
+        match self.backends.get(i) {
+            Some(b) if self.slow_start_ms > 0 => b.ramp(self.now, self.slow_start_ms),
+            _ => crate::select::FULL_RAMP,
+        }
     }
 }
 

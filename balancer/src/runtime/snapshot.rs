@@ -62,7 +62,8 @@ impl Snapshot {
             let selection = select::for_pool(p);
             let pool = Arc::new(
                 Pool::new(&p.name, backends, weights, selection)
-                    .with_failure_policy(p.retry, p.ejection),
+                    .with_failure_policy(p.retry, p.ejection)
+                    .with_slow_start(p.slow_start),
             );
             pools.insert(Arc::clone(&pool.name), pool);
         }
@@ -137,5 +138,44 @@ mod tests {
         assert!(Arc::ptr_eq(&a1, &third.pools["p"].backends[0]));
         assert!(!Arc::ptr_eq(&b1, &third.pools["p"].backends[1]));
         assert!(third.routes.find("l", None, "/").is_some());
+    }
+}
+
+#[cfg(test)]
+mod slow_start_tests {
+    use super::*;
+    use crate::select::SelectionContext;
+
+    #[tokio::test]
+    async fn a_backend_back_up_takes_a_small_share_while_ramping() {
+        let config = config::parse(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
+             [[pool]]\nname = \"p\"\npolicy = \"least_connections\"\nslow_start = \"60s\"\n\
+             [[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:9001\"\n\
+             [[pool.backend]]\nid = \"b\"\naddress = \"127.0.0.1:9002\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+        )
+        .unwrap();
+        let snap = Snapshot::build(&config, None);
+        let pool = &snap.pools["p"];
+        assert_eq!(pool.slow_start_ms, 60_000);
+        let b = &pool.backends[1];
+        b.set_health(Health::Down);
+        b.set_health(Health::Up);
+        let headers = http::HeaderMap::new();
+        let uri = http::Uri::from_static("/");
+        let ctx = SelectionContext {
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            headers: &headers,
+            uri: &uri,
+        };
+        let mut guards = Vec::new();
+        let mut on_b = 0;
+        for _ in 0..22 {
+            let (i, backend, _) = pool.select(&ctx, &[]).unwrap();
+            on_b += usize::from(i == 1);
+            guards.push(backend.open());
+        }
+        assert!((1..=4).contains(&on_b), "b got {on_b} of 22");
     }
 }

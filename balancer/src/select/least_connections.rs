@@ -30,23 +30,24 @@ impl LeastConnections {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u64)> = None;
+        let mut best: Option<(usize, u64, u64)> = None;
         // From the rotating start to the end, then from 0: no division per member.
         for i in (start..n).chain(0..start) {
             if !members.usable(i) {
                 continue;
             }
             let load = members.load(i) as u64;
+            let weight = self.weights[i] * u64::from(members.ramp(i));
             // load_i / w_i < load_b / w_b, without division.
             let better = match best {
                 None => true,
-                Some((b, load_b)) => load * self.weights[b] < load_b * self.weights[i],
+                Some((_, load_b, weight_b)) => load * weight_b < load_b * weight,
             };
             if better {
-                best = Some((i, load));
+                best = Some((i, load, weight));
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(i, _, _)| i)
     }
 }
 
@@ -89,12 +90,25 @@ mod tests {
         assert_eq!(m.load, vec![10; 4]);
     }
 
+    #[test]
+    fn slow_start_member_gets_a_share_of_its_weight() {
+        let lc = LeastConnections::new(&[1, 1]);
+        let mut m = StaticMembers::new(2);
+        m.ramp = vec![1000, 250];
+        for _ in 0..500 {
+            let i = lc.pick(&m).unwrap();
+            m.load[i] += 1;
+        }
+        // Load follows effective weight 1 : 0.25.
+        assert_eq!(m.load, vec![400, 100]);
+    }
+
     proptest! {
         #[test]
         fn never_picks_a_more_loaded_member(loads in prop::collection::vec(0usize..100, 1..20), weights in prop::collection::vec(1u32..=8, 20), mask in any::<u32>()) {
             let n = loads.len();
             let lc = LeastConnections::new(&weights[..n]);
-            let m = StaticMembers { usable: (0..n).map(|i| mask & (1 << i) != 0).collect(), load: loads.clone() };
+            let m = StaticMembers { usable: (0..n).map(|i| mask & (1 << i) != 0).collect(), load: loads.clone(), ramp: Vec::new() };
             match lc.pick(&m) {
                 None => prop_assert!(m.usable.iter().all(|u| !u)),
                 Some(p) => {

@@ -55,6 +55,25 @@ pub trait Members {
     fn usable(&self, i: usize) -> bool;
     /// Open connections of member `i`: in-flight requests plus tunnels.
     fn load(&self, i: usize) -> usize;
+    /// Slow start: the share of its weight member `i` gets now, in
+    /// thousandths (100 to 1000). Sticky policies ignore it: moving keys
+    /// would break stickiness.
+    fn ramp(&self, _i: usize) -> u32 {
+        FULL_RAMP
+    }
+}
+
+/// [`Members::ramp`] of a member at full weight.
+pub const FULL_RAMP: u32 = 1000;
+
+/// Slow-start share in thousandths: 10% at `since`, rising linearly to 100%
+/// after `window`. `since == 0` means never (re)started: full weight.
+pub fn ramp(now: u64, since: u64, window: u64) -> u32 {
+    if window == 0 || since == 0 || now >= since.saturating_add(window) {
+        return FULL_RAMP;
+    }
+    let elapsed = now.saturating_sub(since);
+    (100 + (900 * elapsed / window)) as u32
 }
 
 /// A policy's answer.
@@ -114,6 +133,8 @@ pub fn for_pool(pool: &config::PoolConfig) -> Box<dyn BackendSelection> {
 pub struct StaticMembers {
     pub usable: Vec<bool>,
     pub load: Vec<usize>,
+    /// Slow-start shares; empty means all at full weight.
+    pub ramp: Vec<u32>,
 }
 
 impl StaticMembers {
@@ -122,6 +143,7 @@ impl StaticMembers {
         Self {
             usable: vec![true; n],
             load: vec![0; n],
+            ramp: Vec::new(),
         }
     }
 }
@@ -135,5 +157,24 @@ impl Members for StaticMembers {
     }
     fn load(&self, i: usize) -> usize {
         self.load.get(i).copied().unwrap_or(0)
+    }
+    fn ramp(&self, i: usize) -> u32 {
+        self.ramp.get(i).copied().unwrap_or(FULL_RAMP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ramp_rises_from_ten_percent_to_full() {
+        assert_eq!(ramp(1_000, 1_000, 10_000), 100);
+        assert_eq!(ramp(6_000, 1_000, 10_000), 550);
+        assert_eq!(ramp(11_000, 1_000, 10_000), 1000);
+        assert_eq!(ramp(99_000, 1_000, 10_000), 1000);
+        assert_eq!(ramp(5, 1_000, 0), 1000, "off");
+        assert_eq!(ramp(0, 1_000, 10_000), 100, "clock before since");
+        assert_eq!(ramp(50, 0, 10_000), 1000, "never restarted");
     }
 }

@@ -38,7 +38,18 @@ impl SmoothWeightedRoundRobin {
 
 impl BackendSelection for SmoothWeightedRoundRobin {
     fn select(&self, _ctx: &SelectionContext<'_>, members: &dyn Members) -> Option<Pick> {
-        self.pick(|i| members.usable(i)).map(Pick::plain)
+        let picked = self.pick(|i| {
+            // Slow start: a ramping member takes its turn with probability
+            // ramp/1000, so its share follows its ramped weight.
+            members.usable(i) && {
+                let r = members.ramp(i);
+                r >= super::FULL_RAMP || fastrand::u32(..super::FULL_RAMP) < r
+            }
+        });
+        // If every usable member happened to skip, take the schedule as is.
+        picked
+            .or_else(|| self.pick(|i| members.usable(i)))
+            .map(Pick::plain)
     }
 }
 

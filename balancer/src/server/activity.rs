@@ -17,9 +17,10 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Milliseconds since the process's first call: cheap, monotonic.
+/// Milliseconds since the process's first call, plus one: cheap, monotonic,
+/// and never 0, so 0 can mean "never" in timestamps kept in atomics.
 pub fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    epoch().elapsed().as_millis() as u64 + 1
 }
 
 /// Last time (from [`now_ms`]) bytes moved on a connection.
@@ -51,7 +52,8 @@ pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
     let idle_ms = idle.as_millis() as u64;
     loop {
         let due = last.get().saturating_add(idle_ms);
-        tokio::time::sleep_until((epoch() + Duration::from_millis(due)).into()).await;
+        tokio::time::sleep_until((epoch() + Duration::from_millis(due.saturating_sub(1))).into())
+            .await;
         if busy.load(Ordering::Relaxed) == 0 && now_ms().saturating_sub(last.get()) >= idle_ms {
             return;
         }
