@@ -216,3 +216,38 @@ async fn backends_killed_and_restarted_under_load_cost_no_request() {
     assert!(p > 1000, "too few requests to mean anything: {p}");
     assert_eq!(f, 0, "{f} client-visible failures out of {}", p + f);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_its_upload_does_not_eject_the_backend() {
+    use tokio::io::AsyncWriteExt;
+    let live = Backend::start("live");
+    let lb = Balancer::start(&format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n\
+         [[pool.backend]]\nid = \"live\"\naddress = \"{}\"\n\
+         [pool.ejection]\nconsecutive_failures = 1\nmax_percent = 100\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+        live.addr
+    ));
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(lb.addr()).await.unwrap();
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: abort-{i}\r\nContent-Length: 1000000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[1u8; 100_000]).await.unwrap();
+        drop(s); // gone mid-upload
+        let id = format!("abort-{i}");
+        lb.proc.wait_log("access line of the aborted upload", |v| {
+            v["target"] == "access" && v["request_id"] == id.as_str()
+        });
+    }
+    let r = get(&h1(), &lb.url("/whoami")).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !lb.proc
+            .lines()
+            .iter()
+            .any(|v| v["message"] == "backend ejected"),
+        "client aborts were blamed on the backend"
+    );
+}

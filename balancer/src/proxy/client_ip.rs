@@ -19,15 +19,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut nearest = peer;
-    // Several X-Forwarded-For headers are one list, in order.
-    let hops: Vec<&str> = headers
+    // Several X-Forwarded-For headers are one list, in order; walk it from
+    // the right. Bytes, not text: a line with a non-ASCII byte (a client's
+    // invention) must not hide the hops our own proxies appended to it.
+    let hops = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for hop in hops.iter().rev() {
-        match parse_hop(hop) {
+        .rev()
+        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','));
+    for hop in hops {
+        match std::str::from_utf8(hop).ok().and_then(parse_hop) {
             Some(ip) if is_trusted(&ip) => nearest = ip,
             Some(ip) => return ip,
             // Garbage from a trusted hop: stop at the last address we can vouch for.
@@ -77,6 +78,15 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_non_ascii_line_does_not_hide_trusted_hops() {
+        let mut h = HeaderMap::new();
+        let line = http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9, 10.0.0.5").unwrap();
+        h.insert(&X_FORWARDED_FOR, line);
+        let t = nets(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &h, &t), ip("203.0.113.9"));
     }
 
     #[test]

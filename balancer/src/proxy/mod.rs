@@ -180,7 +180,7 @@ impl Proxy {
             log.backend = Some(Arc::clone(&backend.id));
 
             let progress = LastActivity::new();
-            let Some(attempt_body) = body.attempt(progress.clone()) else {
+            let Some((attempt_body, upload)) = body.attempt(progress.clone()) else {
                 return Err(last_error
                     .unwrap_or_else(|| ProxyError::Upstream("request body already sent".into())));
             };
@@ -214,6 +214,13 @@ impl Proxy {
                 }
                 Err(e) => {
                     drop(guard);
+                    // Failures the client caused are not the backend's.
+                    if upload.client_failed() {
+                        return Err(ProxyError::ClientBody(e.to_string()));
+                    }
+                    if matches!(e, ProxyError::ResponseTimeout(_)) && !upload.finished() {
+                        return Err(ProxyError::ClientTimeout(timeouts.response_header));
+                    }
                     note_failure(&pool, &backend, log);
                     let retryable = match &e {
                         // Nothing reached the backend.
@@ -318,6 +325,12 @@ async fn client_body(
 /// Passive outlier detection: one more failure of `backend`.
 fn note_failure(pool: &Pool, backend: &Backend, log: &AccessLog) {
     if let Some(duration) = backend.record_failure(&pool.ejection, || pool.may_eject()) {
+        // Two backends may cross their thresholds at the same moment; the
+        // cap is checked again now that this one is out.
+        if pool.ejected_share_exceeded() {
+            backend.cancel_ejection();
+            return;
+        }
         tracing::warn!(
             request_id = log.request_id.to_str().unwrap_or("-"),
             pool = &*pool.name,

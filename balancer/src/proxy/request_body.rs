@@ -5,6 +5,8 @@
 //! upload.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,6 +29,27 @@ enum Inner {
 pub struct RequestBody {
     inner: Inner,
     progress: LastActivity,
+    upload: Arc<Upload>,
+}
+
+/// How one attempt's upload went, so a failure the client caused (its body
+/// broke off, or stalled) is not blamed on the backend.
+#[derive(Debug, Default)]
+pub struct Upload {
+    client_failed: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl Upload {
+    /// The client's body stream failed (client aborted or sent garbage).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
+    }
+
+    /// The whole body went out.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,14 +69,25 @@ impl ClientBody {
         !matches!(self, Self::Stream(_))
     }
 
-    /// The body for one attempt; `None` when a streamed body was already sent.
-    pub fn attempt(&mut self, progress: LastActivity) -> Option<RequestBody> {
+    /// The body for one attempt and a handle on how its upload goes;
+    /// `None` when a streamed body was already sent.
+    pub fn attempt(&mut self, progress: LastActivity) -> Option<(RequestBody, Arc<Upload>)> {
         let inner = match self {
             Self::Empty => Inner::Empty,
             Self::Full(b) => Inner::Full(Some(b.clone())),
             Self::Stream(s) => Inner::Stream(s.take()?),
         };
-        Some(RequestBody { inner, progress })
+        let upload = Arc::new(Upload::default());
+        // A buffered or empty body is entirely in hand already.
+        if !matches!(inner, Inner::Stream(_)) {
+            upload.finished.store(true, Ordering::Relaxed);
+        }
+        let body = RequestBody {
+            inner,
+            progress,
+            upload: Arc::clone(&upload),
+        };
+        Some((body, upload))
     }
 }
 
@@ -73,8 +107,16 @@ impl Body for RequestBody {
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(BoxError::from))),
         };
-        if r.is_ready() {
+        if let Poll::Ready(ready) = &r {
             this.progress.touch();
+            match ready {
+                Some(Err(_)) => this.upload.client_failed.store(true, Ordering::Relaxed),
+                None => this.upload.finished.store(true, Ordering::Relaxed),
+                Some(Ok(_)) if this.is_end_stream() => {
+                    this.upload.finished.store(true, Ordering::Relaxed)
+                }
+                Some(Ok(_)) => {}
+            }
         }
         r
     }

@@ -124,7 +124,7 @@ impl Backend {
     }
 
     /// Whether passive outlier detection has this backend out right now.
-    /// One atomic load when not ejected (the common case): no clock read.
+    /// One atomic load for a backend never ejected; one clock read after.
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && now_ms() < until
@@ -165,12 +165,13 @@ impl Backend {
         cfg: &config::EjectionConfig,
         may_eject: impl FnOnce() -> bool,
     ) -> Option<std::time::Duration> {
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected_at(now)
-        {
+        if cfg.consecutive_failures == 0 || self.is_ejected_at(now) {
+            // Failures of requests already in flight when it was ejected do
+            // not start the next streak.
             return None;
         }
-        if !may_eject() {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < cfg.consecutive_failures || !may_eject() {
             return None;
         }
         let previous_until = self.ejected_until.load(Ordering::Relaxed);
@@ -179,9 +180,8 @@ impl Backend {
         let series = if previous_until != 0
             && now.saturating_sub(previous_until) < cfg.max.as_millis() as u64
         {
-            self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+            self.ejections.load(Ordering::Relaxed) + 1
         } else {
-            self.ejections.store(1, Ordering::Relaxed);
             1
         };
         let factor = 1u32 << (series - 1).min(16);
@@ -195,9 +195,19 @@ impl Backend {
         {
             return None;
         }
+        // Counted only by the winner, so concurrent failures do not inflate
+        // the series.
+        self.ejections.store(series, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejections_total.fetch_add(1, Ordering::Relaxed);
         Some(duration)
+    }
+
+    /// Takes back an ejection that turned out to break the pool's
+    /// `max_percent` cap (another backend was ejected at the same moment).
+    pub fn cancel_ejection(&self) {
+        self.ejected_until.store(0, Ordering::Relaxed);
+        self.ejections_total.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn health(&self) -> Health {
@@ -329,6 +339,9 @@ mod tests {
         let b = backend();
         assert!(fail(&b, 0, 3).is_some());
         assert_eq!(fail(&b, 1_000, 10), None, "already ejected");
+        // Failures while ejected do not count towards the next streak.
+        assert_eq!(fail(&b, 5_000, 2), None);
+        assert!(fail(&b, 5_000, 1).is_some());
         let c = backend();
         assert_eq!(
             (0..5)

@@ -104,6 +104,17 @@ impl Pool {
         self.may_eject_at(crate::server::activity::now_ms())
     }
 
+    /// Whether more than `ejection.max_percent` of the pool is ejected now.
+    pub fn ejected_share_exceeded(&self) -> bool {
+        let now = crate::server::activity::now_ms();
+        let ejected = self
+            .backends
+            .iter()
+            .filter(|b| b.is_ejected_at(now))
+            .count();
+        ejected * 100 > self.backends.len() * self.ejection.max_percent as usize
+    }
+
     /// [`Pool::may_eject`] at a given time (tests drive the clock).
     pub fn may_eject_at(&self, now: u64) -> bool {
         let ejected = self

@@ -56,8 +56,10 @@ pub fn token(secret: &[u8], pool: &str, id: &str) -> String {
     let mut out = String::with_capacity(id.len() + 33);
     out.push_str(id);
     out.push('.');
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in &tag[..16] {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out
 }
@@ -119,7 +121,9 @@ impl StickyCookie {
     /// in the pool (removed from the config): costs one HMAC, only on this path.
     fn verify_removed<'t>(&self, presented: &'t str) -> Option<&'t str> {
         let (id, _) = presented.rsplit_once('.')?;
-        if id.is_empty() || self.by_id.contains_key(id) {
+        // Ids are at most 64 characters (config validation): anything longer
+        // is not worth an HMAC.
+        if id.is_empty() || id.len() > 64 || self.by_id.contains_key(id) {
             return None;
         }
         let expected = token(&self.secret, &self.pool, id);

@@ -67,8 +67,14 @@ impl Rendezvous {
     fn weighted(&self, bits: u64, i: usize) -> f64 {
         // u in (0, 1]: 53 random bits, never zero.
         let u = ((bits >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        // -ln(u) >= 0; u == 1 gives infinity: the strongest possible claim.
-        self.weights[i] / -u.ln()
+        // -ln(u) >= 0; at u == 1 it is 0 and the score is the strongest
+        // possible claim (+inf; the division alone would give -inf for -0.0).
+        let e = -u.ln();
+        if e <= 0.0 {
+            f64::INFINITY
+        } else {
+            self.weights[i] / e
+        }
     }
 
     /// The member `key` belongs to among those `usable` accepts.

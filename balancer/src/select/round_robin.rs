@@ -60,11 +60,11 @@ impl SmoothWeightedRoundRobin {
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Walk on from the scheduled member when it is unusable, so the others
-        // keep their relative weights.
+        // An unusable member's slot is consumed like any other, so the
+        // usable members keep exactly their relative weights (walking on to
+        // the neighbour instead would hand it the missing member's share).
         (0..len)
-            .map(|step| self.schedule[(start.wrapping_add(step)) % len] as usize)
+            .map(|_| self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize)
             .find(|&i| usable(i))
     }
 }
@@ -130,6 +130,34 @@ mod tests {
         assert_eq!(schedule(&[3, 1]), vec![0, 0, 1, 0]);
         assert_eq!(schedule(&[4, 4]), vec![0, 1], "gcd reduces the period");
         assert!(schedule(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_unusable_member_does_not_double_its_neighbour() {
+        for (weights, down) in [
+            (vec![1, 1, 1], 0usize),
+            (vec![5, 1, 1], 0),
+            (vec![2, 3, 4], 1),
+        ] {
+            let rr = SmoothWeightedRoundRobin::new(&weights);
+            let total: u32 = weights.iter().sum();
+            let mut counts = vec![0u32; weights.len()];
+            for _ in 0..total * 100 {
+                counts[rr.pick(|i| i != down).unwrap()] += 1;
+            }
+            let (a, b) = match down {
+                0 => (1, 2),
+                1 => (0, 2),
+                _ => (0, 1),
+            };
+            // counts[a] / counts[b] == weights[a] / weights[b]
+            let (ca, cb) = (u64::from(counts[a]), u64::from(counts[b]));
+            let (wa, wb) = (u64::from(weights[a]), u64::from(weights[b]));
+            assert!(
+                (ca * wb).abs_diff(cb * wa) <= wa.max(wb) * 2,
+                "{weights:?} down {down}: {counts:?}"
+            );
+        }
     }
 
     #[test]
