@@ -1,23 +1,28 @@
-//! Start-up and shutdown.
+//! Start-up, reload and shutdown.
 //!
 //! [`run`] takes a validated config and a shutdown future, like mini-redis's
 //! server: the binary passes SIGTERM/SIGINT, tests pass what they like.
 //! Shutdown: stop accepting at once, let in-flight requests finish for up to
 //! `timeouts.shutdown_grace`, then return.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::HealthChecker;
 use crate::proxy::Proxy;
+use crate::reload::{watch_file, ConfigDiff};
 use crate::runtime::Snapshot;
-use crate::server::{serve_listener, ConnSettings};
+use crate::server::serve_listener;
 use crate::Error;
 
 /// A balancer whose listeners are bound but not yet serving.
@@ -26,6 +31,7 @@ pub struct App {
     config: config::Config,
     proxy: Arc<Proxy>,
     bound: Vec<(TcpListener, Arc<str>, SocketAddr)>,
+    path: Option<PathBuf>,
 }
 
 impl App {
@@ -36,6 +42,7 @@ impl App {
         let proxy = Arc::new(Proxy {
             snapshot,
             tasks: TaskTracker::new(),
+            close_tunnels: CancellationToken::new(),
         });
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -54,6 +61,7 @@ impl App {
             config,
             proxy,
             bound,
+            path: None,
         })
     }
 
@@ -70,18 +78,23 @@ impl App {
         Arc::clone(&self.proxy)
     }
 
-    /// Serves until `shutdown` resolves, then drains: stop accepting, let
-    /// in-flight requests finish for up to `timeouts.shutdown_grace`.
+    /// Reloads from this file on SIGHUP and whenever it changes on disk.
+    pub fn with_config_path(mut self, path: PathBuf) -> Self {
+        self.path = Some(path);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stop accepting, send
+    /// WebSocket clients a Close frame, let in-flight requests finish for up
+    /// to `timeouts.shutdown_grace`. With a config path, reloads on SIGHUP
+    /// and on file changes in the meantime.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
             proxy,
             bound,
+            path,
         } = self;
-        let settings = ConnSettings {
-            request_header: config.timeouts.request_header,
-            client_idle: config.timeouts.client_idle,
-        };
         tracing::info!(
             pools = config.pools.len(),
             routes = config.routes.len(),
@@ -90,46 +103,70 @@ impl App {
         );
 
         let stop = CancellationToken::new();
-        let checkers = TaskTracker::new();
-        {
-            let snap = proxy.snapshot.load();
-            for p in &config.pools {
-                let (Some(health), Some(pool)) = (&p.health, snap.pools.get(p.name.as_str()))
-                else {
-                    continue;
-                };
-                for backend in &pool.backends {
-                    let checker = HealthChecker {
-                        pool: Arc::clone(&pool.name),
-                        backend: Arc::clone(backend),
-                        config: health.clone(),
-                    };
-                    checkers.spawn(checker.run(stop.clone()));
+        let mut running = Running {
+            config,
+            proxy: Arc::clone(&proxy),
+            stop: stop.clone(),
+            listeners: HashMap::new(),
+            listener_tasks: TaskTracker::new(),
+            checkers: HashMap::new(),
+            last_text: path
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok()),
+        };
+        for (listener, name, address) in bound {
+            running.start_listener(listener, &name, address);
+        }
+        running.sync_checkers();
+
+        let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+        let _watcher = path
+            .as_deref()
+            .and_then(|p| match watch_file(p, reload_tx.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+                    None
+                }
+            });
+        let (hup_tx, mut hup_rx) = mpsc::channel::<()>(1);
+        if path.is_some() {
+            spawn_sighup(hup_tx, stop.clone());
+        }
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(()) = reload_rx.recv() => {
+                    // Editors write in bursts: let the burst settle.
+                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                    while reload_rx.try_recv().is_ok() {}
+                    if let Some(p) = &path {
+                        running.reload(p, "file", true).await;
+                    }
+                }
+                Some(()) = hup_rx.recv() => {
+                    if let Some(p) = &path {
+                        running.reload(p, "SIGHUP", false).await;
+                    }
                 }
             }
         }
-        checkers.close();
-        let listeners = TaskTracker::new();
-        for (listener, name, _) in bound {
-            listeners.spawn(serve_listener(
-                listener,
-                name,
-                Arc::clone(&proxy),
-                settings,
-                stop.clone(),
-            ));
-        }
-        listeners.close();
 
-        shutdown.await;
+        let grace = running.config.timeouts.shutdown_grace;
         tracing::info!(
-            grace = ?config.timeouts.shutdown_grace,
+            ?grace,
             "shutting down: no new connections, finishing in-flight requests"
         );
         stop.cancel();
-        listeners.wait().await;
+        // WebSocket clients get a Close frame now, so they reconnect at once
+        // (to another balancer) instead of timing out.
+        proxy.close_tunnels.cancel();
+        running.listener_tasks.close();
+        running.listener_tasks.wait().await;
         proxy.tasks.close();
-        if tokio::time::timeout(config.timeouts.shutdown_grace, proxy.tasks.wait())
+        if tokio::time::timeout(grace, proxy.tasks.wait())
             .await
             .is_err()
         {
@@ -139,6 +176,245 @@ impl App {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Quiet time after a file event before reloading.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+fn spawn_sighup(tx: mpsc::Sender<()>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reload by editing the file");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+    });
+}
+
+/// One listening socket that is serving.
+#[derive(Debug)]
+struct ListenerEntry {
+    /// As written in the config (port 0 stays 0): what a reload compares.
+    configured: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The serving state a reload changes.
+#[derive(Debug)]
+struct Running {
+    config: config::Config,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+    listeners: HashMap<String, ListenerEntry>,
+    listener_tasks: TaskTracker,
+    /// One health checker per backend object (keyed by its address in
+    /// memory), kept across reloads while the backend and its checks are.
+    checkers: HashMap<usize, (CancellationToken, config::HealthConfig)>,
+    /// The text of the file last loaded, so a file event that changed
+    /// nothing (touch, editor temp files) does not count as a reload.
+    last_text: Option<String>,
+}
+
+impl Running {
+    fn start_listener(&mut self, listener: TcpListener, name: &str, bound: SocketAddr) {
+        let configured = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(bound, |l| l.address);
+        let stop = self.stop.child_token();
+        self.listener_tasks.spawn(serve_listener(
+            listener,
+            Arc::from(name),
+            Arc::clone(&self.proxy),
+            stop.clone(),
+        ));
+        self.listeners
+            .insert(name.to_string(), ListenerEntry { configured, stop });
+    }
+
+    /// Starts checkers for backends that need one and stops the others.
+    fn sync_checkers(&mut self) {
+        let snap = self.proxy.snapshot.load_full();
+        let mut wanted: HashMap<
+            usize,
+            (Arc<str>, Arc<crate::runtime::Backend>, config::HealthConfig),
+        > = HashMap::new();
+        for p in &self.config.pools {
+            let (Some(health), Some(pool)) = (&p.health, snap.pools.get(p.name.as_str())) else {
+                continue;
+            };
+            for b in &pool.backends {
+                wanted.insert(
+                    Arc::as_ptr(b) as usize,
+                    (Arc::clone(&pool.name), Arc::clone(b), health.clone()),
+                );
+            }
+        }
+        self.checkers.retain(|key, (token, health)| {
+            let keep = wanted.get(key).is_some_and(|(_, _, h)| h == health);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (key, (pool, backend, health)) in wanted {
+            if self.checkers.contains_key(&key) {
+                continue;
+            }
+            let token = self.stop.child_token();
+            let checker = HealthChecker {
+                pool,
+                backend,
+                config: health.clone(),
+            };
+            tokio::spawn(checker.run(token.clone()));
+            self.checkers.insert(key, (token, health));
+        }
+    }
+
+    /// Loads `path` and, if it is valid, moves everything to it.
+    async fn reload(&mut self, path: &Path, trigger: &'static str, skip_if_same: bool) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "config reload failed: cannot read the file; keeping the running config");
+                return;
+            }
+        };
+        if skip_if_same && self.last_text.as_deref() == Some(text.as_str()) {
+            tracing::debug!(trigger, "config file event without changes");
+            return;
+        }
+        let new = match config::parse(&text) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors.iter() {
+                    tracing::error!(trigger, error = %e, "invalid config");
+                }
+                tracing::warn!(
+                    trigger,
+                    problems = errors.len(),
+                    "config reload failed: keeping the running config"
+                );
+                self.last_text = Some(text);
+                return;
+            }
+        };
+        let diff = ConfigDiff::between(&self.config, &new);
+
+        // Bind added listeners first: a port that cannot be bound rejects
+        // the whole reload, before anything changed.
+        let mut added = Vec::new();
+        for l in &new.listeners {
+            if self
+                .listeners
+                .get(&l.name)
+                .is_some_and(|e| e.configured == l.address)
+            {
+                continue;
+            }
+            match TcpListener::bind(l.address).await {
+                Ok(listener) => {
+                    let address = listener.local_addr().unwrap_or(l.address);
+                    added.push((listener, l.name.clone(), address));
+                }
+                Err(e) => {
+                    tracing::error!(trigger, listener = %l.name, address = %l.address, error = %e, "config reload failed: cannot bind; keeping the running config");
+                    return;
+                }
+            }
+        }
+
+        let old_snapshot = self.proxy.snapshot.load_full();
+        let snapshot = Arc::new(Snapshot::build(&new, Some(&old_snapshot)));
+        let generation = snapshot.generation;
+        self.proxy.snapshot.store(Arc::clone(&snapshot));
+
+        // Listeners: stop removed or moved ones (their open connections
+        // finish), start added ones; unchanged ones are never re-bound.
+        let new_names: HashMap<&str, SocketAddr> = new
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.address))
+            .collect();
+        self.listeners.retain(|name, entry| {
+            let keep = new_names.get(name.as_str()) == Some(&entry.configured);
+            if !keep {
+                entry.stop.cancel();
+            }
+            keep
+        });
+        let drain_timeout = new.drain_timeout;
+        self.config = new;
+        for (listener, name, address) in added {
+            tracing::info!(listener = %name, %address, "listening");
+            self.start_listener(listener, &name, address);
+        }
+        self.sync_checkers();
+        drain_removed(&old_snapshot, &snapshot, drain_timeout);
+        self.last_text = Some(text);
+        tracing::info!(
+            trigger,
+            generation,
+            changes = %diff.summary(),
+            "config reloaded"
+        );
+    }
+}
+
+/// Backends in `old` but not in `new` take no new requests; they are
+/// drained: in-flight requests finish, tunnels stay until they close or
+/// `drain_timeout` passes, then get a Close frame.
+fn drain_removed(old: &Snapshot, new: &Snapshot, drain_timeout: Duration) {
+    let kept: std::collections::HashSet<usize> = new
+        .pools
+        .values()
+        .flat_map(|p| p.backends.iter().map(|b| Arc::as_ptr(b) as usize))
+        .collect();
+    for pool in old.pools.values() {
+        for b in &pool.backends {
+            if kept.contains(&(Arc::as_ptr(b) as usize)) {
+                continue;
+            }
+            let backend = Arc::clone(b);
+            let pool = Arc::clone(&pool.name);
+            tracing::info!(
+                pool = &*pool,
+                backend = &*backend.id,
+                open = backend.open_connections(),
+                "backend draining"
+            );
+            tokio::spawn(async move {
+                let end = tokio::time::Instant::now() + drain_timeout;
+                // Polled, not signalled: a draining backend is rare and the
+                // check is one atomic load.
+                while backend.open_connections() > 0 && tokio::time::Instant::now() < end {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let left = backend.open_connections();
+                backend.finish_drain();
+                tracing::info!(
+                    pool = &*pool,
+                    backend = &*backend.id,
+                    closed = left,
+                    "backend drained"
+                );
+            });
+        }
     }
 }
 

@@ -11,7 +11,8 @@
 //!   pools, `Arc<Backend>` live state) behind one `ArcSwap`.
 //! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
 //! * [`health`]: active health checks writing each backend's health atomic.
-//! * [`app`]: start-up and shutdown: bind listeners, serve, drain, exit.
+//! * [`reload`]: hot reload: watch the file, diff, swap the snapshot.
+//! * [`app`]: start-up, reload and shutdown: bind listeners, serve, drain, exit.
 //!
 //! Config parsing and validation live in the `config` crate, shared with
 //! `balancer check`.
@@ -21,6 +22,7 @@ mod error;
 pub mod health;
 pub mod logging;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod select;
 pub mod server;

@@ -74,7 +74,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(balancer::app::run(config, shutdown_signal())) {
+    let serve = async {
+        let app = balancer::app::App::bind(config).await?;
+        app.with_config_path(path).serve(shutdown_signal()).await;
+        Ok::<(), balancer::Error>(())
+    };
+    match runtime.block_on(serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

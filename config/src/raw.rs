@@ -17,6 +17,8 @@ pub struct RawFile {
     pub route: Vec<(usize, RawRoute)>,
     pub timeouts: RawTimeouts,
     pub trusted_proxies: Vec<String>,
+    pub drain_timeout: Option<String>,
+    pub drain_close_code: Option<i64>,
     /// Errors met while reading shapes; validation appends to these.
     pub errors: Vec<ConfigError>,
 }
@@ -169,9 +171,11 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
                     file.trusted_proxies = t;
                 }
             }
+            "drain_timeout" => file.drain_timeout = one(&key, value, &mut file.errors),
+            "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, drain_timeout, drain_close_code)",
             )),
         }
     }

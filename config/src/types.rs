@@ -12,6 +12,11 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a removed backend's WebSocket tunnels may stay open.
+    pub drain_timeout: Duration,
+    /// The WebSocket close code sent to clients whose tunnel the balancer
+    /// ends (drain timeout, shutdown): 1001 "going away" or 1012 "service restart".
+    pub drain_close_code: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,8 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         route,
         timeouts,
         trusted_proxies,
+        drain_timeout,
+        drain_close_code,
         mut errors,
     } = file;
     let e = &mut errors;
@@ -235,6 +237,21 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         .filter_map(|(i, t)| ip_net(e, &format!("trusted_proxies[{i}]"), t))
         .collect();
 
+    let drain_timeout = drain_timeout
+        .and_then(|v| positive_duration(e, "drain_timeout", &v))
+        .unwrap_or(Duration::from_secs(300));
+    let drain_close_code = match drain_close_code {
+        None => 1001,
+        Some(c @ (1001 | 1012)) => c as u16,
+        Some(c) => {
+            e.push(ConfigError::new(
+                "drain_close_code",
+                format!("{c} is not allowed (1001 going away, or 1012 service restart)"),
+            ));
+            1001
+        }
+    };
+
     if errors.is_empty() {
         Ok(Config {
             listeners,
@@ -242,6 +259,8 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             routes,
             timeouts,
             trusted_proxies,
+            drain_timeout,
+            drain_close_code,
         })
     } else {
         Err(ConfigErrors(errors))

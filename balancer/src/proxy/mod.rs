@@ -18,6 +18,7 @@ pub mod error;
 pub mod headers;
 mod request_body;
 mod tunnel;
+pub mod ws_frames;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +46,8 @@ pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Tunnels run as tasks of their own; tracked so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Fired at shutdown: every WebSocket tunnel sends its client a Close frame.
+    pub close_tunnels: tokio_util::sync::CancellationToken,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -140,6 +143,11 @@ impl Proxy {
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let websocket = upgrade
+            && req
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
 
         let (mut parts, body) = req.into_parts();
         let from_h2 = parts.version == Version::HTTP_2;
@@ -264,11 +272,17 @@ impl Proxy {
             if let Some(c) = &set_cookie {
                 parts.headers.append(header::SET_COOKIE, c.clone());
             }
+            let end = tunnel::TunnelEnd {
+                websocket,
+                close_code: snap.drain_close_code,
+                shutdown: self.close_tunnels.clone(),
+            };
             self.tasks.spawn(tunnel::run(
                 client_upgrade,
                 upstream_upgrade,
                 guard,
                 timeouts.websocket_idle,
+                end,
                 log.request_id.to_str().unwrap_or("-").to_string(),
             ));
             log.emit(0, true);

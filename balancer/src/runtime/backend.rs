@@ -56,6 +56,8 @@ pub struct Backend {
     /// When the health checker last brought it up ([`now_ms`]); slow start
     /// ramps from here (or from the end of an ejection, whichever is later).
     up_since: AtomicU64,
+    /// Fired when a removed backend's drain time is over: its tunnels close.
+    drained: tokio_util::sync::CancellationToken,
 }
 
 /// What the health checker last concluded about a backend.
@@ -110,7 +112,19 @@ impl Backend {
             ejections: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
             up_since: AtomicU64::new(0),
+            drained: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Fires when this backend, removed from the config, has drained for
+    /// `drain_timeout`: its remaining tunnels close.
+    pub fn drained(&self) -> tokio_util::sync::CancellationToken {
+        self.drained.clone()
+    }
+
+    /// Ends the drain: remaining tunnels get a Close frame and close.
+    pub fn finish_drain(&self) {
+        self.drained.cancel();
     }
 
     /// Slow-start share of its weight (thousandths) at `now` for a ramp of

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Close code sent to WebSocket clients whose tunnel the balancer ends.
+    pub drain_close_code: u16,
 }
 
 impl Snapshot {
@@ -87,6 +89,7 @@ impl Snapshot {
             pools,
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
+            drain_close_code: config.drain_close_code,
         }
     }
 }

@@ -20,10 +20,30 @@ use crate::proxy::{ConnInfo, Proxy};
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Client-side connection settings, from `[timeouts]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnSettings {
     pub request_header: Duration,
     pub client_idle: Duration,
+}
+
+impl From<&config::Timeouts> for ConnSettings {
+    fn from(t: &config::Timeouts) -> Self {
+        Self {
+            request_header: t.request_header,
+            client_idle: t.client_idle,
+        }
+    }
+}
+
+fn http_builder(settings: ConnSettings) -> Arc<auto::Builder<TokioExecutor>> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_header)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    Arc::new(builder)
 }
 
 /// Accepts until `shutdown` fires, then stops accepting (the socket closes)
@@ -32,17 +52,10 @@ pub async fn serve_listener(
     listener: TcpListener,
     name: Arc<str>,
     proxy: Arc<Proxy>,
-    settings: ConnSettings,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_header)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut settings = ConnSettings::from(&proxy.snapshot.load().timeouts);
+    let mut builder = http_builder(settings);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,6 +71,13 @@ pub async fn serve_listener(
                 }
             },
         };
+        // Timeouts come from the live config, so a reload applies them to
+        // new connections.
+        let current = ConnSettings::from(&proxy.snapshot.load().timeouts);
+        if current != settings {
+            settings = current;
+            builder = http_builder(settings);
+        }
         let conn = Arc::new(ConnInfo {
             listener: Arc::clone(&name),
             peer,
