@@ -95,13 +95,6 @@ impl App {
             bound,
             path,
         } = self;
-        tracing::info!(
-            pools = config.pools.len(),
-            routes = config.routes.len(),
-            generation = proxy.snapshot.load().generation,
-            "balancer started"
-        );
-
         let stop = CancellationToken::new();
         let mut running = Running {
             config,
@@ -133,6 +126,14 @@ impl App {
         if path.is_some() {
             spawn_sighup(hup_tx, stop.clone());
         }
+
+        // Only now: a change written after this line is seen.
+        tracing::info!(
+            pools = running.config.pools.len(),
+            routes = running.config.routes.len(),
+            generation = proxy.snapshot.load().generation,
+            "balancer started"
+        );
 
         tokio::pin!(shutdown);
         loop {

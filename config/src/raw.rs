@@ -217,10 +217,14 @@ pub(crate) fn one<T: DeserializeOwned>(
             } else {
                 format!("{path}.{inner}")
             };
-            errors.push(ConfigError::new(
-                full,
-                e.into_inner().to_string().trim_end(),
-            ));
+            // Some serde messages span lines ("...\nin `weight`"): one line per error.
+            let message = e.into_inner().to_string();
+            let lines: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            errors.push(ConfigError::new(full, lines.join(" ")));
             None
         }
     }

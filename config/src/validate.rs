@@ -56,6 +56,15 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         }
     }
 
+    if listeners.is_empty() && !errors_mention(e, "listener") {
+        // Also guards reloads: a file caught half-written must not stop
+        // every listener.
+        e.push(ConfigError::new(
+            "listener",
+            "at least one [[listener]] is required",
+        ));
+    }
+
     let mut pools = Vec::new();
     let mut pool_names = HashSet::new();
     for (i, p) in pool {
@@ -292,6 +301,11 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
         websocket_idle,
         shutdown_grace,
     }
+}
+
+/// Whether an error about `key` (or inside it) was already reported.
+fn errors_mention(e: &[ConfigError], key: &str) -> bool {
+    e.iter().any(|err| err.path.starts_with(key))
 }
 
 fn sticky_from(e: &mut Vec<ConfigError>, path: &str, raw: RawSticky) -> Option<StickyConfig> {
@@ -788,7 +802,7 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let errs = errors("[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nweight = \"heavy\"\n");
+        let errs = errors("[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n[[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:1\"\nweight = \"heavy\"\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].starts_with("pool[0].backend[0].weight: invalid type"),

@@ -136,10 +136,12 @@ impl Proc {
     pub fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + DEADLINE;
         let mut lines = self.log.lines.lock().unwrap();
+        let mut scanned = 0;
         loop {
-            if let Some(v) = lines.iter().find(|v| pred(v)) {
+            if let Some(v) = lines[scanned..].iter().find(|v| pred(v)) {
                 return v.clone();
             }
+            scanned = lines.len();
             let now = Instant::now();
             assert!(
                 now < end,
@@ -154,8 +156,11 @@ impl Proc {
     pub fn wait_count(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
         let end = Instant::now() + DEADLINE;
         let mut lines = self.log.lines.lock().unwrap();
+        // Scan each line once: busy processes log a lot.
+        let (mut seen, mut scanned) = (0, 0);
         loop {
-            let seen = lines.iter().filter(|v| pred(v)).count();
+            seen += lines[scanned..].iter().filter(|v| pred(v)).count();
+            scanned = lines.len();
             if seen >= n {
                 return;
             }
@@ -318,13 +323,23 @@ impl Balancer {
     /// Starts a balancer on `config` (listeners should use port 0) and waits
     /// until every listener is bound.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, "info")
+    }
+
+    /// Like [`Balancer::start`], without access-log lines (for load tests).
+    pub fn start_quiet(config: &str) -> Self {
+        Self::start_with(config, "info,access=off")
+    }
+
+    fn start_with(config: &str, rust_log: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("balancer.toml");
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(bin("balancer"));
         cmd.arg("--config")
             .arg(&path)
-            .args(["--log-format", "json"]);
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", rust_log);
         let proc = Proc::spawn("balancer", cmd);
         proc.wait_message("balancer started");
         let listeners = proc
@@ -343,6 +358,19 @@ impl Balancer {
             listeners,
             _dir: dir,
         }
+    }
+
+    /// The config file the balancer runs on (and watches).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("balancer.toml")
+    }
+
+    /// Replaces the config file the way editors do: write a new file, then
+    /// rename it over the old one.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self._dir.path().join(".balancer.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
     /// Address of the listener named `public`, which most tests use.

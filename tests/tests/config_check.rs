@@ -203,6 +203,19 @@ fn bad_trusted_proxy_names_its_index() {
 }
 
 #[test]
+fn a_file_without_listeners_is_refused() {
+    // Also what a half-written file caught by a reload often looks like.
+    for text in ["", "[[pool]]\nname = \"game\"\n"] {
+        let (code, _, stderr) = run(&["check"], text);
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("listener: at least one [[listener]] is required"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn bad_duration_names_the_timeout() {
     let text = GOOD.replace("connect = \"500ms\"", "connect = \"fast\"");
     let (code, _, stderr) = run(&["check"], &text);

@@ -182,3 +182,85 @@ mod slow_start_tests {
         assert!((1..=4).contains(&on_b), "b got {on_b} of 22");
     }
 }
+
+#[cfg(test)]
+mod reload_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const IDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+
+    /// A config with the backends whose bit is set in `mask`; `port_shift`
+    /// moves some of them to another port (an address change).
+    fn config(mask: u8, weights: u8, port_shift: u8) -> Config {
+        let mut text = String::from(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\npolicy = \"least_connections\"\n",
+        );
+        for (i, id) in IDS.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                let port = 9000 + i as u16 + if port_shift & (1 << i) != 0 { 100 } else { 0 };
+                let weight = 1 + u32::from(weights & (1 << i) != 0);
+                text.push_str(&format!(
+                    "[[pool.backend]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\nweight = {weight}\n"
+                ));
+            }
+        }
+        text.push_str("[[route]]\nlistener = \"l\"\npool = \"p\"\n");
+        config::parse(&text).unwrap()
+    }
+
+    fn by_id(s: &Snapshot) -> HashMap<String, Arc<Backend>> {
+        s.pools["p"]
+            .backends
+            .iter()
+            .map(|b| (b.id.to_string(), Arc::clone(b)))
+            .collect()
+    }
+
+    proptest! {
+        /// Reloading the same config is a no-op: the same backend objects.
+        #[test]
+        fn same_config_reuses_every_backend(mask in any::<u8>(), weights in any::<u8>()) {
+            let c = config(mask, weights, 0);
+            let first = Snapshot::build(&c, None);
+            let second = Snapshot::build(&c, Some(&first));
+            let (a, b) = (by_id(&first), by_id(&second));
+            prop_assert_eq!(a.len(), b.len());
+            for (id, backend) in &a {
+                prop_assert!(Arc::ptr_eq(backend, &b[id]));
+            }
+        }
+
+        /// Over any sequence of configs, a backend present (same pool, id
+        /// and address) in two consecutive ones keeps its object and its
+        /// live state (here: open connections).
+        #[test]
+        fn any_sequence_preserves_backends_present_in_both(
+            steps in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 1..12)
+        ) {
+            let mut snap = Snapshot::build(&config(0xff, 0, 0), None);
+            let mut guards = Vec::new();
+            for b in snap.pools["p"].backends.iter() {
+                guards.push(b.open());
+            }
+            for (mask, weights, shift) in steps {
+                let c = config(mask, weights, shift);
+                let next = Snapshot::build(&c, Some(&snap));
+                let (before, after) = (by_id(&snap), by_id(&next));
+                for (id, old) in &before {
+                    if let Some(new) = after.get(id) {
+                        if old.address == new.address {
+                            prop_assert!(Arc::ptr_eq(old, new), "{} was replaced", id);
+                            prop_assert_eq!(old.open_connections(), new.open_connections());
+                        } else {
+                            prop_assert!(!Arc::ptr_eq(old, new));
+                        }
+                    }
+                }
+                prop_assert_eq!(next.generation, snap.generation + 1);
+                snap = next;
+            }
+        }
+    }
+}
