@@ -184,8 +184,7 @@ async fn fifty_reloads_under_load_lose_nothing() {
         .proc
         .lines()
         .into_iter()
-        .filter(|v| v["message"] == "config reloaded")
-        .next_back()
+        .rfind(|v| v["message"] == "config reloaded")
         .unwrap();
     assert_eq!(last["generation"], 41, "{last}");
 }
