@@ -23,7 +23,7 @@ use crate::proxy::Proxy;
 use crate::reload::{watch_file, ConfigDiff};
 use crate::runtime::Snapshot;
 use crate::server::serve_listener;
-use crate::Error;
+use crate::{upgrade, Error};
 
 /// A balancer whose listeners are bound but not yet serving.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub struct App {
     proxy: Arc<Proxy>,
     bound: Vec<(TcpListener, Arc<str>, SocketAddr)>,
     path: Option<PathBuf>,
+    /// Sockets taken over from a previous process, which waits for "ready".
+    inherited: Option<upgrade::Inherited>,
 }
 
 impl App {
@@ -45,19 +47,44 @@ impl App {
             close_tunnels: CancellationToken::new(),
         });
         let mut bound = Vec::new();
+        // A running balancer on the upgrade socket hands its listening
+        // sockets over; otherwise (or for listeners it does not have) bind.
+        let mut inherited = match &config.upgrade_socket {
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || upgrade::take_over(&path))
+                    .await
+                    .map_err(|e| Error::Upgrade(std::io::Error::other(e)))?
+                    .map_err(Error::Upgrade)?
+            }
+            None => None,
+        };
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| Error::Bind {
-                    listener: l.name.clone(),
-                    address: l.address,
-                    source,
-                })?;
+            let taken = inherited.as_mut().and_then(|i| {
+                let pos = i
+                    .listeners
+                    .iter()
+                    .position(|(d, _)| d.name == l.name && d.configured == l.address)?;
+                Some(i.listeners.swap_remove(pos).1)
+            });
+            let from_old = taken.is_some();
+            let listener = match taken {
+                Some(std_listener) => std_listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(std_listener)),
+                None => TcpListener::bind(l.address).await,
+            }
+            .map_err(|source| Error::Bind {
+                listener: l.name.clone(),
+                address: l.address,
+                source,
+            })?;
             let address = listener.local_addr().unwrap_or(l.address);
-            tracing::info!(listener = %l.name, %address, "listening");
+            tracing::info!(listener = %l.name, %address, inherited = from_old, "listening");
             bound.push((listener, Arc::<str>::from(l.name.as_str()), address));
         }
         Ok(Self {
+            inherited,
             config,
             proxy,
             bound,
@@ -94,6 +121,7 @@ impl App {
             proxy,
             bound,
             path,
+            inherited,
         } = self;
         let stop = CancellationToken::new();
         let mut running = Running {
@@ -111,6 +139,26 @@ impl App {
             running.start_listener(listener, &name, address);
         }
         running.sync_checkers();
+
+        // Listeners are serving: the previous process may stop accepting.
+        if let Some(inherited) = inherited {
+            match inherited.ready() {
+                Ok(()) => tracing::info!("took over the listening sockets of the previous process"),
+                Err(e) => tracing::warn!(error = %e, "could not tell the previous process to stop"),
+            }
+        }
+        let control = running.config.upgrade_socket.as_deref().and_then(|p| {
+            match upgrade::bind_control(p).and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::UnixListener::from_std(l)
+            }) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot listen on the upgrade socket: binary upgrade disabled");
+                    None
+                }
+            }
+        });
 
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = path
@@ -150,6 +198,17 @@ impl App {
                 Some(()) = hup_rx.recv() => {
                     if let Some(p) = &path {
                         running.reload(p, "SIGHUP", false).await;
+                    }
+                }
+                Ok((stream, _)) = async {
+                    match &control {
+                        Some(c) => c.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if running.hand_over(stream).await {
+                        tracing::info!("handed the listening sockets over to a new process");
+                        break;
                     }
                 }
             }
@@ -210,6 +269,8 @@ struct ListenerEntry {
     /// As written in the config (port 0 stays 0): what a reload compares.
     configured: SocketAddr,
     stop: CancellationToken,
+    /// A duplicate of the listening socket, to hand over on upgrade.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// The serving state a reload changes.
@@ -237,14 +298,58 @@ impl Running {
             .find(|l| l.name == name)
             .map_or(bound, |l| l.address);
         let stop = self.stop.child_token();
+        let fd = {
+            use std::os::fd::AsFd;
+            listener.as_fd().try_clone_to_owned().ok()
+        };
         self.listener_tasks.spawn(serve_listener(
             listener,
             Arc::from(name),
             Arc::clone(&self.proxy),
             stop.clone(),
         ));
-        self.listeners
-            .insert(name.to_string(), ListenerEntry { configured, stop });
+        self.listeners.insert(
+            name.to_string(),
+            ListenerEntry {
+                configured,
+                stop,
+                fd,
+            },
+        );
+    }
+
+    /// Answers a takeover request; true when a new process took over.
+    async fn hand_over(&self, stream: tokio::net::UnixStream) -> bool {
+        let mut listeners = Vec::new();
+        for (name, entry) in &self.listeners {
+            if let Some(fd) = entry.fd.as_ref().and_then(|f| f.try_clone().ok()) {
+                let described = upgrade::Described {
+                    name: name.clone(),
+                    configured: entry.configured,
+                };
+                listeners.push((described, fd));
+            }
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            let refs: Vec<(upgrade::Described, &std::os::fd::OwnedFd)> =
+                listeners.iter().map(|(d, f)| (d.clone(), f)).collect();
+            upgrade::hand_over(stream, &refs)
+        })
+        .await;
+        match result {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upgrade handover failed: still serving");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade handover failed: still serving");
+                false
+            }
+        }
     }
 
     /// Starts checkers for backends that need one and stops the others.

@@ -8,6 +8,9 @@ pub enum Error {
     /// The config file is invalid; every problem is listed.
     #[error("invalid config:\n{0}")]
     Config(#[from] config::ConfigErrors),
+    /// Taking over the sockets of a running balancer failed.
+    #[error("binary upgrade: taking over from the running balancer failed: {0}")]
+    Upgrade(std::io::Error),
     /// A listener's address could not be bound.
     #[error("listener {listener:?}: cannot bind {address}: {source}")]
     Bind {

@@ -12,6 +12,7 @@
 //! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
 //! * [`health`]: active health checks writing each backend's health atomic.
 //! * [`reload`]: hot reload: watch the file, diff, swap the snapshot.
+//! * [`upgrade`]: zero-downtime binary upgrade by handing over listening sockets.
 //! * [`app`]: start-up, reload and shutdown: bind listeners, serve, drain, exit.
 //!
 //! Config parsing and validation live in the `config` crate, shared with
@@ -26,5 +27,6 @@ pub mod reload;
 pub mod runtime;
 pub mod select;
 pub mod server;
+pub mod upgrade;
 
 pub use error::Error;

@@ -17,6 +17,9 @@ pub struct Config {
     /// The WebSocket close code sent to clients whose tunnel the balancer
     /// ends (drain timeout, shutdown): 1001 "going away" or 1012 "service restart".
     pub drain_close_code: u16,
+    /// Unix socket over which a new balancer process takes over this one's
+    /// listening sockets (zero-downtime binary upgrade); `None`: off.
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

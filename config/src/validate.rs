@@ -23,6 +23,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         trusted_proxies,
         drain_timeout,
         drain_close_code,
+        upgrade_socket,
         mut errors,
     } = file;
     let e = &mut errors;
@@ -261,6 +262,19 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let upgrade_socket = upgrade_socket.and_then(|p| {
+        // sun_path holds 108 bytes including the terminator.
+        if p.is_empty() || p.len() > 100 {
+            e.push(ConfigError::new(
+                "upgrade_socket",
+                "must be a path of 1 to 100 bytes",
+            ));
+            None
+        } else {
+            Some(std::path::PathBuf::from(p))
+        }
+    });
+
     if errors.is_empty() {
         Ok(Config {
             listeners,
@@ -270,6 +284,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             trusted_proxies,
             drain_timeout,
             drain_close_code,
+            upgrade_socket,
         })
     } else {
         Err(ConfigErrors(errors))
