@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{serve_admin, AdminState, Draining, ReloadOutcome};
 use crate::health::HealthChecker;
 use crate::proxy::Proxy;
 use crate::reload::{watch_file, ConfigDiff};
@@ -34,6 +35,7 @@ pub struct App {
     path: Option<PathBuf>,
     /// Sockets taken over from a previous process, which waits for "ready".
     inherited: Option<upgrade::Inherited>,
+    admin: Option<TcpListener>,
 }
 
 impl App {
@@ -83,7 +85,24 @@ impl App {
             tracing::info!(listener = %l.name, %address, inherited = from_old, "listening");
             bound.push((listener, Arc::<str>::from(l.name.as_str()), address));
         }
+        let admin = match &config.admin {
+            Some(a) => {
+                let listener =
+                    TcpListener::bind(a.address)
+                        .await
+                        .map_err(|source| Error::Bind {
+                            listener: "admin".into(),
+                            address: a.address,
+                            source,
+                        })?;
+                let address = listener.local_addr().unwrap_or(a.address);
+                tracing::info!(%address, "admin listening");
+                Some(listener)
+            }
+            None => None,
+        };
         Ok(Self {
+            admin,
             inherited,
             config,
             proxy,
@@ -122,6 +141,7 @@ impl App {
             bound,
             path,
             inherited,
+            admin,
         } = self;
         let stop = CancellationToken::new();
         let mut running = Running {
@@ -131,6 +151,7 @@ impl App {
             listeners: HashMap::new(),
             listener_tasks: TaskTracker::new(),
             checkers: HashMap::new(),
+            draining: Arc::new(std::sync::Mutex::new(Vec::new())),
             last_text: path
                 .as_deref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
@@ -159,6 +180,17 @@ impl App {
                 }
             }
         });
+
+        let (admin_tx, mut admin_rx) = mpsc::channel::<oneshot::Sender<ReloadOutcome>>(4);
+        if let Some(listener) = admin {
+            let state = Arc::new(AdminState {
+                proxy: Arc::clone(&proxy),
+                token: running.config.admin.as_ref().and_then(|a| a.token.clone()),
+                reload: admin_tx,
+                draining: Arc::clone(&running.draining),
+            });
+            tokio::spawn(serve_admin(listener, state, stop.clone()));
+        }
 
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = path
@@ -199,6 +231,15 @@ impl App {
                     if let Some(p) = &path {
                         running.reload(p, "SIGHUP", false).await;
                     }
+                }
+                Some(reply) = admin_rx.recv() => {
+                    let outcome = match &path {
+                        Some(p) => running.reload(p, "admin", false).await,
+                        None => ReloadOutcome::Rejected {
+                            errors: vec!["this balancer was started without a config file".into()],
+                        },
+                    };
+                    let _ = reply.send(outcome);
                 }
                 Ok((stream, _)) = async {
                     match &control {
@@ -287,6 +328,8 @@ struct Running {
     /// The text of the file last loaded, so a file event that changed
     /// nothing (touch, editor temp files) does not count as a reload.
     last_text: Option<String>,
+    /// Removed backends that still have connections (shown by the admin API).
+    draining: Arc<std::sync::Mutex<Vec<Draining>>>,
 }
 
 impl Running {
@@ -393,17 +436,24 @@ impl Running {
     }
 
     /// Loads `path` and, if it is valid, moves everything to it.
-    async fn reload(&mut self, path: &Path, trigger: &'static str, skip_if_same: bool) {
+    async fn reload(
+        &mut self,
+        path: &Path,
+        trigger: &'static str,
+        skip_if_same: bool,
+    ) -> ReloadOutcome {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(trigger, error = %e, "config reload failed: cannot read the file; keeping the running config");
-                return;
+                return ReloadOutcome::Rejected {
+                    errors: vec![format!("cannot read {}: {e}", path.display())],
+                };
             }
         };
         if skip_if_same && self.last_text.as_deref() == Some(text.as_str()) {
             tracing::debug!(trigger, "config file event without changes");
-            return;
+            return ReloadOutcome::Unchanged;
         }
         let new = match config::parse(&text) {
             Ok(c) => c,
@@ -417,7 +467,9 @@ impl Running {
                     "config reload failed: keeping the running config"
                 );
                 self.last_text = Some(text);
-                return;
+                return ReloadOutcome::Rejected {
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                };
             }
         };
         let diff = ConfigDiff::between(&self.config, &new);
@@ -440,7 +492,12 @@ impl Running {
                 }
                 Err(e) => {
                     tracing::error!(trigger, listener = %l.name, address = %l.address, error = %e, "config reload failed: cannot bind; keeping the running config");
-                    return;
+                    return ReloadOutcome::Rejected {
+                        errors: vec![format!(
+                            "listener {:?}: cannot bind {}: {e}",
+                            l.name, l.address
+                        )],
+                    };
                 }
             }
         }
@@ -471,21 +528,26 @@ impl Running {
             self.start_listener(listener, &name, address);
         }
         self.sync_checkers();
-        drain_removed(&old_snapshot, &snapshot, drain_timeout);
+        drain_removed(&old_snapshot, &snapshot, drain_timeout, &self.draining);
         self.last_text = Some(text);
-        tracing::info!(
-            trigger,
+        let changes = diff.summary();
+        tracing::info!(trigger, generation, changes = %changes, "config reloaded");
+        ReloadOutcome::Reloaded {
             generation,
-            changes = %diff.summary(),
-            "config reloaded"
-        );
+            changes,
+        }
     }
 }
 
 /// Backends in `old` but not in `new` take no new requests; they are
 /// drained: in-flight requests finish, tunnels stay until they close or
 /// `drain_timeout` passes, then get a Close frame.
-fn drain_removed(old: &Snapshot, new: &Snapshot, drain_timeout: Duration) {
+fn drain_removed(
+    old: &Snapshot,
+    new: &Snapshot,
+    drain_timeout: Duration,
+    draining: &Arc<std::sync::Mutex<Vec<Draining>>>,
+) {
     let kept: std::collections::HashSet<usize> = new
         .pools
         .values()
@@ -498,6 +560,13 @@ fn drain_removed(old: &Snapshot, new: &Snapshot, drain_timeout: Duration) {
             }
             let backend = Arc::clone(b);
             let pool = Arc::clone(&pool.name);
+            if let Ok(mut d) = draining.lock() {
+                d.push(Draining {
+                    pool: Arc::clone(&pool),
+                    backend: Arc::clone(&backend),
+                });
+            }
+            let draining = Arc::clone(draining);
             tracing::info!(
                 pool = &*pool,
                 backend = &*backend.id,
@@ -513,6 +582,9 @@ fn drain_removed(old: &Snapshot, new: &Snapshot, drain_timeout: Duration) {
                 }
                 let left = backend.open_connections();
                 backend.finish_drain();
+                if let Ok(mut d) = draining.lock() {
+                    d.retain(|d| !Arc::ptr_eq(&d.backend, &backend));
+                }
                 tracing::info!(
                     pool = &*pool,
                     backend = &*backend.id,

@@ -13,11 +13,13 @@
 //! * [`health`]: active health checks writing each backend's health atomic.
 //! * [`reload`]: hot reload: watch the file, diff, swap the snapshot.
 //! * [`upgrade`]: zero-downtime binary upgrade by handing over listening sockets.
+//! * [`admin`]: the admin listener: JSON status and reload.
 //! * [`app`]: start-up, reload and shutdown: bind listeners, serve, drain, exit.
 //!
 //! Config parsing and validation live in the `config` crate, shared with
 //! `balancer check`.
 
+pub mod admin;
 pub mod app;
 mod error;
 pub mod health;

@@ -24,6 +24,10 @@ struct Cli {
 enum Command {
     /// Validate the config file: exit 0 when valid, else print every error and exit 2.
     Check,
+    /// Ask the running balancer (through its [admin] listener) to reload the
+    /// config file now: exit 0 when it reloaded, 1 when it refused the file
+    /// or could not be reached, 2 when the file here is invalid.
+    Reload,
 }
 
 /// Exit code for an invalid config (and for command-line misuse, as clap does).
@@ -61,6 +65,10 @@ fn main() -> ExitCode {
             config.routes.len()
         );
         return ExitCode::SUCCESS;
+    }
+
+    if let Some(Command::Reload) = cli.command {
+        return reload_running(&config);
     }
 
     logging::init(cli.log_format);
@@ -105,6 +113,76 @@ async fn shutdown_signal() {
         _ => {
             tracing::warn!("cannot install signal handlers; Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `balancer reload`: POST /api/reload on the admin listener and report.
+fn reload_running(config: &config::Config) -> ExitCode {
+    let Some(admin) = &config.admin else {
+        eprintln!("error: the config has no [admin] listener to ask; send SIGHUP instead");
+        return ExitCode::from(EXIT_INVALID);
+    };
+    // A wildcard admin address is reached on loopback.
+    let mut address = admin.address;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = admin.token.clone();
+    let result = runtime.block_on(async move {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let mut req =
+            http::Request::post("/api/reload").header(http::header::HOST, address.to_string());
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok::<_, std::io::Error>((status, body))
+    });
+    match result {
+        Ok((status, body)) => {
+            println!("{}", String::from_utf8_lossy(&body));
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the admin listener at {address}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

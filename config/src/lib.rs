@@ -28,8 +28,9 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use types::{
-    BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind, HostMatch,
-    ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite, StickyConfig, Timeouts,
+    AdminConfig, BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind,
+    HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite,
+    StickyConfig, Timeouts,
 };
 
 use std::path::Path;

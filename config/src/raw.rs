@@ -19,9 +19,18 @@ pub struct RawFile {
     pub trusted_proxies: Vec<String>,
     pub drain_timeout: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub admin: Option<RawAdmin>,
     pub drain_close_code: Option<i64>,
     /// Errors met while reading shapes; validation appends to these.
     pub errors: Vec<ConfigError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,10 +183,11 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
             }
             "drain_timeout" => file.drain_timeout = one(&key, value, &mut file.errors),
             "upgrade_socket" => file.upgrade_socket = one(&key, value, &mut file.errors),
+            "admin" => file.admin = one(&key, value, &mut file.errors),
             "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, drain_timeout, drain_close_code, upgrade_socket)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, drain_timeout, drain_close_code, upgrade_socket, admin)",
             )),
         }
     }

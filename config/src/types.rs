@@ -20,6 +20,16 @@ pub struct Config {
     /// Unix socket over which a new balancer process takes over this one's
     /// listening sockets (zero-downtime binary upgrade); `None`: off.
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// The admin listener (API, later metrics and the status page).
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// Bearer token required by mutating calls; required off loopback.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         drain_timeout,
         drain_close_code,
         upgrade_socket,
+        admin,
         mut errors,
     } = file;
     let e = &mut errors;
@@ -275,6 +276,27 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         }
     });
 
+    let admin = admin.and_then(|a| {
+        let address = socket_addr(e, "admin.address", &a.address)?;
+        if let Some(t) = &a.token {
+            if t.len() < MIN_SECRET_LEN {
+                e.push(ConfigError::new(
+                    "admin.token",
+                    format!("needs at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        } else if !address.ip().is_loopback() {
+            e.push(ConfigError::new(
+                "admin.token",
+                format!("required when admin.address ({address}) is not a loopback address"),
+            ));
+        }
+        Some(crate::AdminConfig {
+            address,
+            token: a.token,
+        })
+    });
+
     if errors.is_empty() {
         Ok(Config {
             listeners,
@@ -285,6 +307,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             drain_timeout,
             drain_close_code,
             upgrade_socket,
+            admin,
         })
     } else {
         Err(ConfigErrors(errors))

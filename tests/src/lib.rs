@@ -360,6 +360,12 @@ impl Balancer {
         }
     }
 
+    /// The admin listener's address (needs an `[admin]` table).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.proc.wait_message("admin listening");
+        line["address"].as_str().unwrap().parse().unwrap()
+    }
+
     /// The config file the balancer runs on (and watches).
     pub fn config_path(&self) -> PathBuf {
         self._dir.path().join("balancer.toml")

@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::activity::{self, Activity, LastActivity};
 use crate::proxy::{ConnInfo, Proxy};
 
+/// Bytes hyper-util's `auto` reads to tell HTTP/2 (its preface) from HTTP/1.1.
+const PREFACE_LEN: u64 = 24;
+
 /// How long an idle connection asked to close may take before it is dropped.
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -135,6 +138,25 @@ async fn serve_connection(
                 return;
             }
             () = shutdown.cancelled(), if !draining => {
+                // A connection still reading its first bytes (deciding
+                // HTTP/1.1 or HTTP/2) would be dropped by graceful_shutdown,
+                // losing a request the client is about to send: let that
+                // first request arrive (bounded by request_header), then
+                // finish it and close.
+                let deadline = tokio::time::Instant::now() + settings.request_header;
+                while received.load(Ordering::Relaxed) < PREFACE_LEN
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::select! {
+                        r = http.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+                            }
+                            return;
+                        }
+                        () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    }
+                }
                 draining = true;
                 http.as_mut().graceful_shutdown();
             }

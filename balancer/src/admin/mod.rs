@@ -1,0 +1,213 @@
+//! The admin listener: a small JSON API next to the proxy listeners.
+//!
+//! * `GET /api/status`: generation, pools, backends (state, weight, open
+//!   connections, requests) and the backends still draining after a reload.
+//! * `POST /api/reload`: reloads the config file now (as SIGHUP does) and
+//!   answers with the outcome: the new generation and the changes, or every
+//!   error of a refused file.
+//!
+//! Mutating calls need `Authorization: Bearer <admin.token>` whenever a
+//! token is set (and one must be set for a non-loopback address); a wrong or
+//! missing token gets 401 and nothing happens. Metrics and the status page
+//! join this listener later.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Proxy;
+use crate::runtime::{Backend, Health};
+
+/// What a reload did, reported to whoever asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Reloaded {
+        generation: u64,
+        changes: String,
+    },
+    Rejected {
+        errors: Vec<String>,
+    },
+    /// A file event that left the text unchanged.
+    Unchanged,
+}
+
+/// A backend removed by a reload that still has connections.
+#[derive(Debug, Clone)]
+pub struct Draining {
+    pub pool: Arc<str>,
+    pub backend: Arc<Backend>,
+}
+
+/// Shared with the serve loop.
+#[derive(Debug)]
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    pub token: Option<String>,
+    /// Asks the serve loop for a reload and waits for its outcome.
+    pub reload: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
+    pub draining: Arc<Mutex<Vec<Draining>>>,
+}
+
+/// Serves the admin API until `stop` fires.
+pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (presented.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
+    if mutating && !authorized(state, &req) {
+        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status(state)),
+        (&Method::POST, "/api/reload") => reload(state).await,
+        (_, "/api/status" | "/api/reload") => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "method not allowed"}),
+        ),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    }
+}
+
+fn backend_state(b: &Backend) -> &'static str {
+    if b.is_ejected() {
+        return "ejected";
+    }
+    match b.health() {
+        Health::Up => "up",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
+    }
+}
+
+fn status(state: &AdminState) -> serde_json::Value {
+    let snap = state.proxy.snapshot.load_full();
+    let mut pools: Vec<_> = snap.pools.values().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let pools: Vec<_> = pools
+        .iter()
+        .map(|p| {
+            let backends: Vec<_> = p
+                .backends
+                .iter()
+                .zip(&p.weights)
+                .map(|(b, w)| {
+                    json!({
+                        "id": &*b.id,
+                        "address": b.address.to_string(),
+                        "state": backend_state(b),
+                        "weight": w,
+                        "open": b.open_connections(),
+                        "requests": b.requests_total(),
+                    })
+                })
+                .collect();
+            json!({"name": &*p.name, "backends": backends})
+        })
+        .collect();
+    let draining: Vec<_> = state
+        .draining
+        .lock()
+        .map(|d| {
+            d.iter()
+                .map(|d| {
+                    json!({
+                        "pool": &*d.pool,
+                        "id": &*d.backend.id,
+                        "address": d.backend.address.to_string(),
+                        "state": "draining",
+                        "open": d.backend.open_connections(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"generation": snap.generation, "pools": pools, "draining": draining})
+}
+
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let (tx, rx) = oneshot::channel();
+    if state.reload.send(tx).await.is_err() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "shutting down"}),
+        );
+    }
+    match rx.await {
+        Ok(ReloadOutcome::Reloaded {
+            generation,
+            changes,
+        }) => json_response(
+            StatusCode::OK,
+            &json!({"result": "reloaded", "generation": generation, "changes": changes}),
+        ),
+        Ok(ReloadOutcome::Rejected { errors }) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"result": "rejected", "errors": errors}),
+        ),
+        Ok(ReloadOutcome::Unchanged) => {
+            json_response(StatusCode::OK, &json!({"result": "unchanged"}))
+        }
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "shutting down"}),
+        ),
+    }
+}
