@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{serve_admin, AdminState, Draining, ReloadOutcome};
+use crate::admin::{serve_admin, AdminState, Draining, ReloadOutcome, ReloadStats};
 use crate::health::HealthChecker;
 use crate::proxy::Proxy;
 use crate::reload::{watch_file, ConfigDiff};
@@ -152,6 +152,7 @@ impl App {
             listener_tasks: TaskTracker::new(),
             checkers: HashMap::new(),
             draining: Arc::new(std::sync::Mutex::new(Vec::new())),
+            reloads: Arc::new(std::sync::Mutex::new(ReloadStats::default())),
             last_text: path
                 .as_deref()
                 .and_then(|p| std::fs::read_to_string(p).ok()),
@@ -188,6 +189,7 @@ impl App {
                 token: running.config.admin.as_ref().and_then(|a| a.token.clone()),
                 reload: admin_tx,
                 draining: Arc::clone(&running.draining),
+                reloads: Arc::clone(&running.reloads),
             });
             tokio::spawn(serve_admin(listener, state, stop.clone()));
         }
@@ -330,6 +332,8 @@ struct Running {
     last_text: Option<String>,
     /// Removed backends that still have connections (shown by the admin API).
     draining: Arc<std::sync::Mutex<Vec<Draining>>>,
+    /// Reload results (shown by the admin API).
+    reloads: Arc<std::sync::Mutex<ReloadStats>>,
 }
 
 impl Running {
@@ -437,6 +441,19 @@ impl Running {
 
     /// Loads `path` and, if it is valid, moves everything to it.
     async fn reload(
+        &mut self,
+        path: &Path,
+        trigger: &'static str,
+        skip_if_same: bool,
+    ) -> ReloadOutcome {
+        let outcome = self.try_reload(path, trigger, skip_if_same).await;
+        if let Ok(mut stats) = self.reloads.lock() {
+            stats.record(&outcome);
+        }
+        outcome
+    }
+
+    async fn try_reload(
         &mut self,
         path: &Path,
         trigger: &'static str,

@@ -132,6 +132,16 @@ async fn status_and_reload_through_the_admin_api() {
     );
     let s = get(&h1(), &format!("{base}/api/status")).await.json();
     assert_eq!(s["generation"].as_u64().unwrap(), generation);
+    // The refusal is counted and its errors are shown.
+    assert!(s["reloads"]["failed"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["reloads"]["succeeded"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        s["reloads"]["last_errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("unknown policy"),
+        "{s}"
+    );
     assert_eq!(get(&h1(), &lb.url("/whoami")).await.text(), "a");
 }
 

@@ -42,6 +42,37 @@ pub enum ReloadOutcome {
     Unchanged,
 }
 
+/// Reload results so far, for the admin API.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadStats {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Unix time (seconds) of the last successful reload.
+    pub last_success_unix: Option<u64>,
+    /// Every error of the last refused file (cleared by the next success).
+    pub last_errors: Vec<String>,
+}
+
+impl ReloadStats {
+    pub fn record(&mut self, outcome: &ReloadOutcome) {
+        match outcome {
+            ReloadOutcome::Reloaded { .. } => {
+                self.succeeded += 1;
+                self.last_errors.clear();
+                self.last_success_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
+            }
+            ReloadOutcome::Rejected { errors } => {
+                self.failed += 1;
+                self.last_errors = errors.clone();
+            }
+            ReloadOutcome::Unchanged => {}
+        }
+    }
+}
+
 /// A backend removed by a reload that still has connections.
 #[derive(Debug, Clone)]
 pub struct Draining {
@@ -57,6 +88,7 @@ pub struct AdminState {
     /// Asks the serve loop for a reload and waits for its outcome.
     pub reload: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
     pub draining: Arc<Mutex<Vec<Draining>>>,
+    pub reloads: Arc<Mutex<ReloadStats>>,
 }
 
 /// Serves the admin API until `stop` fires.
@@ -179,7 +211,24 @@ fn status(state: &AdminState) -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
-    json!({"generation": snap.generation, "pools": pools, "draining": draining})
+    let reloads = state
+        .reloads
+        .lock()
+        .map(|r| {
+            json!({
+                "succeeded": r.succeeded,
+                "failed": r.failed,
+                "last_success_unix": r.last_success_unix,
+                "last_errors": r.last_errors,
+            })
+        })
+        .unwrap_or_default();
+    json!({
+        "generation": snap.generation,
+        "pools": pools,
+        "draining": draining,
+        "reloads": reloads,
+    })
 }
 
 async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
