@@ -141,42 +141,18 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                 });
             }
         }
-        let sticky = match (policy, p.sticky) {
-            (Policy::Cookie, Some(s)) => sticky_from(e, &format!("{path}.sticky"), s),
-            (Policy::Cookie, None) => {
-                e.push(ConfigError::new(
-                    format!("{path}.sticky"),
-                    "policy \"cookie\" needs a [pool.sticky] table with at least `secret`",
-                ));
-                None
-            }
-            (_, Some(_)) => {
-                e.push(ConfigError::new(
-                    format!("{path}.sticky"),
-                    "only used with policy = \"cookie\"",
-                ));
-                None
-            }
-            (_, None) => None,
-        };
-        let hash_key = match (policy, p.hash) {
-            (Policy::Hash, Some(RawHash { key })) => hash_key(e, &format!("{path}.hash.key"), &key),
-            (Policy::Hash, None) => {
-                e.push(ConfigError::new(
-                    format!("{path}.hash"),
-                    "policy \"hash\" needs a [pool.hash] table with `key`",
-                ));
-                None
-            }
-            (_, Some(_)) => {
-                e.push(ConfigError::new(
-                    format!("{path}.hash"),
-                    "only used with policy = \"hash\"",
-                ));
-                None
-            }
-            (_, None) => None,
-        };
+        let sticky = policy_table(
+            e,
+            &path,
+            policy,
+            Policy::Cookie,
+            "sticky",
+            "`secret`",
+            p.sticky,
+        )
+        .and_then(|s| sticky_from(e, &format!("{path}.sticky"), s));
+        let hash_key = policy_table(e, &path, policy, Policy::Hash, "hash", "`key`", p.hash)
+            .and_then(|RawHash { key }| hash_key(e, &format!("{path}.hash.key"), &key));
         let health = p
             .health
             .and_then(|h| health_from(e, &format!("{path}.health"), h));
@@ -338,6 +314,40 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
         upstream_idle,
         websocket_idle,
         shutdown_grace,
+    }
+}
+
+/// A pool table that belongs to one policy (`[pool.sticky]` to `cookie`,
+/// `[pool.hash]` to `hash`): required with it, refused without it.
+fn policy_table<T>(
+    e: &mut Vec<ConfigError>,
+    pool_path: &str,
+    policy: Policy,
+    owner: Policy,
+    table: &str,
+    needs: &str,
+    value: Option<T>,
+) -> Option<T> {
+    match (policy == owner, value) {
+        (true, Some(v)) => Some(v),
+        (true, None) => {
+            e.push(ConfigError::new(
+                format!("{pool_path}.{table}"),
+                format!(
+                    "policy \"{}\" needs a [pool.{table}] table with {needs}",
+                    owner.name()
+                ),
+            ));
+            None
+        }
+        (false, Some(_)) => {
+            e.push(ConfigError::new(
+                format!("{pool_path}.{table}"),
+                format!("only used with policy = \"{}\"", owner.name()),
+            ));
+            None
+        }
+        (false, None) => None,
     }
 }
 
