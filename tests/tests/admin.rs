@@ -193,3 +193,97 @@ fn admin_off_loopback_needs_a_token() {
         "admin.token: required when admin.address (0.0.0.0:9900) is not a loopback address"
     ));
 }
+
+async fn post(url: &str, token: Option<&str>) -> tests::http::Reply {
+    let mut req = ::http::Request::post(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(&h1(), req.body(empty()).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_new_traffic_away_while_tunnels_stay() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let token = "operator-token-0123456789";
+    let admin = format!("address = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
+    let lb = Balancer::start(&config(&[&a, &b], &admin));
+    let base = format!("http://{}/api/pools/game/backends", lb.admin_addr());
+
+    // A tunnel to b, opened before the drain.
+    let mut ws_b = None;
+    let mut others = Vec::new();
+    while ws_b.is_none() {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
+            .await
+            .unwrap();
+        ws.send(Message::text("whoami")).await.unwrap();
+        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        if id.as_str() == "b" {
+            ws_b = Some(ws)
+        } else {
+            others.push(ws)
+        }
+    }
+    let mut ws_b = ws_b.unwrap();
+
+    // Without the token: refused, nothing changes.
+    assert_eq!(post(&format!("{base}/b/drain"), None).await.status, 401);
+    let r = post(&format!("{base}/b/drain"), Some(token)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "draining");
+    assert_eq!(
+        post(&format!("{base}/nope/drain"), Some(token))
+            .await
+            .status,
+        404
+    );
+
+    // New requests all go to a; b's open tunnel keeps working.
+    for _ in 0..10 {
+        assert_eq!(get(&h1(), &lb.url("/whoami")).await.text(), "a");
+    }
+    ws_b.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws_b.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+
+    // Enable: b takes traffic again.
+    assert_eq!(
+        post(&format!("{base}/b/enable"), Some(token)).await.status,
+        200
+    );
+    let mut seen_b = false;
+    for _ in 0..10 {
+        seen_b |= get(&h1(), &lb.url("/whoami")).await.text() == "b";
+    }
+    assert!(seen_b, "an enabled backend takes traffic");
+
+    // Disable: out of rotation and its tunnels are closed with a Close frame now.
+    let r = post(&format!("{base}/b/disable"), Some(token)).await;
+    assert_eq!(r.json()["state"], "disabled");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), ws_b.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a Close frame, got {other:?}"),
+    }
+    let status = get(&h1(), &format!("http://{}/api/status", lb.admin_addr()))
+        .await
+        .json();
+    let states: Vec<(String, String)> = status["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_str().unwrap().into(),
+                b["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("b".into(), "disabled".into())),
+        "{states:?}"
+    );
+}

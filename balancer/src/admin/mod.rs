@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::Proxy;
-use crate::runtime::{Backend, Health};
+use crate::runtime::{Backend, Health, Operator};
 
 /// What a reload did, reported to whoever asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status(state)),
         (&Method::POST, "/api/reload") => reload(state).await,
+        (&Method::POST, path) if path.starts_with("/api/pools/") => operator(state, path),
         (_, "/api/status" | "/api/reload") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "method not allowed"}),
@@ -159,6 +160,12 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
 }
 
 fn backend_state(b: &Backend) -> &'static str {
+    match b.operator() {
+        Operator::Draining if b.open_connections() == 0 => return "drained",
+        Operator::Draining => return "draining",
+        Operator::Disabled => return "disabled",
+        Operator::Enabled => {}
+    }
     if b.is_ejected() {
         return "ejected";
     }
@@ -229,6 +236,42 @@ fn status(state: &AdminState) -> serde_json::Value {
         "draining": draining,
         "reloads": reloads,
     })
+}
+
+/// `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`.
+fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["api", "pools", pool, "backends", id, action] = parts.as_slice() else {
+        return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
+    };
+    let new_state = match *action {
+        "drain" => Operator::Draining,
+        "enable" => Operator::Enabled,
+        "disable" => Operator::Disabled,
+        _ => return json_response(StatusCode::NOT_FOUND, &json!({"error": "unknown action"})),
+    };
+    let snap = state.proxy.snapshot.load_full();
+    let Some(backend) = snap
+        .pools
+        .get(*pool)
+        .and_then(|p| p.backends.iter().find(|b| &*b.id == *id))
+    else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no backend {id:?} in pool {pool:?}")}),
+        );
+    };
+    backend.set_operator(new_state);
+    tracing::warn!(
+        pool = *pool,
+        backend = *id,
+        state = new_state.as_str(),
+        "operator changed backend state"
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({"pool": pool, "id": id, "state": backend_state(backend), "open": backend.open_connections()}),
+    )
 }
 
 async fn reload(state: &AdminState) -> Response<Full<Bytes>> {

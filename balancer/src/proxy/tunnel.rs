@@ -69,6 +69,7 @@ pub async fn run(
         .count_reads(Arc::clone(&log.from_backend))
         .notify_eof(Arc::clone(&eof));
     let drained = guard.backend().drained();
+    let backend_ref = Arc::clone(guard.backend());
     log.outcome = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         let half_closed = async {
@@ -86,6 +87,7 @@ pub async fn run(
             () = half_closed => "half_closed_timeout",
             () = idle => "idle_timeout",
             () = drained.cancelled() => "drained",
+            () = backend_ref.disabled() => "drained",
             () = end.shutdown.cancelled() => "shutdown",
         }
     };

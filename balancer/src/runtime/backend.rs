@@ -58,6 +58,31 @@ pub struct Backend {
     up_since: AtomicU64,
     /// Fired when a removed backend's drain time is over: its tunnels close.
     drained: tokio_util::sync::CancellationToken,
+    /// [`Operator`] as a byte: set through the admin API, survives reloads.
+    operator: AtomicU8,
+    /// Wakes this backend's tunnels when the operator disables it.
+    operator_close: tokio::sync::Notify,
+}
+
+/// The operator's say about a backend (admin API), separate from health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// Takes traffic (when healthy).
+    Enabled = 0,
+    /// No new requests or tunnels; open ones stay until they end.
+    Draining = 1,
+    /// No new requests or tunnels; open tunnels are closed with a Close frame now.
+    Disabled = 2,
+}
+
+impl Operator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Draining => "draining",
+            Self::Disabled => "disabled",
+        }
+    }
 }
 
 /// What the health checker last concluded about a backend.
@@ -113,6 +138,8 @@ impl Backend {
             ejections_total: AtomicU64::new(0),
             up_since: AtomicU64::new(0),
             drained: tokio_util::sync::CancellationToken::new(),
+            operator: AtomicU8::new(Operator::Enabled as u8),
+            operator_close: tokio::sync::Notify::new(),
         }
     }
 
@@ -237,9 +264,39 @@ impl Backend {
         self.health() == Health::Up
     }
 
-    /// Whether picks may choose this backend: up and not ejected.
+    /// Whether picks may choose this backend: up, not ejected, and enabled
+    /// by the operator.
     pub fn is_usable(&self) -> bool {
-        self.is_up() && !self.is_ejected()
+        self.is_up() && !self.is_ejected() && self.operator() == Operator::Enabled
+    }
+
+    /// What the operator set through the admin API.
+    pub fn operator(&self) -> Operator {
+        match self.operator.load(Ordering::Relaxed) {
+            1 => Operator::Draining,
+            2 => Operator::Disabled,
+            _ => Operator::Enabled,
+        }
+    }
+
+    /// Sets the operator state; disabling also closes its tunnels (with a
+    /// Close frame) at once.
+    pub fn set_operator(&self, state: Operator) {
+        self.operator.store(state as u8, Ordering::Relaxed);
+        if state == Operator::Disabled {
+            self.operator_close.notify_waiters();
+        }
+    }
+
+    /// Resolves when the operator disables this backend.
+    pub async fn disabled(&self) {
+        loop {
+            let notified = self.operator_close.notified();
+            if self.operator() == Operator::Disabled {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Records the checker's verdict; true when it changed the state.
