@@ -42,11 +42,23 @@ impl App {
     /// Builds the runtime snapshot and binds every listener. All are bound
     /// before any serves, so a bad address fails the start cleanly.
     pub async fn bind(config: config::Config) -> Result<Self, Error> {
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, None)));
+        let metrics = match crate::metrics::Metrics::new() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics disabled: cannot set them up");
+                None
+            }
+        };
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with(
+            &config,
+            None,
+            metrics.as_deref(),
+        )));
         let proxy = Arc::new(Proxy {
             snapshot,
             tasks: TaskTracker::new(),
             close_tunnels: CancellationToken::new(),
+            metrics,
         });
         let mut bound = Vec::new();
         // A running balancer on the upgrade socket hands its listening
@@ -520,7 +532,11 @@ impl Running {
         }
 
         let old_snapshot = self.proxy.snapshot.load_full();
-        let snapshot = Arc::new(Snapshot::build(&new, Some(&old_snapshot)));
+        let snapshot = Arc::new(Snapshot::build_with(
+            &new,
+            Some(&old_snapshot),
+            self.proxy.metrics.as_deref(),
+        ));
         let generation = snapshot.generation;
         self.proxy.snapshot.store(Arc::clone(&snapshot));
 

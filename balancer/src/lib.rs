@@ -24,6 +24,7 @@ pub mod app;
 mod error;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

@@ -2,6 +2,7 @@
 //!
 //! * `GET /api/status`: generation, pools, backends (state, weight, open
 //!   connections, requests) and the backends still draining after a reload.
+//! * `GET /metrics`: Prometheus text format (see docs/metrics.md).
 //! * `POST /api/reload`: reloads the config file now (as SIGHUP does) and
 //!   answers with the outcome: the new generation and the changes, or every
 //!   error of a refused file.
@@ -149,6 +150,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status(state)),
+        (&Method::GET, "/metrics") => metrics(state),
         (&Method::POST, "/api/reload") => reload(state).await,
         (&Method::POST, path) if path.starts_with("/api/pools/") => operator(state, path),
         (_, "/api/status" | "/api/reload") => json_response(
@@ -157,6 +159,20 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         ),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
+}
+
+fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(m) = &state.proxy.metrics else {
+        return json_response(StatusCode::NOT_FOUND, &json!({"error": "metrics are off"}));
+    };
+    let draining = state.draining.lock().map(|d| d.clone()).unwrap_or_default();
+    let text = m.render(&state.proxy.snapshot.load_full(), &draining, &state.reloads);
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn backend_state(b: &Backend) -> &'static str {

@@ -35,6 +35,9 @@ pub struct AccessLog {
     /// Set once the line is written; a log dropped unwritten (the client
     /// left before the response head) writes itself as status 499.
     pub done: bool,
+    /// Where the request's metrics go (set once the pool and backend are known).
+    pub pool_metrics: Option<crate::metrics::PoolMetrics>,
+    pub backend_ref: Option<Arc<crate::runtime::Backend>>,
 }
 
 impl AccessLog {
@@ -54,6 +57,8 @@ impl AccessLog {
             start: self.start,
             error: self.error,
             done: false,
+            pool_metrics: self.pool_metrics.take(),
+            backend_ref: self.backend_ref.take(),
         }
     }
 
@@ -62,6 +67,16 @@ impl AccessLog {
             return;
         }
         self.done = true;
+        if let Some(m) = &self.pool_metrics {
+            m.request_duration
+                .observe(self.start.elapsed().as_secs_f64());
+            if let Some(cause) = self.error {
+                m.error(cause);
+            }
+        }
+        if let Some(m) = self.backend_ref.as_ref().and_then(|b| b.metrics()) {
+            m.request(&self.method, self.status.as_u16(), bytes);
+        }
         let request_id = self.request_id.to_str().unwrap_or("-");
         tracing::info!(
             target: "access",

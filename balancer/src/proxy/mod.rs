@@ -48,6 +48,8 @@ pub struct Proxy {
     pub tasks: TaskTracker,
     /// Fired at shutdown: every WebSocket tunnel sends its client a Close frame.
     pub close_tunnels: tokio_util::sync::CancellationToken,
+    /// Prometheus metrics (none when they could not be set up).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -100,6 +102,8 @@ impl Proxy {
             start: Instant::now(),
             error: None,
             done: false,
+            pool_metrics: None,
+            backend_ref: None,
         };
 
         match self.forward(&snap, conn, req, &mut log, in_flight).await {
@@ -136,6 +140,7 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?
             .clone();
         log.pool = Some(Arc::clone(&pool.name));
+        log.pool_metrics = pool.metrics.clone();
 
         let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         log.client = client;
@@ -186,6 +191,7 @@ impl Proxy {
             let backend: Arc<Backend> = Arc::clone(backend);
             let set_cookie: Option<HeaderValue> = set_cookie.cloned();
             log.backend = Some(Arc::clone(&backend.id));
+            log.backend_ref = Some(Arc::clone(&backend));
 
             let progress = LastActivity::new();
             let Some((attempt_body, upload)) = body.attempt(progress.clone()) else {
@@ -239,6 +245,9 @@ impl Proxy {
                     };
                     if retryable && more_possible {
                         if pool.retry_budget.withdraw() {
+                            if let Some(m) = &pool.metrics {
+                                m.retries.inc();
+                            }
                             tracing::info!(
                                 request_id = log.request_id.to_str().unwrap_or("-"),
                                 pool = &*pool.name,
@@ -249,6 +258,9 @@ impl Proxy {
                             tried.push(index);
                             last_error = Some(e);
                             continue;
+                        }
+                        if let Some(m) = &pool.metrics {
+                            m.retries_refused.inc();
                         }
                         tracing::warn!(
                             request_id = log.request_id.to_str().unwrap_or("-"),
@@ -261,6 +273,9 @@ impl Proxy {
             }
         };
         log.status = resp.status();
+        if let Some(m) = &pool.metrics {
+            m.response_header.observe(log.start.elapsed().as_secs_f64());
+        }
 
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, resp.status())
@@ -276,6 +291,7 @@ impl Proxy {
                 websocket,
                 close_code: snap.drain_close_code,
                 shutdown: self.close_tunnels.clone(),
+                metrics: pool.metrics.clone(),
             };
             self.tasks.spawn(tunnel::run(
                 client_upgrade,

@@ -31,6 +31,8 @@ pub struct TunnelEnd {
     pub close_code: u16,
     /// Fires at process shutdown.
     pub shutdown: CancellationToken,
+    /// The pool's metric handles.
+    pub metrics: Option<crate::metrics::PoolMetrics>,
 }
 
 /// Joins the two upgraded connections; returns when the tunnel closes.
@@ -50,7 +52,10 @@ pub async fn run(
             return;
         }
     };
+    let _counted = guard.backend().tunnel_opened();
     let mut log = TunnelLog {
+        metrics: end.metrics.clone(),
+        backend_ref: Arc::clone(guard.backend()),
         request_id,
         backend,
         start: Instant::now(),
@@ -169,6 +174,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
 /// The tunnel's access-log line, written when the tunnel ends, including
 /// when its task is dropped at the end of the shutdown grace period.
 struct TunnelLog {
+    metrics: Option<crate::metrics::PoolMetrics>,
+    backend_ref: Arc<crate::runtime::Backend>,
     request_id: String,
     backend: Arc<str>,
     start: Instant,
@@ -179,6 +186,16 @@ struct TunnelLog {
 
 impl Drop for TunnelLog {
     fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.tunnel_duration
+                .observe(self.start.elapsed().as_secs_f64());
+        }
+        if let Some(m) = self.backend_ref.metrics() {
+            m.tunnel_bytes(
+                self.from_client.load(Ordering::Relaxed),
+                self.from_backend.load(Ordering::Relaxed),
+            );
+        }
         tracing::info!(
             target: "access",
             request_id = %self.request_id,

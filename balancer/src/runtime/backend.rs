@@ -60,6 +60,10 @@ pub struct Backend {
     drained: tokio_util::sync::CancellationToken,
     /// [`Operator`] as a byte: set through the admin API, survives reloads.
     operator: AtomicU8,
+    /// Open WebSocket tunnels (also counted in `open`).
+    tunnels: AtomicUsize,
+    /// Metric handles, resolved once when the backend first appears.
+    metrics: std::sync::OnceLock<crate::metrics::BackendMetrics>,
     /// Wakes this backend's tunnels when the operator disables it.
     operator_close: tokio::sync::Notify,
 }
@@ -139,6 +143,8 @@ impl Backend {
             up_since: AtomicU64::new(0),
             drained: tokio_util::sync::CancellationToken::new(),
             operator: AtomicU8::new(Operator::Enabled as u8),
+            tunnels: AtomicUsize::new(0),
+            metrics: std::sync::OnceLock::new(),
             operator_close: tokio::sync::Notify::new(),
         }
     }
@@ -270,6 +276,27 @@ impl Backend {
         self.is_up() && !self.is_ejected() && self.operator() == Operator::Enabled
     }
 
+    /// Open WebSocket tunnels.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Counts a tunnel as open until the returned guard drops.
+    pub fn tunnel_opened(self: &Arc<Self>) -> TunnelCount {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelCount(Arc::clone(self))
+    }
+
+    /// Metric handles (none when metrics are off).
+    pub fn metrics(&self) -> Option<&crate::metrics::BackendMetrics> {
+        self.metrics.get()
+    }
+
+    /// Sets the metric handles once.
+    pub fn set_metrics(&self, m: crate::metrics::BackendMetrics) {
+        let _ = self.metrics.set(m);
+    }
+
     /// What the operator set through the admin API.
     pub fn operator(&self) -> Operator {
         match self.operator.load(Ordering::Relaxed) {
@@ -331,6 +358,16 @@ impl Backend {
         self.open.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         OpenGuard(self.clone())
+    }
+}
+
+/// Holds one unit of a backend's tunnel count.
+#[derive(Debug)]
+pub struct TunnelCount(Arc<Backend>);
+
+impl Drop for TunnelCount {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Pool {
     pub retry_budget: RetryBudget,
     /// Slow-start window in ms (0: off).
     pub slow_start_ms: u64,
+    /// Metric handles (none when metrics are off).
+    pub metrics: Option<crate::metrics::PoolMetrics>,
 }
 
 /// Retries allowed as a share of recent requests: every request deposits
@@ -77,7 +79,14 @@ impl Pool {
             ejection: config::EjectionConfig::default(),
             retry_budget: RetryBudget::new(config::RetryConfig::default().budget_percent),
             slow_start_ms: 0,
+            metrics: None,
         }
+    }
+
+    /// Sets the metric handles.
+    pub fn with_metrics(mut self, m: Option<crate::metrics::PoolMetrics>) -> Self {
+        self.metrics = m;
+        self
     }
 
     /// Sets the slow-start window.

@@ -28,6 +28,16 @@ impl Snapshot {
     /// settings are unchanged from `previous` keeps its `Arc<Backend>`, and
     /// with it its counters and pooled connections.
     pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
+        Self::build_with(config, previous, None)
+    }
+
+    /// [`Snapshot::build`], resolving metric handles for new backends and
+    /// every pool when `metrics` is given.
+    pub fn build_with(
+        config: &Config,
+        previous: Option<&Snapshot>,
+        metrics: Option<&crate::metrics::Metrics>,
+    ) -> Self {
         let mut live: HashMap<(&str, &str), &Arc<Backend>> = HashMap::new();
         if let Some(prev) = previous {
             for pool in prev.pools.values() {
@@ -56,7 +66,11 @@ impl Snapshot {
                             Some(h) if !h.assume_up => Health::Unknown,
                             _ => Health::Up,
                         };
-                        Arc::new(Backend::new(&b.id, b.address, settings, initial))
+                        let backend = Backend::new(&b.id, b.address, settings, initial);
+                        if let Some(m) = metrics {
+                            backend.set_metrics(m.backend(&p.name, &b.id));
+                        }
+                        Arc::new(backend)
                     }
                 })
                 .collect();
@@ -65,7 +79,8 @@ impl Snapshot {
             let pool = Arc::new(
                 Pool::new(&p.name, backends, weights, selection)
                     .with_failure_policy(p.retry, p.ejection)
-                    .with_slow_start(p.slow_start),
+                    .with_slow_start(p.slow_start)
+                    .with_metrics(metrics.map(|m| m.pool(&p.name))),
             );
             pools.insert(Arc::clone(&pool.name), pool);
         }

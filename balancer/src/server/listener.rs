@@ -58,6 +58,7 @@ pub async fn serve_listener(
     shutdown: CancellationToken,
 ) {
     let mut settings = ConnSettings::from(&proxy.snapshot.load().timeouts);
+    let open_gauge = proxy.metrics.as_ref().map(|m| m.listener(&name));
     let mut builder = http_builder(settings);
 
     loop {
@@ -86,14 +87,24 @@ pub async fn serve_listener(
             peer,
             in_flight: AtomicUsize::new(0),
         });
-        proxy.tasks.spawn(serve_connection(
+        let gauge = open_gauge.clone();
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        let served = serve_connection(
             stream,
             conn,
             Arc::clone(&proxy),
             Arc::clone(&builder),
             settings,
             shutdown.clone(),
-        ));
+        );
+        proxy.tasks.spawn(async move {
+            served.await;
+            if let Some(g) = gauge {
+                g.dec();
+            }
+        });
     }
     tracing::info!(listener = &*name, "stopped accepting");
 }

@@ -1,0 +1,301 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! Two kinds:
+//! * recorded on the request path through handles resolved in advance
+//!   ([`BackendMetrics`], [`PoolMetrics`]), built when a snapshot is built,
+//!   so recording is an atomic add: no lock, no allocation, no label lookup;
+//! * read at scrape time from the atomics the balancer keeps anyway
+//!   (backend state, open connections, tunnels, ejections, config
+//!   generation and reloads), so they cost the request path nothing.
+//!
+//! Labels are bounded: `pool`, `backend`, `listener`, method and status
+//! classes, error causes. No paths, no client addresses.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::admin::ReloadStats;
+use crate::runtime::Snapshot;
+
+/// Method classes used as the `method` label.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other",
+];
+/// Status classes used as the `code` label.
+pub const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Error causes used as the `cause` label (see `ProxyError::cause`).
+pub const CAUSES: [&str; 10] = [
+    "no_route",
+    "method",
+    "no_backend",
+    "connect",
+    "connect_timeout",
+    "response_timeout",
+    "upstream",
+    "client_body",
+    "client_timeout",
+    "client_closed",
+];
+
+/// Latency buckets from 0.5 ms to 60 s.
+const LATENCY: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// WebSocket session buckets from 1 s to 4 h.
+const SESSION: &[f64] = &[1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0];
+
+/// Every metric family, registered in one registry per process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    response_header: HistogramVec,
+    request_duration: HistogramVec,
+    tunnel_duration: HistogramVec,
+    response_bytes: IntCounterVec,
+    tunnel_bytes: IntCounterVec,
+    errors: IntCounterVec,
+    retries: IntCounterVec,
+    retries_refused: IntCounterVec,
+    client_connections: IntGaugeVec,
+    // Read at scrape time.
+    backend_up: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    backend_tunnels: IntGaugeVec,
+    backend_ejections: IntCounterVec,
+    backend_health_changes: IntCounterVec,
+    generation: IntGauge,
+    reloads: IntCounterVec,
+    last_reload: IntGauge,
+    /// Scrapes reset and refill the scrape-time families: one at a time.
+    scrape: Mutex<()>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
+    let v = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "balancer_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let generation = IntGauge::new(
+            "balancer_config_generation",
+            "Generation of the config in force (1 at start, +1 per reload).",
+        )?;
+        r.register(Box::new(generation.clone()))?;
+        let last_reload = IntGauge::new(
+            "balancer_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload (0: none yet).",
+        )?;
+        r.register(Box::new(last_reload.clone()))?;
+        Ok(Self {
+            requests: counter_vec(&r, "balancer_requests_total", "Requests answered, by pool, backend, method class and status class.", &["pool", "backend", "method", "code"])?,
+            response_header: histogram_vec(&r, "balancer_response_header_seconds", "Time from request arrival to the backend's response head.", &["pool"], LATENCY)?,
+            request_duration: histogram_vec(&r, "balancer_request_duration_seconds", "Time from request arrival to the end of the response body.", &["pool"], LATENCY)?,
+            tunnel_duration: histogram_vec(&r, "balancer_websocket_session_duration_seconds", "Lifetime of WebSocket (upgrade) tunnels.", &["pool"], SESSION)?,
+            response_bytes: counter_vec(&r, "balancer_response_bytes_total", "Response body bytes sent to clients.", &["pool", "backend"])?,
+            tunnel_bytes: counter_vec(&r, "balancer_websocket_bytes_total", "Bytes through WebSocket tunnels, by direction (in: from clients, out: to clients).", &["pool", "backend", "direction"])?,
+            errors: counter_vec(&r, "balancer_errors_total", "Requests the balancer answered itself or lost, by cause.", &["pool", "cause"])?,
+            retries: counter_vec(&r, "balancer_retries_total", "Requests retried on another backend.", &["pool"])?,
+            retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent.", &["pool"])?,
+            client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
+            backend_up: gauge_vec(&r, "balancer_backend_up", "1 when the backend takes new requests (healthy, not ejected, enabled), else 0.", &["pool", "backend"])?,
+            backend_in_flight: gauge_vec(&r, "balancer_backend_in_flight_requests", "HTTP requests in flight to the backend.", &["pool", "backend"])?,
+            backend_tunnels: gauge_vec(&r, "balancer_backend_websocket_tunnels", "Open WebSocket tunnels to the backend.", &["pool", "backend"])?,
+            backend_ejections: counter_vec(&r, "balancer_backend_ejections_total", "Passive ejections of the backend.", &["pool", "backend"])?,
+            backend_health_changes: counter_vec(&r, "balancer_backend_health_changes_total", "Health state changes of the backend.", &["pool", "backend"])?,
+            reloads: counter_vec(&r, "balancer_config_reloads_total", "Config reloads, by result.", &["result"])?,
+            generation,
+            last_reload,
+            registry: r,
+            scrape: Mutex::new(()),
+        })
+    }
+
+    /// Handles for one backend of one pool.
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            requests: METHODS
+                .map(|m| CODES.map(|c| self.requests.with_label_values(&[pool, backend, m, c]))),
+            response_bytes: self.response_bytes.with_label_values(&[pool, backend]),
+            tunnel_in: self.tunnel_bytes.with_label_values(&[pool, backend, "in"]),
+            tunnel_out: self.tunnel_bytes.with_label_values(&[pool, backend, "out"]),
+        }
+    }
+
+    /// Handles for one pool.
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            response_header: self.response_header.with_label_values(&[pool]),
+            request_duration: self.request_duration.with_label_values(&[pool]),
+            tunnel_duration: self.tunnel_duration.with_label_values(&[pool]),
+            errors: CAUSES.map(|c| self.errors.with_label_values(&[pool, c])),
+            retries: self.retries.with_label_values(&[pool]),
+            retries_refused: self.retries_refused.with_label_values(&[pool]),
+        }
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn listener(&self, name: &str) -> IntGauge {
+        self.client_connections.with_label_values(&[name])
+    }
+
+    /// The text exposition: scrape-time families refreshed from `snapshot`.
+    pub fn render(
+        &self,
+        snapshot: &Snapshot,
+        draining: &[crate::admin::Draining],
+        reloads: &Arc<Mutex<ReloadStats>>,
+    ) -> String {
+        let _one_at_a_time = self.scrape.lock();
+        for v in [
+            &self.backend_up,
+            &self.backend_in_flight,
+            &self.backend_tunnels,
+        ] {
+            v.reset();
+        }
+        self.backend_ejections.reset();
+        self.backend_health_changes.reset();
+        let live = snapshot
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().map(move |b| (&*p.name, b)));
+        let gone = draining.iter().map(|d| (&*d.pool, &d.backend));
+        for (pool, b) in live.chain(gone) {
+            let l = [pool, &*b.id];
+            let tunnels = b.tunnels();
+            self.backend_up
+                .with_label_values(&l)
+                .set(i64::from(b.is_usable()));
+            self.backend_in_flight
+                .with_label_values(&l)
+                .set(b.open_connections().saturating_sub(tunnels) as i64);
+            self.backend_tunnels
+                .with_label_values(&l)
+                .set(tunnels as i64);
+            self.backend_ejections
+                .with_label_values(&l)
+                .inc_by(b.ejections_total());
+            self.backend_health_changes
+                .with_label_values(&l)
+                .inc_by(b.health_changes());
+        }
+        self.generation.set(snapshot.generation as i64);
+        self.reloads.reset();
+        if let Ok(r) = reloads.lock() {
+            self.reloads
+                .with_label_values(&["success"])
+                .inc_by(r.succeeded);
+            self.reloads
+                .with_label_values(&["failure"])
+                .inc_by(r.failed);
+            self.last_reload
+                .set(r.last_success_unix.unwrap_or(0) as i64);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Per-backend handles recorded on the request path.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    requests: [[IntCounter; 5]; 8],
+    response_bytes: IntCounter,
+    tunnel_in: IntCounter,
+    tunnel_out: IntCounter,
+}
+
+impl BackendMetrics {
+    pub fn request(&self, method: &http::Method, status: u16, bytes: u64) {
+        let m = match *method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            http::Method::POST => 2,
+            http::Method::PUT => 3,
+            http::Method::DELETE => 4,
+            http::Method::OPTIONS => 5,
+            http::Method::PATCH => 6,
+            _ => 7,
+        };
+        let c = usize::from((status / 100).clamp(1, 5) - 1);
+        self.requests[m][c].inc();
+        self.response_bytes.inc_by(bytes);
+    }
+
+    pub fn tunnel_bytes(&self, from_client: u64, from_backend: u64) {
+        self.tunnel_in.inc_by(from_client);
+        self.tunnel_out.inc_by(from_backend);
+    }
+}
+
+/// Per-pool handles recorded on the request path.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    pub response_header: Histogram,
+    pub request_duration: Histogram,
+    pub tunnel_duration: Histogram,
+    errors: [IntCounter; 10],
+    pub retries: IntCounter,
+    pub retries_refused: IntCounter,
+}
+
+impl PoolMetrics {
+    pub fn error(&self, cause: &str) {
+        if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
+            self.errors[i].inc();
+        }
+    }
+}
