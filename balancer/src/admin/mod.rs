@@ -2,6 +2,7 @@
 //!
 //! * `GET /api/status`: generation, pools, backends (state, weight, open
 //!   connections, requests) and the backends still draining after a reload.
+//! * `GET /`: the status page (HTML, refreshes itself from `/api/status`).
 //! * `GET /metrics`: Prometheus text format (see docs/metrics.md).
 //! * `POST /api/reload`: reloads the config file now (as SIGHUP does) and
 //!   answers with the outcome: the new generation and the changes, or every
@@ -119,6 +120,9 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: Ca
     }
 }
 
+/// The status page: one self-contained HTML file, no CDN, no build step.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
@@ -151,6 +155,14 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status(state)),
         (&Method::GET, "/metrics") => metrics(state),
+        (&Method::GET, "/") => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         (&Method::POST, "/api/reload") => reload(state).await,
         (&Method::POST, path) if path.starts_with("/api/pools/") => operator(state, path),
         (_, "/api/status" | "/api/reload") => json_response(
@@ -210,11 +222,20 @@ fn status(state: &AdminState) -> serde_json::Value {
                         "state": backend_state(b),
                         "weight": w,
                         "open": b.open_connections(),
+                        "in_flight": b.open_connections().saturating_sub(b.tunnels()),
+                        "tunnels": b.tunnels(),
                         "requests": b.requests_total(),
                     })
                 })
                 .collect();
-            json!({"name": &*p.name, "backends": backends})
+            let m = p.metrics.as_ref();
+            json!({
+                "name": &*p.name,
+                "backends": backends,
+                "errors": m.map(|m| m.errors_total()),
+                "latency_p50_seconds": m.and_then(|m| m.duration_quantile(0.5)),
+                "latency_p99_seconds": m.and_then(|m| m.duration_quantile(0.99)),
+            })
         })
         .collect();
     let draining: Vec<_> = state

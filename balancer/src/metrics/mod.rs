@@ -293,6 +293,34 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
+    /// Requests the balancer answered itself or lost, all causes.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(IntCounter::get).sum()
+    }
+
+    /// The `q` quantile (0..1) of request durations, as the upper bound of
+    /// the histogram bucket it falls in; `None` before any request.
+    pub fn duration_quantile(&self, q: f64) -> Option<f64> {
+        use prometheus::core::Collector;
+        let families = self.request_duration.collect();
+        let h = families
+            .first()?
+            .get_metric()
+            .first()?
+            .get_histogram()
+            .clone();
+        let count = h.get_sample_count();
+        if count == 0 {
+            return None;
+        }
+        let rank = (q * count as f64).ceil() as u64;
+        h.get_bucket()
+            .iter()
+            .find(|b| b.cumulative_count() >= rank)
+            .map(|b| b.upper_bound())
+            .or(Some(f64::INFINITY))
+    }
+
     pub fn error(&self, cause: &str) {
         if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
             self.errors[i].inc();
