@@ -441,10 +441,16 @@ impl Running {
                 continue;
             }
             let token = self.stop.child_token();
+            let metrics = self
+                .proxy
+                .metrics
+                .as_ref()
+                .map(|m| m.check(&pool, &backend.id));
             let checker = HealthChecker {
                 pool,
                 backend,
                 config: health.clone(),
+                metrics,
             };
             tokio::spawn(checker.run(token.clone()));
             self.checkers.insert(key, (token, health));

@@ -131,6 +131,15 @@ async fn counters_equal_the_traffic_sent() {
     assert!(sum(&s, "balancer_websocket_bytes_total", &[("direction", "in")]) > 0.0);
     assert_eq!(sum(&s, "balancer_backend_up", &pool), 2.0);
     assert_eq!(sum(&s, "balancer_config_generation", &[]), 1.0);
+    let connects = histogram_count(&s, "balancer_upstream_connect_duration_seconds", "game");
+    assert!(
+        connects >= 2.0,
+        "one new connection per backend at least: {connects}"
+    );
+    assert!(
+        connects <= 10.0,
+        "keep-alive reuses connections: {connects}"
+    );
     assert_eq!(sum(&s, "balancer_build_info", &[]), 1.0);
     assert!(sum(&s, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(sum(&s, "balancer_client_connections", &[("listener", "public")]) >= 1.0);
@@ -158,5 +167,50 @@ async fn counters_equal_the_traffic_sent() {
         sum(&s, "balancer_errors_total", &pool),
         0.0,
         "no client saw an error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_metrics_follow_the_checks() {
+    let a = Backend::start("a");
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n\
+         [[pool.backend]]\nid = \"a\"\naddress = \"{}\"\n\
+         [pool.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nfall = 2\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+        a.addr
+    );
+    let lb = Balancer::start(&config);
+    lb.proc.wait_message("backend up");
+    let s = scrape(&lb).await;
+    assert!(histogram_count(&s, "balancer_health_check_duration_seconds", "game") >= 1.0);
+    assert_eq!(
+        sum(
+            &s,
+            "balancer_health_check_failures_total",
+            &[("backend", "a")]
+        ),
+        0.0
+    );
+    assert_eq!(sum(&s, "balancer_backend_up", &[("backend", "a")]), 1.0);
+    drop(a);
+    lb.proc.wait_message("backend down");
+    let s = scrape(&lb).await;
+    assert!(
+        sum(
+            &s,
+            "balancer_health_check_failures_total",
+            &[("backend", "a")]
+        ) >= 2.0
+    );
+    assert_eq!(sum(&s, "balancer_backend_up", &[("backend", "a")]), 0.0);
+    assert_eq!(
+        sum(
+            &s,
+            "balancer_backend_health_changes_total",
+            &[("backend", "a")]
+        ),
+        2.0,
+        "unknown->up, up->down"
     );
 }

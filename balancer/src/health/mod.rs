@@ -63,6 +63,8 @@ pub struct HealthChecker {
     pub pool: Arc<str>,
     pub backend: Arc<Backend>,
     pub config: HealthConfig,
+    /// Check duration and failure metrics, when metrics are on.
+    pub metrics: Option<crate::metrics::CheckMetrics>,
 }
 
 impl HealthChecker {
@@ -76,7 +78,11 @@ impl HealthChecker {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+            let started = std::time::Instant::now();
             let result = check(&self.backend, &self.config).await;
+            if let Some(m) = &self.metrics {
+                m.record(started.elapsed(), result.is_ok());
+            }
             let current = self.backend.health();
             let next = next_state(
                 current,

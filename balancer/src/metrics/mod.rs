@@ -63,6 +63,9 @@ pub struct Metrics {
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
     client_connections: IntGaugeVec,
+    check_duration: HistogramVec,
+    check_failures: IntCounterVec,
+    connect_duration: HistogramVec,
     // Read at scrape time.
     backend_up: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
@@ -149,6 +152,9 @@ impl Metrics {
             retries: counter_vec(&r, "balancer_retries_total", "Requests retried on another backend.", &["pool"])?,
             retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent.", &["pool"])?,
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
+            check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
+            check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
+            connect_duration: histogram_vec(&r, "balancer_upstream_connect_duration_seconds", "Time to open a new TCP connection to a backend (pooled connections are reused without one).", &["pool"], LATENCY)?,
             backend_up: gauge_vec(&r, "balancer_backend_up", "1 when the backend takes new requests (healthy, not ejected, enabled), else 0.", &["pool", "backend"])?,
             backend_in_flight: gauge_vec(&r, "balancer_backend_in_flight_requests", "HTTP requests in flight to the backend.", &["pool", "backend"])?,
             backend_tunnels: gauge_vec(&r, "balancer_backend_websocket_tunnels", "Open WebSocket tunnels to the backend.", &["pool", "backend"])?,
@@ -183,6 +189,19 @@ impl Metrics {
             retries: self.retries.with_label_values(&[pool]),
             retries_refused: self.retries_refused.with_label_values(&[pool]),
         }
+    }
+
+    /// Health check handles for one backend.
+    pub fn check(&self, pool: &str, backend: &str) -> CheckMetrics {
+        CheckMetrics {
+            duration: self.check_duration.with_label_values(&[pool]),
+            failures: self.check_failures.with_label_values(&[pool, backend]),
+        }
+    }
+
+    /// The upstream connect-time histogram of a pool.
+    pub fn connect(&self, pool: &str) -> Histogram {
+        self.connect_duration.with_label_values(&[pool])
     }
 
     /// The open-connections gauge of a listener.
@@ -278,6 +297,22 @@ impl BackendMetrics {
     pub fn tunnel_bytes(&self, from_client: u64, from_backend: u64) {
         self.tunnel_in.inc_by(from_client);
         self.tunnel_out.inc_by(from_backend);
+    }
+}
+
+/// Health check handles for one backend.
+#[derive(Debug, Clone)]
+pub struct CheckMetrics {
+    duration: Histogram,
+    failures: IntCounter,
+}
+
+impl CheckMetrics {
+    pub fn record(&self, took: std::time::Duration, passed: bool) {
+        self.duration.observe(took.as_secs_f64());
+        if !passed {
+            self.failures.inc();
+        }
     }
 }
 

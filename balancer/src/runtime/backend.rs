@@ -12,7 +12,47 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::server::activity::now_ms;
 
 /// HTTP/1.1 client with its own bounded keep-alive pool for one backend.
-pub type UpstreamClient = Client<HttpConnector, crate::proxy::RequestBody>;
+pub type UpstreamClient = Client<TimedConnector, crate::proxy::RequestBody>;
+
+/// hyper-util's connector, timing each new connection for the
+/// `balancer_upstream_connect_duration_seconds` histogram.
+#[derive(Debug, Clone)]
+pub struct TimedConnector {
+    inner: HttpConnector,
+    histogram: Option<prometheus::Histogram>,
+}
+
+type ConnectResult = Result<
+    <HttpConnector as tower_service::Service<http::Uri>>::Response,
+    <HttpConnector as tower_service::Service<http::Uri>>::Error,
+>;
+
+impl tower_service::Service<http::Uri> for TimedConnector {
+    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = ConnectResult> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let histogram = self.histogram.clone();
+        // One allocation per new connection, not per request.
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let result = connecting.await;
+            if let (Ok(_), Some(h)) = (&result, histogram) {
+                h.observe(start.elapsed().as_secs_f64());
+            }
+            result
+        })
+    }
+}
 
 /// Settings that, when changed, need a new upstream client (and so a new
 /// [`Backend`]); everything else about a backend can change in place.
@@ -112,6 +152,17 @@ impl Backend {
     /// A backend starting in `health` (`Up` for pools without checks or
     /// with `assume_up`, else `Unknown` until its first passing check).
     pub fn new(id: &str, address: SocketAddr, settings: UpstreamSettings, health: Health) -> Self {
+        Self::with_connect_metric(id, address, settings, health, None)
+    }
+
+    /// [`Backend::new`], timing new upstream connections into `connect`.
+    pub fn with_connect_metric(
+        id: &str,
+        address: SocketAddr,
+        settings: UpstreamSettings,
+        health: Health,
+        connect: Option<prometheus::Histogram>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
@@ -120,7 +171,10 @@ impl Backend {
             .timer(TokioTimer::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(settings.max_idle)
-            .build(connector);
+            .build(TimedConnector {
+                inner: connector,
+                histogram: connect,
+            });
         let authority = address
             .to_string()
             .parse()

@@ -66,7 +66,13 @@ impl Snapshot {
                             Some(h) if !h.assume_up => Health::Unknown,
                             _ => Health::Up,
                         };
-                        let backend = Backend::new(&b.id, b.address, settings, initial);
+                        let backend = Backend::with_connect_metric(
+                            &b.id,
+                            b.address,
+                            settings,
+                            initial,
+                            metrics.map(|m| m.connect(&p.name)),
+                        );
                         if let Some(m) = metrics {
                             backend.set_metrics(m.backend(&p.name, &b.id));
                         }
