@@ -42,12 +42,22 @@ impl App {
     /// Builds the runtime snapshot and binds every listener. All are bound
     /// before any serves, so a bad address fails the start cleanly.
     pub async fn bind(config: config::Config) -> Result<Self, Error> {
-        let metrics = match crate::metrics::Metrics::new() {
-            Ok(m) => Some(Arc::new(m)),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics disabled: cannot set them up");
-                None
+        Self::bind_with(config, true).await
+    }
+
+    /// [`App::bind`], with Prometheus metrics on or off (benchmarks compare
+    /// the two; the binary always has them on).
+    pub async fn bind_with(config: config::Config, with_metrics: bool) -> Result<Self, Error> {
+        let metrics = if with_metrics {
+            match crate::metrics::Metrics::new() {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics disabled: cannot set them up");
+                    None
+                }
             }
+        } else {
+            None
         };
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with(
             &config,
