@@ -28,7 +28,8 @@ pub struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    pub address: String,
+    #[serde(default)]
+    pub address: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
 }

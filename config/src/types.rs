@@ -297,6 +297,9 @@ impl Default for Timeouts {
     }
 }
 
+/// `admin.address` when the `[admin]` table leaves it out: loopback only.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9900";
+
 /// Shortest accepted `sticky.secret`: shorter keys are guessable.
 pub const MIN_SECRET_LEN: usize = 16;
 

@@ -253,7 +253,13 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
     });
 
     let admin = admin.and_then(|a| {
-        let address = socket_addr(e, "admin.address", &a.address)?;
+        let address = socket_addr(
+            e,
+            "admin.address",
+            a.address
+                .as_deref()
+                .unwrap_or(crate::types::DEFAULT_ADMIN_ADDRESS),
+        )?;
         if let Some(t) = &a.token {
             if t.len() < MIN_SECRET_LEN {
                 e.push(ConfigError::new(

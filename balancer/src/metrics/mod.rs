@@ -58,6 +58,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     tunnel_duration: HistogramVec,
     response_bytes: IntCounterVec,
+    request_bytes: IntCounterVec,
     tunnel_bytes: IntCounterVec,
     errors: IntCounterVec,
     retries: IntCounterVec,
@@ -147,6 +148,7 @@ impl Metrics {
             request_duration: histogram_vec(&r, "balancer_request_duration_seconds", "Time from request arrival to the end of the response body.", &["pool"], LATENCY)?,
             tunnel_duration: histogram_vec(&r, "balancer_websocket_session_duration_seconds", "Lifetime of WebSocket (upgrade) tunnels.", &["pool"], SESSION)?,
             response_bytes: counter_vec(&r, "balancer_response_bytes_total", "Response body bytes sent to clients.", &["pool", "backend"])?,
+            request_bytes: counter_vec(&r, "balancer_request_bytes_total", "Request body bytes sent to backends.", &["pool", "backend"])?,
             tunnel_bytes: counter_vec(&r, "balancer_websocket_bytes_total", "Bytes through WebSocket tunnels, by direction (in: from clients, out: to clients).", &["pool", "backend", "direction"])?,
             errors: counter_vec(&r, "balancer_errors_total", "Requests the balancer answered itself or lost, by cause.", &["pool", "cause"])?,
             retries: counter_vec(&r, "balancer_retries_total", "Requests retried on another backend.", &["pool"])?,
@@ -174,6 +176,7 @@ impl Metrics {
             requests: METHODS
                 .map(|m| CODES.map(|c| self.requests.with_label_values(&[pool, backend, m, c]))),
             response_bytes: self.response_bytes.with_label_values(&[pool, backend]),
+            request_bytes: self.request_bytes.with_label_values(&[pool, backend]),
             tunnel_in: self.tunnel_bytes.with_label_values(&[pool, backend, "in"]),
             tunnel_out: self.tunnel_bytes.with_label_values(&[pool, backend, "out"]),
         }
@@ -273,6 +276,7 @@ impl Metrics {
 pub struct BackendMetrics {
     requests: [[IntCounter; 5]; 8],
     response_bytes: IntCounter,
+    request_bytes: IntCounter,
     tunnel_in: IntCounter,
     tunnel_out: IntCounter,
 }
@@ -292,6 +296,10 @@ impl BackendMetrics {
         let c = usize::from((status / 100).clamp(1, 5) - 1);
         self.requests[m][c].inc();
         self.response_bytes.inc_by(bytes);
+    }
+
+    pub fn request_bytes(&self, bytes: u64) {
+        self.request_bytes.inc_by(bytes);
     }
 
     pub fn tunnel_bytes(&self, from_client: u64, from_backend: u64) {

@@ -38,6 +38,8 @@ pub struct AccessLog {
     /// Where the request's metrics go (set once the pool and backend are known).
     pub pool_metrics: Option<crate::metrics::PoolMetrics>,
     pub backend_ref: Option<Arc<crate::runtime::Backend>>,
+    /// The answered attempt's upload, for the request-bytes metric.
+    pub upload: Option<Arc<super::request_body::Upload>>,
 }
 
 impl AccessLog {
@@ -59,6 +61,7 @@ impl AccessLog {
             done: false,
             pool_metrics: self.pool_metrics.take(),
             backend_ref: self.backend_ref.take(),
+            upload: self.upload.take(),
         }
     }
 
@@ -76,6 +79,9 @@ impl AccessLog {
         }
         if let Some(m) = self.backend_ref.as_ref().and_then(|b| b.metrics()) {
             m.request(&self.method, self.status.as_u16(), bytes);
+            if let Some(u) = &self.upload {
+                m.request_bytes(u.bytes());
+            }
         }
         let request_id = self.request_id.to_str().unwrap_or("-");
         tracing::info!(

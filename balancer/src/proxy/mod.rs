@@ -104,6 +104,7 @@ impl Proxy {
             done: false,
             pool_metrics: None,
             backend_ref: None,
+            upload: None,
         };
 
         match self.forward(&snap, conn, req, &mut log, in_flight).await {
@@ -219,6 +220,7 @@ impl Proxy {
             .await;
             match result {
                 Ok(resp) => {
+                    log.upload = Some(Arc::clone(&upload));
                     if pool.ejection.on_5xx && resp.status().is_server_error() {
                         note_failure(&pool, &backend, log);
                     } else {

@@ -38,12 +38,19 @@ pub struct RequestBody {
 pub struct Upload {
     client_failed: AtomicBool,
     finished: AtomicBool,
+    /// Body bytes sent to the backend.
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Upload {
     /// The client's body stream failed (client aborted or sent garbage).
     pub fn client_failed(&self) -> bool {
         self.client_failed.load(Ordering::Relaxed)
+    }
+
+    /// Body bytes sent to the backend so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The whole body went out.
@@ -112,10 +119,16 @@ impl Body for RequestBody {
             match ready {
                 Some(Err(_)) => this.upload.client_failed.store(true, Ordering::Relaxed),
                 None => this.upload.finished.store(true, Ordering::Relaxed),
-                Some(Ok(_)) if this.is_end_stream() => {
-                    this.upload.finished.store(true, Ordering::Relaxed)
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.upload
+                            .bytes
+                            .fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    if this.is_end_stream() {
+                        this.upload.finished.store(true, Ordering::Relaxed);
+                    }
                 }
-                Some(Ok(_)) => {}
             }
         }
         r
