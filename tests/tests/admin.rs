@@ -63,11 +63,7 @@ async fn status_and_reload_through_the_admin_api() {
     let mut on_b = None;
     let mut others = Vec::new();
     for _ in 0..2 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
-            .await
-            .unwrap();
-        ws.send(Message::text("whoami")).await.unwrap();
-        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        let (ws, id) = tests::ws::open_tunnel(lb.addr()).await;
         if id.as_str() == "b" {
             on_b = Some(ws)
         } else {
@@ -215,11 +211,7 @@ async fn drain_moves_new_traffic_away_while_tunnels_stay() {
     let mut ws_b = None;
     let mut others = Vec::new();
     while ws_b.is_none() {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
-            .await
-            .unwrap();
-        ws.send(Message::text("whoami")).await.unwrap();
-        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        let (ws, id) = tests::ws::open_tunnel(lb.addr()).await;
         if id.as_str() == "b" {
             ws_b = Some(ws)
         } else {

@@ -129,9 +129,6 @@ async fn http_check_uses_path_and_expected_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_backend_ramps_up_under_slow_start() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let a = Backend::start("a");
     let b = Backend::start("b");
     let b_addr = b.addr.to_string();
@@ -152,11 +149,7 @@ async fn restarted_backend_ramps_up_under_slow_start() {
     let mut sockets = Vec::new();
     let mut on_b = 0;
     for _ in 0..22 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
-            .await
-            .unwrap();
-        ws.send(Message::text("whoami")).await.unwrap();
-        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        let (ws, id) = tests::ws::open_tunnel(lb.addr()).await;
         if id.as_str() == "b" {
             on_b += 1;
         }

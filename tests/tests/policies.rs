@@ -6,31 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tests::http::{empty, h1, send};
 use tests::{Backend, Balancer};
-use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a tunnel and asks which backend is behind it.
-async fn open_tunnel(lb: SocketAddr) -> (Ws, String) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws"))
-        .await
-        .unwrap();
-    ws.send(Message::text("whoami")).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("whoami reply")
-        .unwrap()
-        .unwrap();
-    let id = reply.into_text().unwrap().to_string();
-    (ws, id)
-}
+use tests::ws::{open_tunnel, Ws};
 
 async fn close(mut ws: Ws) {
     ws.close(None).await.unwrap();

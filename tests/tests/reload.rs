@@ -199,11 +199,7 @@ async fn removed_backend_tunnels_get_a_close_frame_at_drain_timeout() {
     let mut on_b = None;
     let mut keep = Vec::new();
     for _ in 0..2 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
-            .await
-            .unwrap();
-        ws.send(Message::text("whoami")).await.unwrap();
-        let id = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        let (ws, id) = tests::ws::open_tunnel(lb.addr()).await;
         if id.as_str() == "b" {
             on_b = Some(ws);
         } else {
