@@ -348,7 +348,14 @@ struct Running {
     listener_tasks: TaskTracker,
     /// One health checker per backend object (keyed by its address in
     /// memory), kept across reloads while the backend and its checks are.
-    checkers: HashMap<usize, (CancellationToken, config::HealthConfig)>,
+    checkers: HashMap<
+        usize,
+        (
+            CancellationToken,
+            config::HealthConfig,
+            Arc<crate::runtime::Backend>,
+        ),
+    >,
     /// The text of the file last loaded, so a file event that changed
     /// nothing (touch, editor temp files) does not count as a reload.
     last_text: Option<String>,
@@ -439,10 +446,14 @@ impl Running {
                 );
             }
         }
-        self.checkers.retain(|key, (token, health)| {
+        self.checkers.retain(|key, (token, health, backend)| {
             let keep = wanted.get(key).is_some_and(|(_, _, h)| h == health);
             if !keep {
                 token.cancel();
+                // No checker any more: ejections end with their time alone.
+                if !wanted.contains_key(key) {
+                    backend.set_checked(false);
+                }
             }
             keep
         });
@@ -456,14 +467,15 @@ impl Running {
                 .metrics
                 .as_ref()
                 .map(|m| m.check(&pool, &backend.id));
+            backend.set_checked(true);
             let checker = HealthChecker {
                 pool,
-                backend,
+                backend: Arc::clone(&backend),
                 config: health.clone(),
                 metrics,
             };
             tokio::spawn(checker.run(token.clone()));
-            self.checkers.insert(key, (token, health));
+            self.checkers.insert(key, (token, health, backend));
         }
     }
 

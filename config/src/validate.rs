@@ -91,17 +91,13 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                 Policy::RoundRobin
             }),
         };
-        let max_idle_per_backend = match p.max_idle_per_backend {
-            None => DEFAULT_MAX_IDLE_PER_BACKEND,
-            Some(n) if (0..=65_536).contains(&n) => n as usize,
-            Some(n) => {
-                e.push(ConfigError::new(
-                    format!("{path}.max_idle_per_backend"),
-                    format!("{n} is out of range (0 to 65536)"),
-                ));
-                DEFAULT_MAX_IDLE_PER_BACKEND
-            }
-        };
+        let max_idle_per_backend = int_in(
+            e,
+            &format!("{path}.max_idle_per_backend"),
+            p.max_idle_per_backend,
+            0..=65_536,
+            DEFAULT_MAX_IDLE_PER_BACKEND as i64,
+        ) as usize;
         let raw_backends: Vec<(usize, RawBackend)> =
             raw::elements(&format!("{path}.backend"), toml::Value::Array(p.backend), e);
         let mut backends = Vec::new();
@@ -115,17 +111,13 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                     format!("duplicate backend id {:?} in pool {:?}", b.id, p.name),
                 ));
             }
-            let weight = match b.weight {
-                None => 1,
-                Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
-                Some(w) => {
-                    e.push(ConfigError::new(
-                        format!("{bpath}.weight"),
-                        format!("{w} is out of range (1 to {MAX_WEIGHT})"),
-                    ));
-                    1
-                }
-            };
+            let weight = int_in(
+                e,
+                &format!("{bpath}.weight"),
+                b.weight,
+                1..=i64::from(MAX_WEIGHT),
+                1,
+            ) as u32;
             let address = socket_addr(e, &format!("{bpath}.address"), &b.address);
             if let Some(address) = address {
                 if address.port() == 0 {
@@ -486,19 +478,8 @@ fn health_from(e: &mut Vec<ConfigError>, path: &str, raw: RawHealth) -> Option<H
             }
         },
     };
-    let mut count = |key: &str, v: Option<i64>| match v {
-        None => 2,
-        Some(n) if (1..=100).contains(&n) => n as u32,
-        Some(n) => {
-            e.push(ConfigError::new(
-                format!("{path}.{key}"),
-                format!("{n} is out of range (1 to 100)"),
-            ));
-            2
-        }
-    };
-    let rise = count("rise", raw.rise);
-    let fall = count("fall", raw.fall);
+    let rise = int_in(e, &format!("{path}.rise"), raw.rise, 1..=100, 2) as u32;
+    let fall = int_in(e, &format!("{path}.fall"), raw.fall, 1..=100, 2) as u32;
     (e.len() == before).then_some(HealthConfig {
         kind,
         path: check_path,

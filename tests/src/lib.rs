@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod load;
 pub mod ws;
 
 use std::collections::HashMap;

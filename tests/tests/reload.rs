@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tests::http::{get, h1};
+use tests::load::GetLoad;
 use tests::{Backend, Balancer};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -92,42 +93,12 @@ async fn fifty_reloads_under_load_lose_nothing() {
     }
 
     // Keep-alive GET load.
-    let passed = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (passed, failed, stop, url) = (
-            passed.clone(),
-            failed.clone(),
-            stop.clone(),
-            lb.url("/whoami"),
-        );
-        clients.push(tokio::spawn(async move {
-            let c = h1();
-            for _ in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let req = ::http::Request::get(&url)
-                    .body(tests::http::empty())
-                    .unwrap();
-                match c.request(req).await {
-                    Ok(r) if r.status() == 200 => {
-                        use http_body_util::BodyExt;
-                        if r.into_body().collect().await.is_ok() {
-                            passed.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    other => {
-                        eprintln!("reload load: {:?}", other.map(|r| r.status()));
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    // Keep-alive GET load (bounded: it stops after the reloads, or at 60 s).
+    let load = GetLoad::start(
+        &lb.url("/whoami"),
+        4,
+        Instant::now() + Duration::from_secs(60),
+    );
 
     let with_b4 = config(&[(&b[0], 1), (&b[1], 1), (&b[2], 1), (&b[3], 1)], "");
     let reweighted = config(&[(&b[0], 3), (&b[1], 1), (&b[2], 1), (&b[3], 1)], "");
@@ -151,16 +122,10 @@ async fn fifty_reloads_under_load_lose_nothing() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
+    let (p, f) = load.finish().await;
     for s in sessions {
         s.await.unwrap();
     }
-    let (p, f) = (
-        passed.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
     let (e, br) = (
         echoes.load(Ordering::Relaxed),
         broken.load(Ordering::Relaxed),

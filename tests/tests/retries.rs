@@ -4,12 +4,11 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tests::http::{full, get, h1, send};
+use tests::load::GetLoad;
 use tests::{closed_port, Backend, Balancer};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -156,42 +155,8 @@ async fn backends_killed_and_restarted_under_load_cost_no_request() {
     lb.proc
         .wait_count("backend up", 4, |v| v["message"] == "backend up");
 
-    let passed = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
     let end = Instant::now() + Duration::from_secs(16);
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (passed, failed, url) = (passed.clone(), failed.clone(), lb.url("/whoami"));
-        clients.push(tokio::spawn(async move {
-            let c = h1();
-            // Bounded by time and by count.
-            for _ in 0..200_000 {
-                if Instant::now() >= end {
-                    break;
-                }
-                let req = ::http::Request::get(&url)
-                    .body(tests::http::empty())
-                    .unwrap();
-                match c.request(req).await {
-                    Ok(r) if r.status() == 200 => {
-                        use http_body_util::BodyExt;
-                        match r.into_body().collect().await {
-                            Ok(_) => passed.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                    Ok(r) => {
-                        eprintln!("reliability: status {}", r.status());
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("reliability: error {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = GetLoad::start(&lb.url("/whoami"), 8, end);
 
     let mut victim = 0;
     let mut kills = 0;
@@ -204,13 +169,7 @@ async fn backends_killed_and_restarted_under_load_cost_no_request() {
         kills += 1;
         victim = (victim + 1) % ids.len();
     }
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (p, f) = (
-        passed.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
+    let (p, f) = load.finish().await;
     eprintln!("reliability: {p} passed, {f} failed, {kills} kills");
     assert!(kills >= 6, "only {kills} kills");
     assert!(p > 1000, "too few requests to mean anything: {p}");

@@ -143,8 +143,7 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let (a, b) = (presented.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::select::cookie::constant_time_eq(presented.as_bytes(), token.as_bytes())
 }
 
 async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -83,6 +83,10 @@ impl HealthChecker {
             if let Some(m) = &self.metrics {
                 m.record(started.elapsed(), result.is_ok());
             }
+            if result.is_ok() {
+                self.backend
+                    .check_passed_at(crate::server::activity::now_ms());
+            }
             let current = self.backend.health();
             let next = next_state(
                 current,

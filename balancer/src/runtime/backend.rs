@@ -1,7 +1,7 @@
 //! One backend process and its live state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +93,11 @@ pub struct Backend {
     ejections: AtomicU32,
     /// Ejections so far (for logs now, metrics later).
     ejections_total: AtomicU64,
+    /// An active checker runs for this backend: an ejection then ends only
+    /// with a check that passes after the ejection time.
+    checked: AtomicBool,
+    /// Ejection time is over (or not) but no passing check came since.
+    awaiting_pass: AtomicBool,
     /// When the health checker last brought it up ([`now_ms`]); slow start
     /// ramps from here (or from the end of an ejection, whichever is later).
     up_since: AtomicU64,
@@ -194,6 +199,8 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
+            checked: AtomicBool::new(false),
+            awaiting_pass: AtomicBool::new(false),
             up_since: AtomicU64::new(0),
             drained: tokio_util::sync::CancellationToken::new(),
             operator: AtomicU8::new(Operator::Enabled as u8),
@@ -234,7 +241,25 @@ impl Backend {
     /// [`Backend::is_ejected`] at a given time (tests drive the clock).
     pub fn is_ejected_at(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now < until
+        until != 0 && (now < until || self.awaiting_pass.load(Ordering::Relaxed))
+    }
+
+    /// Whether an active health checker runs for this backend (set by
+    /// whoever starts and stops checkers).
+    pub fn set_checked(&self, checked: bool) {
+        self.checked.store(checked, Ordering::Relaxed);
+        if !checked {
+            self.awaiting_pass.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A health check passed at `now`: an ejection whose time is over ends.
+    pub fn check_passed_at(&self, now: u64) {
+        if self.awaiting_pass.load(Ordering::Relaxed)
+            && now >= self.ejected_until.load(Ordering::Relaxed)
+        {
+            self.awaiting_pass.store(false, Ordering::Relaxed);
+        }
     }
 
     pub fn ejections_total(&self) -> u64 {
@@ -299,6 +324,9 @@ impl Backend {
         // Counted only by the winner, so concurrent failures do not inflate
         // the series.
         self.ejections.store(series, Ordering::Relaxed);
+        if self.checked.load(Ordering::Relaxed) {
+            self.awaiting_pass.store(true, Ordering::Relaxed);
+        }
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejections_total.fetch_add(1, Ordering::Relaxed);
         Some(duration)
@@ -307,6 +335,7 @@ impl Backend {
     /// Takes back an ejection that turned out to break the pool's
     /// `max_percent` cap (another backend was ejected at the same moment).
     pub fn cancel_ejection(&self) {
+        self.awaiting_pass.store(false, Ordering::Relaxed);
         self.ejected_until.store(0, Ordering::Relaxed);
         self.ejections_total.fetch_sub(1, Ordering::Relaxed);
     }
@@ -494,6 +523,21 @@ mod tests {
         // In again for longer than `max`: the series starts over at `base`.
         now += 61_000;
         assert_eq!(fail(&b, now, 3), Some(Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn with_active_checks_an_ejection_ends_with_a_passing_check() {
+        let b = backend();
+        b.set_checked(true);
+        assert_eq!(fail(&b, 0, 3), Some(Duration::from_secs(5)));
+        b.check_passed_at(3_000);
+        assert!(
+            b.is_ejected_at(6_000),
+            "a pass during the ejection does not end it"
+        );
+        assert!(b.is_ejected_at(60_000), "time alone does not end it");
+        b.check_passed_at(60_000);
+        assert!(!b.is_ejected_at(60_001));
     }
 
     #[tokio::test]

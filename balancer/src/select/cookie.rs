@@ -64,7 +64,9 @@ pub fn token(secret: &[u8], pool: &str, id: &str) -> String {
     out
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equality whose time does not depend on where two secrets differ (used
+/// for sticky tokens and the admin token).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
