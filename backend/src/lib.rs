@@ -1,10 +1,22 @@
 //! The game server process that runs behind the balancer.
 //!
-//! For now it serves what the balancer's tests and benchmarks need; the game
-//! itself (rooms, presence, matchmaking through Redis) comes with its own work.
+//! With `--redis URL` it is a multiplayer game server: many processes share
+//! one game through Redis (docs/protocol.md). Without it, it serves only the
+//! probes and echo endpoints the balancer's tests and benchmarks use.
 //!
+//! Layout: [`rules`] (pure game rules) and [`protocol`] (the JSON messages)
+//! have no I/O; [`store`] is the shared state in Redis, [`bus`] the
+//! cross-process pub/sub, [`jobs`] the cluster-wide periodic jobs under a
+//! lease, [`game`] one process's part of it all, and [`play`] one player's
+//! socket.
+//!
+//! * `GET /`: the browser client (one embedded page, no CDN).
+//! * `POST /login`: `{"name": ...}` -> `{"token","player","name"}`, a session
+//!   any process accepts.
+//! * `GET /play`: the game's WebSocket.
 //! * `GET /healthz`: 200 while the process is alive.
-//! * `GET /readyz`: 200, or 503 once the process is draining after SIGTERM.
+//! * `GET /readyz`: 200, or 503 while the process drains after SIGTERM or
+//!   while Redis is unreachable.
 //! * `GET /whoami`: the process's `--id`, as plain text.
 //! * `POST /echo`: streams the request body back as it arrives.
 //! * `GET /headers`: the request head as JSON (method, uri, version, headers,
@@ -19,6 +31,14 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests
 //! and the binary bind wherever they like (`127.0.0.1:0` in tests).
 
+pub mod bus;
+pub mod game;
+pub mod jobs;
+pub mod play;
+pub mod protocol;
+pub mod rules;
+pub mod store;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +46,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -40,6 +60,19 @@ pub struct AppState {
     pub id: String,
     /// Set when shutdown starts: `/readyz` turns 503 so balancers stop sending.
     pub draining: AtomicBool,
+    /// The game, when the process runs with `--redis`.
+    pub game: Option<Arc<game::Game>>,
+}
+
+impl AppState {
+    /// A process without the game (probes and echo endpoints only).
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            draining: AtomicBool::new(false),
+            game: None,
+        }
+    }
 }
 
 /// Builds the router; separate from [`serve`] so it can be tested without sockets.
@@ -52,32 +85,132 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/headers", any(headers))
         .route("/sleep", get(sleep))
         .route("/ws", get(ws))
+        .route("/", get(index))
+        .route("/login", post(login).layer(DefaultBodyLimit::max(4096)))
+        .route("/play", get(play))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then drains: `/readyz` answers 503 and
-/// in-flight requests finish before this returns.
+/// Serves until `shutdown` resolves, then drains:
+///
+/// 1. `/readyz` and new `/play` upgrades answer 503, so the balancer's
+///    health checks move new players to other processes;
+/// 2. every game socket gets a Close 1012 ("service restart") at a random
+///    time within the drain spread, so clients reconnect elsewhere (and
+///    resume) a few at a time rather than all at once;
+/// 3. once they are closed (or after the spread plus 5 s), the listener
+///    stops, in-flight HTTP requests finish, and the job leases are released
+///    so another process takes the jobs over at once.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = state
+        .game
+        .as_ref()
+        .map(|g| g.spawn_background(stop_rx))
+        .unwrap_or_default();
     let drain_state = state.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             drain_state.draining.store(true, Ordering::SeqCst);
+            if let Some(game) = &drain_state.game {
+                let sockets = game.open_sockets();
+                tracing::info!(sockets, spread = ?game.settings.drain_spread, "draining game sockets");
+                game.begin_drain();
+                let limit = game.settings.drain_spread + Duration::from_secs(5);
+                if !game.wait_sockets_closed(limit).await {
+                    tracing::warn!(left = game.open_sockets(), "game sockets still open after the drain limit");
+                }
+            }
         })
-        .await
+        .await;
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = task.await;
+    }
+    served
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else {
-        "ready".into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
+    match &state.game {
+        Some(g) if !g.redis_up.load(Ordering::SeqCst) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable").into_response()
+        }
+        _ => "ready".into_response(),
+    }
+}
+
+/// The browser client: one page, embedded at build time.
+async fn index() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../client/index.html"),
+    )
+        .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoginRequest {
+    name: String,
+}
+
+/// `POST /login {"name"}`: a new session in Redis, valid on every process.
+async fn login(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let Some(game) = &state.game else {
+        return unavailable("this process runs without --redis: no game here");
+    };
+    let req: LoginRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"name\": ...}}: {e}"),
+            )
+                .into_response()
+        }
+    };
+    let name = match rules::player_name(&req.name) {
+        Ok(n) => n,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match game.store.login(&name).await {
+        Ok(session) => Json(session).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "login failed");
+            unavailable("shared state unreachable; try again shortly")
+        }
+    }
+}
+
+/// `GET /play`: the game's WebSocket.
+async fn play(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    let Some(game) = state.game.clone() else {
+        return unavailable("this process runs without --redis: no game here");
+    };
+    if state.draining.load(Ordering::SeqCst) {
+        return unavailable("draining: connect again (to another process)");
+    }
+    upgrade
+        .max_message_size(play::MAX_MESSAGE)
+        .max_frame_size(play::MAX_MESSAGE)
+        .on_upgrade(move |socket| play::serve_socket(socket, game))
+}
+
+fn unavailable(why: &'static str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        why,
+    )
+        .into_response()
 }
 
 async fn whoami(State(state): State<Arc<AppState>>) -> String {

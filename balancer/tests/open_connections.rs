@@ -6,7 +6,6 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn start_backend() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = Arc::new(backend::AppState {
-        id: "b".into(),
-        draining: AtomicBool::new(false),
-    });
+    let state = Arc::new(backend::AppState::new("b"));
     tokio::spawn(backend::serve(listener, state, std::future::pending()));
     addr
 }

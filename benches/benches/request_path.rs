@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,10 +40,7 @@ fn request_path(c: &mut Criterion) {
     let (on, off) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = listener.local_addr().unwrap();
-        let state = Arc::new(backend::AppState {
-            id: "b".into(),
-            draining: AtomicBool::new(false),
-        });
+        let state = Arc::new(backend::AppState::new("b"));
         tokio::spawn(backend::serve(listener, state, std::future::pending()));
         (start(true, backend).await, start(false, backend).await)
     });

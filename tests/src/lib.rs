@@ -8,6 +8,7 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod game;
 pub mod http;
 pub mod load;
 pub mod ws;
@@ -267,6 +268,29 @@ impl Backend {
             proc,
         }
     }
+
+    /// Starts a game backend (`--redis url`) with `extra` flags.
+    pub fn start_game(id: &str, redis_url: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("backend"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            id,
+            "--log-format",
+            "json",
+        ])
+        .args(["--redis", redis_url])
+        .args(extra);
+        let proc = Proc::spawn(&format!("backend {id}"), cmd);
+        let line = proc.wait_message("listening");
+        let addr = line["address"].as_str().unwrap().parse().unwrap();
+        Self {
+            id: id.to_string(),
+            addr,
+            proc,
+        }
+    }
 }
 
 /// A real `redis-server` on a free loopback port, with nothing saved to disk.
@@ -283,29 +307,37 @@ impl Redis {
     /// is picked and the start retried if another process takes it first.
     pub fn start() -> Self {
         for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = closed_port().port();
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path());
-            let proc = Proc::spawn("redis", cmd);
-            let ready = proc.wait_log("ready or failed", |v| {
-                v.as_str().is_some_and(|l| {
-                    l.contains("Ready to accept connections")
-                        || l.contains("Could not create server TCP")
-                })
-            });
-            if ready.as_str().is_some_and(|l| l.contains("Ready")) {
-                return Self {
-                    port,
-                    proc,
-                    _dir: dir,
-                };
+            if let Some(redis) = Self::start_on(closed_port().port()) {
+                return redis;
             }
         }
         panic!("redis-server did not start on a free port in 5 tries");
+    }
+
+    /// Starts `redis-server` on `port` (e.g. to restart it where clients
+    /// expect it); `None` if the port is taken.
+    pub fn start_on(port: u16) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path());
+        let proc = Proc::spawn("redis", cmd);
+        let ready = proc.wait_log("ready or failed", |v| {
+            v.as_str().is_some_and(|l| {
+                l.contains("Ready to accept connections")
+                    || l.contains("Could not create server TCP")
+            })
+        });
+        ready
+            .as_str()
+            .is_some_and(|l| l.contains("Ready"))
+            .then(|| Self {
+                port,
+                proc,
+                _dir: dir,
+            })
     }
 
     pub fn url(&self) -> String {
