@@ -12,7 +12,83 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::http::{full, h1, send};
 use crate::ws::Ws;
-use crate::DEADLINE;
+use crate::{single_pool_config, Backend, Balancer, Redis, DEADLINE};
+
+/// Short timings so failures and takeovers happen within a test's patience.
+pub const FAST: &[&str] = &[
+    "--presence-ttl-ms",
+    "1500",
+    "--job-period-ms",
+    "200",
+    "--lease-ms",
+    "1000",
+    "--drain-spread-ms",
+    "1000",
+];
+
+/// A real `redis-server`, `n` game backends and a balancer in front
+/// (round robin, health checks on `/readyz` every 100 ms).
+#[derive(Debug)]
+pub struct Cluster {
+    pub redis: Redis,
+    pub backends: Vec<Backend>,
+    pub lb: Balancer,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Self {
+        let redis = Redis::start();
+        let backends: Vec<Backend> = (1..=n)
+            .map(|i| Backend::start_game(&format!("game-{i}"), &redis.url(), FAST))
+            .collect();
+        let list: Vec<(&str, SocketAddr, u32)> = backends
+            .iter()
+            .map(|b| (b.id.as_str(), b.addr, 1))
+            .collect();
+        let config = single_pool_config(
+            &list,
+            "[timeouts]\nwebsocket_idle = \"none\"\n",
+        )
+        .replace(
+            "\n[[route]]",
+            "  [pool.health]\n  path = \"/readyz\"\n  interval = \"100ms\"\n  rise = 1\n  fall = 1\n\n[[route]]",
+        );
+        let lb = Balancer::start(&config);
+        let c = Self {
+            redis,
+            backends,
+            lb,
+        };
+        for b in &c.backends {
+            c.wait_ready(b);
+        }
+        c.lb.proc
+            .wait_count("every backend up", n, |v| v["message"] == "backend up");
+        c
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.lb.addr()
+    }
+
+    /// Waits until `backend` reports ready (Redis reachable).
+    pub fn wait_ready(&self, backend: &Backend) {
+        backend.proc.wait_log("redis reachable", |v| {
+            v["message"] == "redis reachable: subscriptions restored"
+        });
+    }
+
+    /// Runs `redis-cli` against the cluster's Redis; returns its output.
+    pub fn redis_cmd(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
 
 /// `POST /login` through `addr`; returns `(token, player id)`.
 pub async fn login(addr: SocketAddr, name: &str) -> (String, String) {

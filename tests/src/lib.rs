@@ -8,6 +8,7 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod game;
 pub mod http;
 pub mod load;

@@ -8,85 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests::game::{login, position, Ended, Player};
+use tests::game::{login, position, Cluster, Ended, Player};
 use tests::http::{get, h1};
-use tests::{single_pool_config, Backend, Balancer, Redis, DEADLINE};
-
-/// Short timings so failures and takeovers happen within a test's patience.
-const FAST: &[&str] = &[
-    "--presence-ttl-ms",
-    "1500",
-    "--job-period-ms",
-    "200",
-    "--lease-ms",
-    "1000",
-    "--drain-spread-ms",
-    "1000",
-];
-
-struct Cluster {
-    redis: Redis,
-    backends: Vec<Backend>,
-    lb: Balancer,
-}
-
-impl Cluster {
-    fn start(n: usize) -> Self {
-        let redis = Redis::start();
-        let backends: Vec<Backend> = (1..=n)
-            .map(|i| Backend::start_game(&format!("game-{i}"), &redis.url(), FAST))
-            .collect();
-        let list: Vec<(&str, SocketAddr, u32)> = backends
-            .iter()
-            .map(|b| (b.id.as_str(), b.addr, 1))
-            .collect();
-        let config = single_pool_config(
-            &list,
-            "[timeouts]\nwebsocket_idle = \"none\"\n",
-        )
-        .replace(
-            "\n[[route]]",
-            "  [pool.health]\n  path = \"/readyz\"\n  interval = \"100ms\"\n  rise = 1\n  fall = 1\n\n[[route]]",
-        );
-        let lb = Balancer::start(&config);
-        let c = Self {
-            redis,
-            backends,
-            lb,
-        };
-        for b in &c.backends {
-            c.wait_ready(b);
-        }
-        c.lb.proc
-            .wait_count("every backend up", n, |v| v["message"] == "backend up");
-        c
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.lb.addr()
-    }
-
-    /// Waits until `backend` reports ready (Redis reachable).
-    fn wait_ready(&self, backend: &Backend) {
-        backend.proc.wait_log("redis reachable", |v| {
-            v["message"] == "redis reachable: subscriptions restored"
-        });
-    }
-
-    fn redis_cmd(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.redis.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "redis-cli {args:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
+use tests::{Redis, DEADLINE};
 
 /// Two players on different processes of the cluster, in one room.
 async fn two_players(c: &Cluster, room: &str) -> (Player, Player) {
