@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use redis::aio::ConnectionManager;
 use redis::{Client, Msg, PushInfo};
 use tokio::sync::{mpsc, Notify};
@@ -38,7 +39,8 @@ type Registry = HashMap<String, HashMap<u64, Subscriber>>;
 
 /// The process's pub/sub connection and its local subscribers.
 pub struct Bus {
-    conn: ConnectionManager,
+    /// Swapped as a whole when Sentinel names a new primary.
+    conn: ArcSwap<ConnectionManager>,
     local: Arc<Mutex<Registry>>,
     /// Serialises subscribe/unsubscribe so a channel's last leave and next
     /// join reach Redis in the order they happened here.
@@ -59,31 +61,29 @@ impl Bus {
     /// Opens (lazily) the subscription connection: RESP3, so subscriptions
     /// and pings share one connection and messages arrive as pushes.
     pub fn new(client: &Client) -> Result<Self> {
-        let info = client.get_connection_info().clone();
-        let redis = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis))?;
         let local: Arc<Mutex<Registry>> = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
         let delivered = Arc::new(AtomicU64::new(0));
-        let (reg, drop_count, deliver_count) = (local.clone(), dropped.clone(), delivered.clone());
-        let sender = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
-            dispatch(&reg, push, &drop_count, &deliver_count);
-            Ok(())
-        };
-        let config = manager_config()
-            .set_push_sender(sender)
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = connect(client, &local, &dropped, &delivered)?;
         Ok(Self {
-            conn,
+            conn: ArcSwap::from_pointee(conn),
             local,
             changes: tokio::sync::Mutex::new(()),
             dropped,
             delivered,
         })
+    }
+
+    /// Moves the subscriptions to another server (a Sentinel failover):
+    /// a new connection, then every local channel subscribed on it.
+    pub async fn switch(&self, client: &Client) -> Result<usize> {
+        let conn = connect(client, &self.local, &self.dropped, &self.delivered)?;
+        self.conn.store(Arc::new(conn));
+        self.resubscribe().await
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        (**self.conn.load()).clone()
     }
 
     /// Registers socket `id` on `channel`, subscribing if it is the first
@@ -98,7 +98,7 @@ impl Bus {
             members.len() == 1
         };
         if first {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             c.subscribe(channel).await?;
         }
         Ok(())
@@ -123,7 +123,7 @@ impl Bus {
             }
         };
         if last {
-            let mut c = self.conn.clone();
+            let mut c = self.conn();
             if let Err(e) = c.unsubscribe(channel).await {
                 // A stale subscription only costs messages nobody reads.
                 tracing::debug!(channel, error = %e, "unsubscribe failed");
@@ -135,7 +135,7 @@ impl Bus {
     pub async fn resubscribe(&self) -> Result<usize> {
         let _order = self.changes.lock().await;
         let channels: Vec<String> = lock(&self.local).keys().cloned().collect();
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         for chunk in channels.chunks(256) {
             c.subscribe(chunk).await?;
         }
@@ -145,7 +145,7 @@ impl Bus {
     /// Round trip on the subscription connection (it must be alive for
     /// messages to arrive).
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: redis::Value = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
@@ -154,6 +154,31 @@ impl Bus {
     pub fn channels(&self) -> usize {
         lock(&self.local).len()
     }
+}
+
+/// A RESP3 connection whose pushes (messages) go straight to the local
+/// subscribers' queues.
+fn connect(
+    client: &Client,
+    local: &Arc<Mutex<Registry>>,
+    dropped: &Arc<AtomicU64>,
+    delivered: &Arc<AtomicU64>,
+) -> Result<ConnectionManager> {
+    let info = client.get_connection_info().clone();
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = Client::open(info.set_redis_settings(redis))?;
+    let (reg, drop_count, deliver_count) = (local.clone(), dropped.clone(), delivered.clone());
+    let sender = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+        dispatch(&reg, push, &drop_count, &deliver_count);
+        Ok(())
+    };
+    let config = manager_config()
+        .set_push_sender(sender)
+        .set_automatic_resubscription();
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }
 
 fn dispatch(local: &Mutex<Registry>, push: PushInfo, dropped: &AtomicU64, delivered: &AtomicU64) {

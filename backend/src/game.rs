@@ -64,8 +64,12 @@ impl Default for Settings {
 pub struct Game {
     /// This process's id (`--id`): the value of its players' presence keys.
     pub process: String,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub bus: Bus,
+    /// Where Redis is; with Sentinel, asked again on every check.
+    target: store::Target,
+    /// The address the store and bus connect to now.
+    current: Mutex<String>,
     pub settings: Settings,
     /// Whether the last Redis check succeeded (`/readyz`).
     pub redis_up: AtomicBool,
@@ -80,16 +84,28 @@ pub struct Game {
 impl Game {
     /// Sets up the store and bus for `redis_url`; connects lazily, so a
     /// process starts (not ready) while Redis is down.
-    pub fn new(
+    pub async fn new(
         process: &str,
         redis_url: &str,
         settings: Settings,
     ) -> Result<Arc<Self>, StoreError> {
-        let client = store::client(redis_url)?;
+        let target = store::Target::parse(redis_url)?;
+        let client = match target.resolve().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Sentinels unreachable at start: start anyway (not ready);
+                // the monitor asks them again every half second.
+                tracing::warn!(error = %e, "no redis primary yet");
+                redis::Client::open("redis://127.0.0.1:0")?
+            }
+        };
+        let current = store::address(&client);
         Ok(Arc::new(Self {
             process: process.to_string(),
-            store: Store::new(client.clone())?,
+            store: Arc::new(Store::new(client.clone())?),
             bus: Bus::new(&client)?,
+            target,
+            current: Mutex::new(current),
             settings,
             redis_up: AtomicBool::new(false),
             players: Mutex::default(),
@@ -98,6 +114,44 @@ impl Game {
             sockets_closed: Notify::new(),
             drain: watch::channel(false).0,
         }))
+    }
+
+    /// With Sentinel: asks which server is the primary, and moves the store
+    /// and the subscriptions there if it changed.
+    async fn follow_primary(&self) {
+        if !self.target.is_sentinel() {
+            return;
+        }
+        let resolved = tokio::time::timeout(Duration::from_secs(1), self.target.resolve()).await;
+        let client = match resolved {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "sentinel lookup failed"),
+            Err(_) => return tracing::debug!("sentinel lookup timed out"),
+        };
+        let address = store::address(&client);
+        let previous = {
+            let mut current = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *current == address {
+                return;
+            }
+            std::mem::replace(&mut *current, address.clone())
+        };
+        tracing::warn!(from = %previous, to = %address, "redis primary changed: switching");
+        if let Err(e) = self.store.switch(client.clone()) {
+            tracing::warn!(error = %e, "switching the store failed");
+        }
+        match self.bus.switch(&client).await {
+            Ok(n) => tracing::info!(channels = n, "subscriptions moved to the new primary"),
+            Err(e) => {
+                tracing::warn!(error = %e, "moving subscriptions failed; retried when redis is reachable")
+            }
+        }
+        // Make the monitor treat the next good check as a recovery:
+        // resubscribe and put back state the new primary may lack.
+        self.redis_up.store(false, Ordering::SeqCst);
     }
 
     /// Starts the monitor, heartbeat and job schedulers; they end when
@@ -121,6 +175,7 @@ impl Game {
     async fn monitor(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let timeout = Duration::from_secs(1);
         loop {
+            self.follow_primary().await;
             let store_ok = matches!(
                 tokio::time::timeout(timeout, self.store.ping()).await,
                 Ok(Ok(()))

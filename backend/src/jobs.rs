@@ -22,6 +22,7 @@
 //!   the lease expires and another process takes over within one lease
 //!   period plus one retry interval.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -127,7 +128,7 @@ impl Job {
 pub struct Scheduler {
     pub job: Job,
     pub timing: JobTiming,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub process: String,
 }
 
@@ -395,7 +396,7 @@ async fn matchmaking(store: &Store, lease_value: &str, match_size: usize) -> Res
 
 /// Starts the schedulers for every job; they stop when `stop` turns true.
 pub fn spawn_all(
-    store: &Store,
+    store: &Arc<Store>,
     process: &str,
     timing: JobTiming,
     match_size: usize,

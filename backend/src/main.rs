@@ -21,8 +21,10 @@ struct Args {
     #[arg(long)]
     id: String,
     /// Redis URL for the shared game state: redis://[user:pass@]host:port[/db],
-    /// rediss:// for TLS, redis+unix:///path. Without it, only the probe and
-    /// echo endpoints run (no game).
+    /// rediss:// for TLS, redis+unix:///path, or
+    /// redis+sentinel://host:port[,host:port...]/master[/db] to follow the
+    /// primary that Redis Sentinel names. Without it, only the probe and echo
+    /// endpoints run (no game).
     #[arg(long, env = "REDIS_URL")]
     redis: Option<String>,
     /// Players per room.
@@ -92,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             match_size: args.match_size as usize,
         };
         let game = backend::game::Game::new(&args.id, url, settings)
+            .await
             .with_context(|| format!("bad --redis URL {url:?}"))?;
         state.game = Some(game);
     }

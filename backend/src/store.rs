@@ -22,7 +22,9 @@
 
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{AsyncCommands, Client, Script};
 
 use crate::protocol::PlayerState;
@@ -37,6 +39,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    #[error("bad redis URL {0}")]
+    Url(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,14 +88,98 @@ impl Keys {
     }
 }
 
-/// Opens a Redis client for `url` (`redis://`, `rediss://`, `redis+unix://`).
-pub fn client(url: &str) -> Result<Client> {
-    if url.starts_with("rediss://") {
-        // rustls needs one process-wide crypto provider; a second install
-        // (another client in the same process) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+/// Where the game's Redis is: one server, or the primary that Redis
+/// Sentinel names (and names again after a failover).
+pub enum Target {
+    Direct(Client),
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        master: String,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(c) => write!(f, "Direct({})", c.get_connection_info().addr()),
+            Self::Sentinel { master, .. } => write!(f, "Sentinel({master})"),
+        }
     }
-    Ok(Client::open(url)?)
+}
+
+impl Target {
+    /// Parses `redis://`, `rediss://`, `redis+unix://` or
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]`
+    /// (the user and password, if any, are the data nodes' ones).
+    pub fn parse(url: &str) -> Result<Self> {
+        if url.starts_with("rediss://") {
+            // rustls needs one process-wide crypto provider; a second install
+            // (another client in the same process) is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            return Ok(Self::Direct(Client::open(url)?));
+        };
+        let bad = |why: &str| StoreError::Url(format!("{url:?}: {why}"));
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let mut parts = rest.split('/');
+        let hosts = parts.next().unwrap_or_default();
+        let master = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| bad("the master name is missing (redis+sentinel://host:port/master)"))?;
+        let db: i64 = match parts.next() {
+            None | Some("") => 0,
+            Some(d) => d
+                .parse()
+                .map_err(|_| bad("the database must be a number"))?,
+        };
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{h}"))
+            .collect();
+        if sentinels.is_empty() {
+            return Err(bad("no sentinel address"));
+        }
+        let mut node = redis::RedisConnectionInfo::default().set_db(db);
+        if let Some(auth) = auth {
+            let (user, password) = auth.split_once(':').unwrap_or(("", auth));
+            if !user.is_empty() {
+                node = node.set_username(user);
+            }
+            node = node.set_password(password);
+        }
+        let node =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+        let client =
+            SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)?;
+        Ok(Self::Sentinel {
+            client: tokio::sync::Mutex::new(client),
+            master: master.to_string(),
+        })
+    }
+
+    /// The client for the server to use now: for Sentinel, asks the
+    /// sentinels which server is the primary.
+    pub async fn resolve(&self) -> Result<Client> {
+        match self {
+            Self::Direct(c) => Ok(c.clone()),
+            Self::Sentinel { client, .. } => Ok(client.lock().await.async_get_client().await?),
+        }
+    }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, Self::Sentinel { .. })
+    }
+}
+
+/// The address a client connects to, for logs and change detection.
+pub fn address(client: &Client) -> String {
+    client.get_connection_info().addr().to_string()
 }
 
 /// Reconnect quickly and give up on a request soon: a game would rather
@@ -185,9 +273,9 @@ return 1
 ";
 
 /// The store: one multiplexed, self-reconnecting connection for commands.
-#[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    /// Swapped as a whole when Sentinel names a new primary.
+    conn: ArcSwap<ConnectionManager>,
     join: std::sync::Arc<Script>,
     leave: std::sync::Arc<Script>,
     moves: std::sync::Arc<Script>,
@@ -206,7 +294,7 @@ impl Store {
     pub fn new(client: Client) -> Result<Self> {
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
         Ok(Self {
-            conn,
+            conn: ArcSwap::from_pointee(conn),
             join: Script::new(JOIN).into(),
             leave: Script::new(LEAVE).into(),
             moves: Script::new(MOVE).into(),
@@ -216,11 +304,18 @@ impl Store {
 
     /// A connection handle for callers (jobs) that run their own commands.
     pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        (**self.conn.load()).clone()
+    }
+
+    /// Points the store at another server (a Sentinel failover).
+    pub fn switch(&self, client: Client) -> Result<()> {
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
+        self.conn.store(std::sync::Arc::new(conn));
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
@@ -229,7 +324,7 @@ impl Store {
     pub async fn login(&self, name: &str) -> Result<Session> {
         let token = random_hex(16);
         let player = random_hex(8);
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: () = redis::pipe()
             .hset_multiple(
                 Keys::session(&token),
@@ -250,7 +345,7 @@ impl Store {
 
     /// Looks a session up; `None` if the token is unknown or expired.
     pub async fn session(&self, token: &str) -> Result<Option<Session>> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let (player, name, room): (Option<String>, Option<String>, Option<String>) =
             redis::cmd("HMGET")
                 .arg(Keys::session(token))
@@ -270,7 +365,7 @@ impl Store {
 
     /// Records the player's room in their session, so a resume rejoins it.
     pub async fn set_session_room(&self, token: &str, room: Option<&str>) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: () = c
             .hset(Keys::session(token), "room", room.unwrap_or(""))
             .await?;
@@ -279,7 +374,7 @@ impl Store {
 
     /// Marks the player present, served by `process`.
     pub async fn set_presence(&self, player: &str, process: &str, ttl: Duration) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: () = redis::cmd("SET")
             .arg(Keys::presence(player))
             .arg(process)
@@ -322,7 +417,7 @@ impl Store {
             }
             pipe.expire(&session, SESSION_TTL.as_secs() as i64).ignore();
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: () = pipe.query_async(&mut c).await?;
         Ok(())
     }
@@ -337,7 +432,7 @@ impl Store {
         capacity: u32,
         event: &str,
     ) -> Result<Joined> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let reply: Vec<String> = self
             .join
             .key(Keys::players(room))
@@ -375,7 +470,7 @@ impl Store {
         fence: Option<(&str, &str)>,
     ) -> Result<Option<bool>> {
         let (lease_key, lease_value) = fence.unwrap_or(("game:lease:none", ""));
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let removed: i64 = self
             .leave
             .key(Keys::players(room))
@@ -404,7 +499,7 @@ impl Store {
         new: &PlayerState,
         event: &str,
     ) -> Result<Moved> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let reply: Vec<String> = self
             .moves
             .key(Keys::players(room))
@@ -426,14 +521,14 @@ impl Store {
     }
 
     pub async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: i64 = c.publish(channel, payload).await?;
         Ok(())
     }
 
     /// Puts the player in the matchmaking queue of `region`.
     pub async fn queue(&self, player: &str, region: &str, skill: u32, now_ms: u64) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: i64 = self
             .queue
             .key(Keys::MM_REGION)
@@ -477,4 +572,40 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_one_server_or_sentinels() {
+        assert!(!Target::parse("redis://127.0.0.1:6379/2")
+            .unwrap()
+            .is_sentinel());
+        assert!(!Target::parse("redis+unix:///run/redis.sock")
+            .unwrap()
+            .is_sentinel());
+        let t =
+            Target::parse("redis+sentinel://u:pw@10.0.0.1:26379,10.0.0.2:26379/game/3").unwrap();
+        assert!(matches!(t, Target::Sentinel { ref master, .. } if master == "game"));
+        for bad in [
+            "redis+sentinel://10.0.0.1:26379",
+            "redis+sentinel://10.0.0.1:26379/",
+            "redis+sentinel:///game",
+            "redis+sentinel://10.0.0.1:26379/game/x",
+            "http://example.com",
+            "not a url",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (random_hex(16), random_hex(16));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 }

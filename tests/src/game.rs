@@ -38,8 +38,15 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(n: usize) -> Self {
         let redis = Redis::start();
+        let url = redis.url();
+        Self::start_on(redis, &url, n)
+    }
+
+    /// Like [`Cluster::start`], with the backends on `url` (e.g. a
+    /// `redis+sentinel://` URL in front of `redis`).
+    pub fn start_on(redis: Redis, url: &str, n: usize) -> Self {
         let backends: Vec<Backend> = (1..=n)
-            .map(|i| Backend::start_game(&format!("game-{i}"), &redis.url(), FAST))
+            .map(|i| Backend::start_game(&format!("game-{i}"), url, FAST))
             .collect();
         let list: Vec<(&str, SocketAddr, u32)> = backends
             .iter()
@@ -215,13 +222,22 @@ impl Player {
     /// Waits for a message of type `t` that satisfies `pred`, skipping
     /// others.
     pub async fn wait_for(&mut self, t: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_any(&[t], pred).await
+    }
+
+    /// Waits for a message whose type is one of `types` and that satisfies
+    /// `pred`, skipping others.
+    pub async fn wait_for_any(&mut self, types: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
         let end = Instant::now() + DEADLINE;
         loop {
-            assert!(Instant::now() < end, "no {t} message within {DEADLINE:?}");
+            assert!(
+                Instant::now() < end,
+                "no {types:?} message within {DEADLINE:?}"
+            );
             match self.next().await {
-                Ok(v) if v["t"] == t && pred(&v) => return v,
+                Ok(v) if types.iter().any(|t| v["t"] == *t) && pred(&v) => return v,
                 Ok(_) => {}
-                Err(e) => panic!("socket ended ({e:?}) while waiting for {t}"),
+                Err(e) => panic!("socket ended ({e:?}) while waiting for {types:?}"),
             }
         }
     }

@@ -318,12 +318,68 @@ impl Redis {
     /// Starts `redis-server` on `port` (e.g. to restart it where clients
     /// expect it); `None` if the port is taken.
     pub fn start_on(port: u16) -> Option<Self> {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a replica of `primary` on a free port.
+    pub fn replica_of(primary: &Redis) -> Self {
+        let of = primary.port.to_string();
+        for _ in 0..5 {
+            if let Some(r) =
+                Self::start_with(closed_port().port(), &["--replicaof", "127.0.0.1", &of])
+            {
+                return r;
+            }
+        }
+        panic!("redis replica did not start on a free port in 5 tries");
+    }
+
+    /// Starts a Redis Sentinel on a free port that monitors `primary` as
+    /// master `name`, with quorum 1 and short timeouts.
+    pub fn sentinel(primary: &Redis, name: &str) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = closed_port().port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {} 1\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 3000\n",
+                    dir.path().display(),
+                    primary.port
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf).arg("--sentinel");
+            let proc = Proc::spawn("sentinel", cmd);
+            let ready = proc.wait_log("monitoring or failed", |v| {
+                v.as_str().is_some_and(|l| {
+                    l.contains("+monitor") || l.contains("Could not create server TCP")
+                })
+            });
+            if ready.as_str().is_some_and(|l| l.contains("+monitor")) {
+                return Self {
+                    port,
+                    proc,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("redis sentinel did not start on a free port in 5 tries");
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(extra);
         let proc = Proc::spawn("redis", cmd);
         let ready = proc.wait_log("ready or failed", |v| {
             v.as_str().is_some_and(|l| {

@@ -422,3 +422,69 @@ async fn a_redis_restart_is_survived_without_restarting_processes() {
     assert_eq!(position(&room, &a2.id), Some(to));
     let _ = &c.backends;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_moves_the_game_to_the_new_primary() {
+    let primary = Redis::start();
+    let replica = Redis::replica_of(&primary);
+    let sentinel = Redis::sentinel(&primary, "game");
+    // The sentinel learns about the replica from the primary's INFO.
+    sentinel.proc.wait_log("the replica known", |v| {
+        v.as_str().is_some_and(|l| l.contains("+slave"))
+    });
+    let url = format!("redis+sentinel://127.0.0.1:{}/game", sentinel.port);
+    let c = Cluster::start_on(primary, &url, 2);
+    let (mut a, mut b) = two_players(&c, "failover").await;
+    let snap = a.join("failover").await;
+    let mut at = position(&snap, &a.id).unwrap();
+
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &sentinel.port.to_string(),
+            "SENTINEL",
+            "FAILOVER",
+            "game",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    sentinel.proc.wait_log("the switch", |v| {
+        v.as_str().is_some_and(|l| l.contains("+switch-master"))
+    });
+    for bk in &c.backends {
+        let moved = bk.proc.wait_message("redis primary changed: switching");
+        assert_eq!(moved["to"], format!("127.0.0.1:{}", replica.port));
+    }
+
+    // Moves work again on the new primary, from where the replica had the
+    // player (the room was replicated). Actions that hit the old primary
+    // while it turned read-only are refused ("unavailable") and retried.
+    let end = Instant::now() + DEADLINE;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let tag = format!("after-{n}");
+        let to = step(&mut a, at, &tag).await;
+        let reply = a
+            .wait_for_any(&["moved", "error"], |v| {
+                v["t"] == "error" || v["ref"] == tag.as_str()
+            })
+            .await;
+        if reply["t"] == "moved" {
+            let seen = b.wait_for("moved", |v| v["ref"] == tag.as_str()).await;
+            assert_eq!(
+                (seen["x"].as_u64().unwrap(), seen["y"].as_u64().unwrap()),
+                to
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no move accepted after the failover: {reply}"
+        );
+        at = position(&a.join("failover").await, &a.id).unwrap_or(at);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(replica);
+}
