@@ -87,9 +87,10 @@ impl Game {
     pub async fn new(
         process: &str,
         redis_url: &str,
+        redis_ca: Option<Vec<u8>>,
         settings: Settings,
     ) -> Result<Arc<Self>, StoreError> {
-        let target = store::Target::parse(redis_url)?;
+        let target = store::Target::parse(redis_url, redis_ca)?;
         let client = match target.resolve().await {
             Ok(c) => c,
             Err(e) => {
@@ -174,34 +175,35 @@ impl Game {
 
     async fn monitor(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let timeout = Duration::from_secs(1);
+        // Whether "unreachable" was logged since the last recovery (also
+        // at start, when Redis was never reachable).
+        let mut reported = false;
         loop {
             self.follow_primary().await;
-            let store_ok = matches!(
-                tokio::time::timeout(timeout, self.store.ping()).await,
-                Ok(Ok(()))
-            );
-            let bus_ok = matches!(
-                tokio::time::timeout(timeout, self.bus.ping()).await,
-                Ok(Ok(()))
-            );
-            let up = store_ok && bus_ok;
+            let store = check(timeout, self.store.ping()).await;
+            let bus = check(timeout, self.bus.ping()).await;
             let was_up = self.redis_up.load(Ordering::SeqCst);
-            if up && !was_up {
-                match self.bus.resubscribe().await {
-                    Ok(n) => {
-                        tracing::info!(channels = n, "redis reachable: subscriptions restored")
+            match (store, bus) {
+                (Ok(()), Ok(())) if !was_up => {
+                    match self.bus.resubscribe().await {
+                        Ok(n) => {
+                            tracing::info!(channels = n, "redis reachable: subscriptions restored")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "redis reachable, resubscribe failed"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "redis reachable, resubscribe failed"),
+                    self.heartbeat().await;
+                    self.redis_up.store(true, Ordering::SeqCst);
+                    reported = false;
                 }
-                self.heartbeat().await;
-                self.redis_up.store(true, Ordering::SeqCst);
-            } else if !up && was_up {
-                tracing::warn!(
-                    store_ok,
-                    bus_ok,
-                    "redis unreachable: not ready; sockets stay open"
-                );
-                self.redis_up.store(false, Ordering::SeqCst);
+                (Ok(()), Ok(())) => {}
+                (store, bus) => {
+                    if was_up || !reported {
+                        let error = store.err().or(bus.err()).unwrap_or_default();
+                        tracing::warn!(%error, "redis unreachable: not ready; sockets stay open");
+                        reported = true;
+                    }
+                    self.redis_up.store(false, Ordering::SeqCst);
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -286,6 +288,18 @@ impl Game {
 
     pub fn open_sockets(&self) -> usize {
         self.open_sockets.load(Ordering::SeqCst)
+    }
+}
+
+/// One Redis check with a deadline; the error as text.
+async fn check(
+    limit: Duration,
+    ping: impl std::future::Future<Output = Result<(), StoreError>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, ping).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
 

@@ -50,6 +50,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
@@ -114,6 +115,12 @@ pub async fn serve(
         .unwrap_or_default();
     let drain_state = state.clone();
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Game events are small and latency-bound: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -27,6 +27,10 @@ struct Args {
     /// endpoints run (no game).
     #[arg(long, env = "REDIS_URL")]
     redis: Option<String>,
+    /// PEM file of a root certificate to trust for a rediss:// URL (a
+    /// private CA) instead of the Mozilla roots.
+    #[arg(long)]
+    redis_ca: Option<std::path::PathBuf>,
     /// Players per room.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     room_capacity: u32,
@@ -93,7 +97,14 @@ async fn main() -> anyhow::Result<()> {
             },
             match_size: args.match_size as usize,
         };
-        let game = backend::game::Game::new(&args.id, url, settings)
+        let ca = match &args.redis_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read --redis-ca {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let game = backend::game::Game::new(&args.id, url, ca, settings)
             .await
             .with_context(|| format!("bad --redis URL {url:?}"))?;
         state.game = Some(game);

@@ -111,11 +111,30 @@ impl Target {
     /// Parses `redis://`, `rediss://`, `redis+unix://` or
     /// `redis+sentinel://[user:password@]host:port[,host:port...]/master[/db]`
     /// (the user and password, if any, are the data nodes' ones).
-    pub fn parse(url: &str) -> Result<Self> {
+    ///
+    /// `ca` is a PEM root certificate to trust for `rediss://` instead of
+    /// the Mozilla roots (a private CA).
+    pub fn parse(url: &str, ca: Option<Vec<u8>>) -> Result<Self> {
         if url.starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; a second install
             // (another client in the same process) is harmless.
             let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = match ca {
+                Some(root) => Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )?,
+                None => Client::open(url)?,
+            };
+            return Ok(Self::Direct(client));
+        }
+        if ca.is_some() {
+            return Err(StoreError::Url(format!(
+                "{url:?}: a CA certificate needs a rediss:// URL"
+            )));
         }
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
             return Ok(Self::Direct(Client::open(url)?));
@@ -580,14 +599,17 @@ mod tests {
 
     #[test]
     fn urls_name_one_server_or_sentinels() {
-        assert!(!Target::parse("redis://127.0.0.1:6379/2")
+        assert!(!Target::parse("redis://127.0.0.1:6379/2", None)
             .unwrap()
             .is_sentinel());
-        assert!(!Target::parse("redis+unix:///run/redis.sock")
+        assert!(!Target::parse("redis+unix:///run/redis.sock", None)
             .unwrap()
             .is_sentinel());
-        let t =
-            Target::parse("redis+sentinel://u:pw@10.0.0.1:26379,10.0.0.2:26379/game/3").unwrap();
+        let t = Target::parse(
+            "redis+sentinel://u:pw@10.0.0.1:26379,10.0.0.2:26379/game/3",
+            None,
+        )
+        .unwrap();
         assert!(matches!(t, Target::Sentinel { ref master, .. } if master == "game"));
         for bad in [
             "redis+sentinel://10.0.0.1:26379",
@@ -597,8 +619,9 @@ mod tests {
             "http://example.com",
             "not a url",
         ] {
-            assert!(Target::parse(bad).is_err(), "{bad} should be refused");
+            assert!(Target::parse(bad, None).is_err(), "{bad} should be refused");
         }
+        assert!(Target::parse("redis://127.0.0.1:6379", Some(b"pem".to_vec())).is_err());
     }
 
     #[test]

@@ -45,8 +45,14 @@ impl Cluster {
     /// Like [`Cluster::start`], with the backends on `url` (e.g. a
     /// `redis+sentinel://` URL in front of `redis`).
     pub fn start_on(redis: Redis, url: &str, n: usize) -> Self {
+        Self::start_with(redis, url, n, &[])
+    }
+
+    /// Like [`Cluster::start_on`], with `extra` backend flags.
+    pub fn start_with(redis: Redis, url: &str, n: usize, extra: &[&str]) -> Self {
+        let flags: Vec<&str> = FAST.iter().chain(extra).copied().collect();
         let backends: Vec<Backend> = (1..=n)
-            .map(|i| Backend::start_game(&format!("game-{i}"), url, FAST))
+            .map(|i| Backend::start_game(&format!("game-{i}"), url, &flags))
             .collect();
         let list: Vec<(&str, SocketAddr, u32)> = backends
             .iter()

@@ -300,6 +300,7 @@ pub struct Redis {
     pub port: u16,
     pub proc: Proc,
     _dir: tempfile::TempDir,
+    _certs: Option<tempfile::TempDir>,
 }
 
 impl Redis {
@@ -366,10 +367,103 @@ impl Redis {
                     port,
                     proc,
                     _dir: dir,
+                    _certs: None,
                 };
             }
         }
         panic!("redis sentinel did not start on a free port in 5 tries");
+    }
+
+    /// Starts `redis-server` with TLS only, on a free port, with a server
+    /// certificate for 127.0.0.1 signed by a fresh CA; returns it and the CA
+    /// certificate's path (PEM).
+    pub fn start_tls() -> (Self, PathBuf) {
+        let certs = tempfile::tempdir().unwrap();
+        let d = certs.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let path = |f: &str| d.join(f).display().to_string();
+        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+        for _ in 0..5 {
+            let port = closed_port().port().to_string();
+            let args = [
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ];
+            if let Some(mut r) = Self::start_with(0, &args) {
+                r.port = port.parse().unwrap();
+                // Keep the certificates as long as the server.
+                let ca_path = certs.path().join("ca.crt");
+                r._certs = Some(certs);
+                return (r, ca_path);
+            }
+        }
+        panic!("redis-server with TLS did not start on a free port in 5 tries");
     }
 
     fn start_with(port: u16, extra: &[&str]) -> Option<Self> {
@@ -394,6 +488,7 @@ impl Redis {
                 port,
                 proc,
                 _dir: dir,
+                _certs: None,
             })
     }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests::game::{login, position, Cluster, Ended, Player};
+use tests::game::{login, position, Cluster, Ended, Player, FAST};
 use tests::http::{get, h1};
 use tests::{Redis, DEADLINE};
 
@@ -487,4 +487,34 @@ async fn a_sentinel_failover_moves_the_game_to_the_new_primary() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_game_runs_on_redis_over_tls_with_a_private_ca() {
+    let (redis, ca) = Redis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    // Without the CA the certificate is refused: the process never gets ready.
+    let untrusting = tests::Backend::start_game("no-ca", &url, FAST);
+    let refused = untrusting.proc.wait_log("redis unreachable", |v| {
+        v["message"] == "redis unreachable: not ready; sockets stay open"
+    });
+    assert!(
+        refused["error"].as_str().unwrap().contains("certificate"),
+        "{refused}"
+    );
+    let ready = get(&h1(), &format!("http://{}/readyz", untrusting.addr)).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    drop(untrusting);
+
+    let ca = ca.display().to_string();
+    let c = Cluster::start_with(redis, &url, 2, &["--redis-ca", &ca]);
+    let (mut a, mut b) = two_players(&c, "tls").await;
+    let snap = a.join("tls").await;
+    let from = position(&snap, &a.id).unwrap();
+    let to = step(&mut a, from, "over-tls").await;
+    let seen = b.wait_for("moved", |v| v["ref"] == "over-tls").await;
+    assert_eq!(
+        (seen["x"].as_u64().unwrap(), seen["y"].as_u64().unwrap()),
+        to
+    );
 }

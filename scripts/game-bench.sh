@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The game under load: its own redis-server, N game backends (default 4) and
+# the balancer, all on 127.0.0.1 free ports, then `loadgen` with the
+# arguments given here, e.g.
+#
+#   scripts/game-bench.sh --players 1000 --rate 1500 --duration 20
+#   BACKENDS=2 scripts/game-bench.sh --players 200 --rate 400 --json
+#   DRAIN_AFTER=10 scripts/game-bench.sh --players 1000 --rate 1500 --duration 20
+#
+# DRAIN_AFTER=S sends SIGTERM to game-1 S seconds after loadgen starts: its
+# players get 1012 and resume on the other processes.
+#
+# Everything it started is stopped by PID when loadgen ends (or on Ctrl-C).
+# Results and the runs behind docs/benchmarks.md: see that page.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backends=${BACKENDS:-4}
+
+cargo build --release --quiet -p balancer -p backend -p benches
+bin=target/release
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    [ "${#pids[@]}" -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local p=$((20000 + RANDOM % 30000))
+    while ! port_free "$p"; do p=$((20000 + RANDOM % 30000)); done
+    echo "$p"
+}
+wait_for() {
+    for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "gave up waiting for: $*" >&2; return 1
+}
+
+rport=$(free_port)
+redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no \
+    --dir "$tmp" --logfile "$tmp/redis.log" &
+pids+=("$!")
+wait_for redis-cli -p "$rport" ping
+
+# Backends and the balancer bind port 0 and report their address in their
+# JSON logs: no port can be taken twice.
+address_in() {
+    for _ in $(seq 1 100); do
+        a=$(grep -o '"address":"127.0.0.1:[0-9]*"' "$1" 2>/dev/null | head -1 | cut -d'"' -f4)
+        [ -n "$a" ] && { echo "$a"; return 0; }
+        sleep 0.1
+    done
+    echo "no address in $1" >&2; return 1
+}
+printf '[[listener]]\nname = "public"\naddress = "127.0.0.1:0"\n\n' > "$tmp/lb.toml"
+# Least connections counts open WebSockets: every process gets its share of
+# players (round robin would count each player's login request too).
+printf '[[pool]]\nname = "game"\npolicy = "least_connections"\n' >> "$tmp/lb.toml"
+for i in $(seq 1 "$backends"); do
+    "$bin/backend" --listen 127.0.0.1:0 --id "game-$i" --redis "redis://127.0.0.1:$rport" \
+        --log-format json 2>"$tmp/backend-$i.log" &
+    pids+=("$!")
+    a=$(address_in "$tmp/backend-$i.log")
+    printf '  [[pool.backend]]\n  id = "game-%s"\n  address = "%s"\n' "$i" "$a" >> "$tmp/lb.toml"
+    wait_for curl -fsS "http://$a/readyz"
+done
+printf '  [pool.health]\n  path = "/readyz"\n  interval = "500ms"\n  rise = 1\n  fall = 1\n\n' >> "$tmp/lb.toml"
+printf '[[route]]\nlistener = "public"\npath_prefix = "/"\npool = "game"\n\n[timeouts]\nwebsocket_idle = "none"\n' >> "$tmp/lb.toml"
+RUST_LOG=info,access=off "$bin/balancer" --config "$tmp/lb.toml" --log-format json 2>"$tmp/balancer.log" &
+pids+=("$!")
+lb=$(address_in "$tmp/balancer.log")
+wait_for curl -fsS "http://$lb/readyz"
+
+echo "redis 127.0.0.1:$rport, $backends backends, balancer $lb" >&2
+# CPU seconds (utime + stime from /proc) each part spent during the run.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+names=(redis); for i in $(seq 1 "$backends"); do names+=("game-$i"); done; names+=(balancer)
+before=(); for p in "${pids[@]}"; do before+=("$(cpu "$p")"); done
+TIMEFORMAT="loadgen cpu %Us user + %Ss sys"
+status=0
+if [ -n "${DRAIN_AFTER:-}" ]; then
+    (sleep "$DRAIN_AFTER"; echo "draining game-1 (SIGTERM)" >&2; kill -TERM "${pids[1]}") &
+fi
+time "$bin/loadgen" --target "$lb" "$@" || status=$?
+line="cpu s     "
+for k in "${!pids[@]}"; do
+    line+=" ${names[$k]} $(awk -v a="$(cpu "${pids[$k]}")" -v b="${before[$k]}" 'BEGIN { printf "%.2f", a - b }')"
+done
+echo "$line" >&2
+exit "$status"
