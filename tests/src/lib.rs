@@ -258,31 +258,23 @@ impl Backend {
 
     /// Starts a backend on a given address (e.g. to restart one on its old port).
     pub fn start_on(id: &str, listen: &str) -> Self {
-        let mut cmd = Command::new(bin("backend"));
-        cmd.args(["--listen", listen, "--id", id, "--log-format", "json"]);
-        let proc = Proc::spawn(&format!("backend {id}"), cmd);
-        let line = proc.wait_message("listening");
-        let addr = line["address"].as_str().unwrap().parse().unwrap();
-        Self {
-            id: id.to_string(),
-            addr,
-            proc,
-        }
+        Self::spawn(id, listen, &[])
     }
 
     /// Starts a game backend (`--redis url`) with `extra` flags.
     pub fn start_game(id: &str, redis_url: &str, extra: &[&str]) -> Self {
+        let flags: Vec<&str> = ["--redis", redis_url]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        Self::spawn(id, "127.0.0.1:0", &flags)
+    }
+
+    fn spawn(id: &str, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("backend"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            id,
-            "--log-format",
-            "json",
-        ])
-        .args(["--redis", redis_url])
-        .args(extra);
+        cmd.args(["--listen", listen, "--id", id, "--log-format", "json"])
+            .args(extra);
         let proc = Proc::spawn(&format!("backend {id}"), cmd);
         let line = proc.wait_message("listening");
         let addr = line["address"].as_str().unwrap().parse().unwrap();
