@@ -438,17 +438,25 @@ async fn a_sentinel_failover_moves_the_game_to_the_new_primary() {
     let snap = a.join("failover").await;
     let mut at = position(&snap, &a.id).unwrap();
 
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &sentinel.port.to_string(),
-            "SENTINEL",
-            "FAILOVER",
-            "game",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    // Sentinel refuses (NOGOODSLAVE) until it has seen the replica in sync;
+    // ask until it accepts.
+    let cli = |port: u16, args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_until("the replica in sync", || {
+        cli(replica.port, &["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    });
+    wait_until("sentinel accepts the failover", || {
+        (cli(sentinel.port, &["SENTINEL", "FAILOVER", "game"]) == "OK").then_some(())
+    });
     sentinel.proc.wait_log("the switch", |v| {
         v.as_str().is_some_and(|l| l.contains("+switch-master"))
     });
