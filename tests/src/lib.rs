@@ -138,7 +138,17 @@ impl Proc {
 
     /// Waits until a log line satisfies `pred` and returns it.
     pub fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let end = Instant::now() + DEADLINE;
+        self.wait_log_within(what, DEADLINE, pred)
+    }
+
+    /// Like [`Proc::wait_log`], with a deadline of `limit`.
+    pub fn wait_log_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let end = Instant::now() + limit;
         let mut lines = self.log.lines.lock().unwrap();
         let mut scanned = 0;
         loop {
@@ -149,7 +159,7 @@ impl Proc {
             let now = Instant::now();
             assert!(
                 now < end,
-                "{}: no log line {what} within {DEADLINE:?}",
+                "{}: no log line {what} within {limit:?}",
                 self.name
             );
             lines = self.log.changed.wait_timeout(lines, end - now).unwrap().0;

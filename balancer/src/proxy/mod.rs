@@ -16,6 +16,7 @@ mod body;
 pub mod client_ip;
 pub mod error;
 pub mod headers;
+mod lazy_copy;
 mod request_body;
 mod tunnel;
 pub mod ws_frames;

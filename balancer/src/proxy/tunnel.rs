@@ -76,7 +76,7 @@ pub async fn run(
     let drained = guard.backend().drained();
     let backend_ref = Arc::clone(guard.backend());
     log.outcome = {
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let copy = super::lazy_copy::copy_bidirectional(&mut client, &mut upstream);
         let half_closed = async {
             eof.notified().await;
             tokio::time::sleep(HALF_CLOSE_LINGER).await;
