@@ -1,0 +1,507 @@
+//! What is measured: two upstream `backend` processes and the proxies in
+//! front of them (the balancer, nginx with 1 and 2 workers, HAProxy with 1
+//! and 2 threads), each with its config file, started on
+//! 127.0.0.1, checked ready with `GET /healthz`, reloaded on demand and
+//! stopped (by [`Child`]'s drop).
+//!
+//! The config files themselves are in [`super::configs`].
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rustix::process::Signal;
+use tokio::time::Instant;
+
+use super::configs::{balancer_config, haproxy_config, nginx_config};
+use super::http::Conn;
+use super::process::{find_program, Child};
+
+/// How long a process gets to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One proxy set-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Balancer,
+    Nginx { workers: u8 },
+    Haproxy { threads: u8 },
+}
+
+impl Kind {
+    /// Every target, in the order of the tables.
+    pub const ALL: [Kind; 5] = [
+        Kind::Balancer,
+        Kind::Nginx { workers: 1 },
+        Kind::Nginx { workers: 2 },
+        Kind::Haproxy { threads: 1 },
+        Kind::Haproxy { threads: 2 },
+    ];
+
+    /// Name in the tables.
+    pub fn label(self) -> String {
+        match self {
+            Kind::Balancer => "balancer".to_string(),
+            Kind::Nginx { workers } => {
+                format!(
+                    "nginx, {workers} worker{}",
+                    if workers == 1 { "" } else { "s" }
+                )
+            }
+            Kind::Haproxy { threads } => {
+                format!(
+                    "HAProxy, {threads} thread{}",
+                    if threads == 1 { "" } else { "s" }
+                )
+            }
+        }
+    }
+
+    /// Short name, for `--targets` and file names.
+    pub fn slug(self) -> String {
+        match self {
+            Kind::Balancer => "balancer".to_string(),
+            Kind::Nginx { workers } => format!("nginx-w{workers}"),
+            Kind::Haproxy { threads } => format!("haproxy-t{threads}"),
+        }
+    }
+}
+
+/// The executables, found once at start.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    pub balancer: PathBuf,
+    pub backend: PathBuf,
+    pub nginx: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+    pub wrk: Option<PathBuf>,
+}
+
+impl Programs {
+    /// The balancer and backend from `release_dir` (must exist), the
+    /// others from `PATH`, `/usr/sbin` or `/sbin` (may be missing).
+    pub fn find(release_dir: &Path) -> anyhow::Result<Programs> {
+        let balancer = release_dir.join("balancer");
+        let backend = release_dir.join("backend");
+        for p in [&balancer, &backend] {
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: build it with `cargo build --release -p balancer -p backend` \
+                     (compare does this itself unless --no-build is given)",
+                    p.display()
+                );
+            }
+        }
+        Ok(Programs {
+            balancer,
+            backend,
+            nginx: find_program("nginx"),
+            haproxy: find_program("haproxy"),
+            wrk: find_program("wrk"),
+        })
+    }
+
+    /// Whether this target's proxy is installed.
+    pub fn has(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Balancer => true,
+            Kind::Nginx { .. } => self.nginx.is_some(),
+            Kind::Haproxy { .. } => self.haproxy.is_some(),
+        }
+    }
+
+    /// The Debian packages missing here (nginx, haproxy, wrk).
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.nginx.is_none() {
+            out.push("nginx");
+        }
+        if self.haproxy.is_none() {
+            out.push("haproxy");
+        }
+        if self.wrk.is_none() {
+            out.push("wrk");
+        }
+        out
+    }
+}
+
+/// A port that was free a moment ago (bound to 127.0.0.1:0 and released);
+/// whoever uses it must retry with another one if binding fails.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until `GET /healthz` on `addr` answers 200, failing early if the
+/// process exits.
+pub async fn wait_ready(child: &mut Child, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        child.check_running()?;
+        let attempt = async {
+            let mut c = Conn::connect(addr).await?;
+            c.get("/healthz").await
+        };
+        match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            Ok(Ok(r)) if r.status == 200 => return Ok(()),
+            Ok(Ok(r)) => last = format!("status {}", r.status),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{} not ready on {addr} after {START_TIMEOUT:?} ({last})",
+        child.name()
+    )
+}
+
+/// Waits for the JSON log line `"message":"listening"` and returns its
+/// `address` (the balancer and the backend both log one).
+async fn wait_listening(child: &mut Child) -> anyhow::Result<SocketAddr> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        child.check_running()?;
+        if let Some(a) = listening_address(&child.log_text()) {
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!(
+        "{} logged no \"listening\" line in {START_TIMEOUT:?} (see {})",
+        child.name(),
+        child.log_path().display()
+    )
+}
+
+/// The `address` of the first JSON line whose message is `listening`.
+pub fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "listening")
+        .and_then(|v| v["address"].as_str()?.parse().ok())
+}
+
+/// The two upstream backends; stopped when dropped.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub addrs: Vec<SocketAddr>,
+    procs: Vec<Child>,
+}
+
+impl Upstreams {
+    /// Starts `backend --listen 127.0.0.1:0` twice, logs in `dir`.
+    pub async fn start(programs: &Programs, dir: &Path) -> anyhow::Result<Upstreams> {
+        let mut up = Upstreams {
+            addrs: Vec::new(),
+            procs: Vec::new(),
+        };
+        for i in 1..=2 {
+            let id = format!("up-{i}");
+            let mut cmd = Command::new(&programs.backend);
+            cmd.args([
+                "--listen",
+                "127.0.0.1:0",
+                "--id",
+                &id,
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", "warn,backend=info");
+            let mut child = Child::spawn(&id, cmd, &dir.join(format!("{id}.log")))?;
+            let addr = wait_listening(&mut child).await?;
+            wait_ready(&mut child, addr).await?;
+            up.addrs.push(addr);
+            up.procs.push(child);
+        }
+        Ok(up)
+    }
+
+    /// Fails if a backend has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.procs.iter_mut().try_for_each(Child::check_running)
+    }
+}
+
+/// Writes a file by writing a sibling and renaming it over, as editors do
+/// (so a watcher never sees it half written).
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Target {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Child,
+    /// Directory of the config file (the balancer watches it).
+    conf_dir: PathBuf,
+    config: PathBuf,
+    /// Where the proxy logs its reloads.
+    events_log: PathBuf,
+    upstreams: Vec<SocketAddr>,
+    generation: u32,
+}
+
+impl Target {
+    /// Starts `kind` with its files in a new directory under `parent`.
+    pub async fn start(
+        kind: Kind,
+        programs: &Programs,
+        upstreams: &[SocketAddr],
+        parent: &Path,
+    ) -> anyhow::Result<Target> {
+        let dir = unique_dir(parent, &kind.slug())?;
+        match kind {
+            Kind::Balancer => Self::start_balancer(programs, upstreams, &dir).await,
+            _ => {
+                // A port picked by binding and releasing can be taken in
+                // between: retry with a new one when the bind fails.
+                let mut last = anyhow!("not started");
+                for _ in 0..5 {
+                    match Self::start_other(kind, programs, upstreams, &dir).await {
+                        Ok(t) => return Ok(t),
+                        Err(e) if is_bind_error(&format!("{e:#}")) => last = e,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(last.context("no free port after 5 attempts"))
+            }
+        }
+    }
+
+    async fn start_balancer(
+        programs: &Programs,
+        upstreams: &[SocketAddr],
+        dir: &Path,
+    ) -> anyhow::Result<Target> {
+        let conf_dir = dir.join("conf");
+        std::fs::create_dir_all(&conf_dir)?;
+        let config = conf_dir.join("balancer.toml");
+        write_atomically(&config, &balancer_config(upstreams, 0))?;
+        let log = dir.join("balancer.log");
+        let mut cmd = Command::new(&programs.balancer);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "warn,balancer=info");
+        let mut child = Child::spawn("balancer", cmd, &log)?;
+        let addr = wait_listening(&mut child).await?;
+        wait_ready(&mut child, addr).await?;
+        Ok(Target {
+            kind: Kind::Balancer,
+            addr,
+            child,
+            conf_dir,
+            config,
+            events_log: log,
+            upstreams: upstreams.to_vec(),
+            generation: 0,
+        })
+    }
+
+    async fn start_other(
+        kind: Kind,
+        programs: &Programs,
+        upstreams: &[SocketAddr],
+        dir: &Path,
+    ) -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (name, program, config, events_log, cmd) = match kind {
+            Kind::Nginx { .. } => {
+                let program = programs.nginx.clone().context("nginx is not installed")?;
+                let config = dir.join("nginx.conf");
+                let error_log = dir.join("error.log");
+                let mut cmd = Command::new(&program);
+                // -p: prefix for relative paths; -e: the error log used
+                // before the config is read (else /var/log/nginx).
+                cmd.arg("-p")
+                    .arg(dir)
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("-e")
+                    .arg(&error_log);
+                ("nginx", program, config, error_log, cmd)
+            }
+            Kind::Haproxy { .. } => {
+                let program = programs
+                    .haproxy
+                    .clone()
+                    .context("haproxy is not installed")?;
+                let config = dir.join("haproxy.cfg");
+                let mut cmd = Command::new(&program);
+                cmd.args(["-W", "-db", "-f"]).arg(&config);
+                ("haproxy", program, config, dir.join("haproxy.log"), cmd)
+            }
+            Kind::Balancer => bail!("the balancer starts elsewhere"),
+        };
+        let target_files = TargetFiles {
+            kind,
+            dir: dir.to_path_buf(),
+            port,
+        };
+        write_atomically(&config, &target_files.render(upstreams, 0))?;
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Child::spawn(name, cmd, &log)?;
+        if let Err(e) = wait_ready(&mut child, addr).await {
+            let mut text = child.log_text();
+            if events_log != log {
+                text.push_str(&std::fs::read_to_string(&events_log).unwrap_or_default());
+            }
+            child.stop();
+            return Err(e.context(format!(
+                "{} ({}) did not come up on {addr}; its log:\n{}",
+                kind.label(),
+                program.display(),
+                super::process::tail(&text, 10)
+            )));
+        }
+        Ok(Target {
+            kind,
+            addr,
+            child,
+            conf_dir: dir.to_path_buf(),
+            config,
+            events_log,
+            upstreams: upstreams.to_vec(),
+            generation: 0,
+        })
+    }
+
+    /// PID of the proxy (nginx's or HAProxy's master).
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
+    /// Fails if the proxy has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.child.check_running()
+    }
+
+    /// One config change: the next generation written, then the proxy told
+    /// (SIGHUP to nginx's master, SIGUSR2 to HAProxy's master; the
+    /// balancer sees the file change by itself).
+    pub fn change_config(&mut self) -> anyhow::Result<()> {
+        self.generation += 1;
+        let files = TargetFiles {
+            kind: self.kind,
+            dir: self.conf_dir.clone(),
+            port: self.addr.port(),
+        };
+        write_atomically(
+            &self.config,
+            &files.render(&self.upstreams, self.generation),
+        )?;
+        match self.kind {
+            Kind::Balancer => Ok(()),
+            Kind::Nginx { .. } => self.child.signal(Signal::HUP),
+            Kind::Haproxy { .. } => self.child.signal(Signal::USR2),
+        }
+    }
+
+    /// How many reloads the proxy has logged as done: the balancer's
+    /// `config reloaded` lines; nginx's `start worker processes` and
+    /// HAProxy's `Loading success.` lines after the first (start-up) one.
+    pub fn reloads_logged(&self) -> usize {
+        let log = std::fs::read_to_string(&self.events_log).unwrap_or_default();
+        match self.kind {
+            Kind::Balancer => log.matches("\"message\":\"config reloaded\"").count(),
+            Kind::Nginx { .. } => log
+                .matches("start worker processes")
+                .count()
+                .saturating_sub(1),
+            Kind::Haproxy { .. } => log.matches("Loading success.").count().saturating_sub(1),
+        }
+    }
+}
+
+/// The files of nginx and HAProxy (the balancer's config needs no paths).
+#[derive(Debug)]
+struct TargetFiles {
+    kind: Kind,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TargetFiles {
+    fn render(&self, upstreams: &[SocketAddr], generation: u32) -> String {
+        match self.kind {
+            Kind::Balancer => balancer_config(upstreams, generation),
+            Kind::Nginx { workers } => {
+                nginx_config(&self.dir, self.port, workers, upstreams, generation)
+            }
+            Kind::Haproxy { threads } => {
+                haproxy_config(&self.dir, self.port, threads, upstreams, generation)
+            }
+        }
+    }
+}
+
+/// Whether a start-up failure was a port taken by someone else.
+fn is_bind_error(text: &str) -> bool {
+    text.contains("Address already in use")
+        || text.contains("Address in use")
+        || text.contains("cannot bind")
+}
+
+/// A new directory `parent/slug-N`, readable by nginx's unprivileged
+/// workers.
+fn unique_dir(parent: &Path, slug: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    for n in 1..10_000 {
+        let dir = parent.join(format!("{slug}-{n}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    bail!(
+        "cannot find a free directory name under {}",
+        parent.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_line() {
+        let log = "{\"message\":\"admin listening\",\"address\":\"127.0.0.1:1\"}\n\
+                   not json\n\
+                   {\"level\":\"INFO\",\"message\":\"listening\",\"address\":\"127.0.0.1:4567\"}\n";
+        assert_eq!(
+            listening_address(log),
+            Some("127.0.0.1:4567".parse().unwrap())
+        );
+        assert_eq!(listening_address("{}"), None);
+    }
+
+    #[test]
+    fn labels() {
+        let labels: Vec<String> = Kind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "balancer",
+                "nginx, 1 worker",
+                "nginx, 2 workers",
+                "HAProxy, 1 thread",
+                "HAProxy, 2 threads"
+            ]
+        );
+    }
+}
