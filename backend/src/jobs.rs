@@ -271,11 +271,9 @@ async fn cleanup(store: &Store, lease_value: &str) -> Result<()> {
                 .await?;
             continue;
         }
-        let keys: Vec<String> = players.iter().map(|p| Keys::presence(p)).collect();
-        let present: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-        for (player, here) in players.iter().zip(present) {
-            if here.is_some() {
+        let online = store.online(&players).await?;
+        for (player, here) in players.iter().zip(online) {
+            if here {
                 continue;
             }
             let event = ServerMsg::Left {
@@ -334,11 +332,7 @@ async fn matchmaking(store: &Store, lease_value: &str, match_size: usize) -> Res
             .arg(&ids)
             .query_async(&mut c)
             .await?;
-        let presence: Vec<String> = ids.iter().map(|p| Keys::presence(p)).collect();
-        let online: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&presence)
-            .query_async(&mut c)
-            .await?;
+        let online = store.online(&ids).await?;
         let mut refine = refine_script.prepare_invoke();
         refine
             .key(&lease_key)
@@ -349,7 +343,7 @@ async fn matchmaking(store: &Store, lease_value: &str, match_size: usize) -> Res
             .arg(lease_value);
         let mut candidates = Vec::new();
         for (((player, skill), since), online) in waiting.iter().zip(since).zip(online) {
-            if online.is_none() {
+            if !online {
                 refine.arg(player).arg(-1);
                 continue;
             }

@@ -383,16 +383,7 @@ impl Conn {
     }
 
     async fn snapshot(&self, room: &str) -> Result<Vec<ServerMsg>, Refused> {
-        let mut c = self.game.store.conn();
-        let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(Keys::players(room))
-            .query_async(&mut c)
-            .await
-            .map_err(StoreError::from)?;
-        let players = all
-            .into_iter()
-            .filter_map(|(id, s)| Some((id, crate::store::parse_state(&s)?)))
-            .collect();
+        let players = self.game.store.room_players(room).await?;
         Ok(vec![room_msg(room, self.game.settings.capacity, players)])
     }
 

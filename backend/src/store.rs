@@ -539,6 +539,28 @@ impl Store {
         }
     }
 
+    /// The players in `room` now, with their state.
+    pub async fn room_players(&self, room: &str) -> Result<Vec<(String, PlayerState)>> {
+        let mut c = self.conn();
+        let all: Vec<(String, String)> = c.hgetall(Keys::players(room)).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, parse_state(&s)?)))
+            .collect())
+    }
+
+    /// For each of `players`, whether a process still renews their presence.
+    pub async fn online<S: AsRef<str>>(&self, players: &[S]) -> Result<Vec<bool>> {
+        if players.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = players.iter().map(|p| Keys::presence(p.as_ref())).collect();
+        let mut c = self.conn();
+        let present: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        Ok(present.iter().map(Option::is_some).collect())
+    }
+
     pub async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
         let mut c = self.conn();
         let _: i64 = c.publish(channel, payload).await?;

@@ -72,15 +72,8 @@ fn main() -> ExitCode {
     }
 
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let serve = async {
         let app = balancer::app::App::bind(config).await?;
@@ -131,15 +124,8 @@ fn reload_running(config: &config::Config) -> ExitCode {
             std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let token = admin.token.clone();
     let result = runtime.block_on(async move {
@@ -183,6 +169,17 @@ fn reload_running(config: &config::Config) -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot reach the admin listener at {address}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds a runtime with every driver on, or says why it could not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
         }
     }
 }

@@ -193,6 +193,24 @@ impl Proc {
         self.wait_log(msg, |v| v["message"] == msg)
     }
 
+    /// How many log lines so far have `message` == `msg`.
+    pub fn count_messages(&self, msg: &str) -> usize {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().filter(|v| v["message"] == msg).count()
+    }
+
+    /// The first log line so far whose `message` is `msg`, if any.
+    pub fn first_message(&self, msg: &str) -> Option<Value> {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().find(|v| v["message"] == msg).cloned()
+    }
+
+    /// The last log line so far whose `message` is `msg`, if any.
+    pub fn last_message(&self, msg: &str) -> Option<Value> {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().rfind(|v| v["message"] == msg).cloned()
+    }
+
     /// All log lines so far.
     pub fn lines(&self) -> Vec<Value> {
         self.log.lines.lock().unwrap().clone()
@@ -592,6 +610,20 @@ pub fn single_pool_config(backends: &[(&str, SocketAddr, u32)], extra: &str) -> 
     c.push_str("\n[[route]]\nlistener = \"public\"\npath_prefix = \"/\"\npool = \"game\"\n\n");
     c.push_str(extra);
     c
+}
+
+/// `[[pool.backend]]` entries (id and address) for `backends`, to put
+/// under a `[[pool]]` table of a test config.
+pub fn pool_members<'a>(backends: impl IntoIterator<Item = &'a Backend>) -> String {
+    backends
+        .into_iter()
+        .map(|b| {
+            format!(
+                "  [[pool.backend]]\n  id = \"{}\"\n  address = \"{}\"\n",
+                b.id, b.addr
+            )
+        })
+        .collect()
 }
 
 /// An address on which nothing listens (bound, then released).

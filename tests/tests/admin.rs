@@ -12,15 +12,7 @@ use tests::{bin, Backend, Balancer};
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(backends: &[&Backend], admin: &str) -> String {
-    let members: String = backends
-        .iter()
-        .map(|b| {
-            format!(
-                "  [[pool.backend]]\n  id = \"{}\"\n  address = \"{}\"\n",
-                b.id, b.addr
-            )
-        })
-        .collect();
+    let members = tests::pool_members(backends.iter().copied());
     format!(
         "drain_timeout = \"1m\"\n\n[admin]\n{admin}\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n{members}\n[[route]]\nlistener = \"public\"\npool = \"game\"\n"
     )

@@ -66,13 +66,7 @@ async fn killed_backend_is_marked_down_and_restarted_one_comes_back() {
     let took = transition(&lb, "backend down", "b", 0);
     // interval x fall plus one timeout is 0.6 s; allow for a loaded machine.
     assert!(took < Duration::from_secs(5), "marked down after {took:?}");
-    let reason = lb
-        .proc
-        .lines()
-        .into_iter()
-        .rev()
-        .find(|v| v["message"] == "backend down")
-        .unwrap();
+    let reason = lb.proc.last_message("backend down").unwrap();
     assert_eq!(reason["reason"], "connection refused", "{reason}");
     let during = spread(&lb, 20).await;
     assert_eq!(
@@ -118,12 +112,7 @@ async fn http_check_uses_path_and_expected_status() {
     transition(&lb, "backend up", "a", 0);
     let lb2 = Balancer::start(&config(&[("a", a.addr.to_string())], bad));
     transition(&lb2, "backend down", "a", 0);
-    let reason = lb2
-        .proc
-        .lines()
-        .into_iter()
-        .find(|v| v["message"] == "backend down")
-        .unwrap();
+    let reason = lb2.proc.first_message("backend down").unwrap();
     assert_eq!(reason["reason"], "status 404", "{reason}");
 }
 

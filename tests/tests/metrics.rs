@@ -158,12 +158,7 @@ async fn counters_equal_the_traffic_sent() {
     for _ in 0..10 {
         assert_eq!(get(&h1(), &lb.url("/whoami")).await.text(), "a");
     }
-    let retried = lb
-        .proc
-        .lines()
-        .iter()
-        .filter(|v| v["message"] == "retrying on another backend")
-        .count();
+    let retried = lb.proc.count_messages("retrying on another backend");
     assert!(retried > 0);
     let s = scrape(&lb).await;
     assert_eq!(sum(&s, "balancer_retries_total", &pool), retried as f64);

@@ -92,15 +92,7 @@ async fn least_connections_sends_new_connections_to_the_idle_backend() {
 
 /// One listener, three pools picked by Host: cookie, ip_hash and hash.
 fn sticky_config(backends: &[Backend]) -> String {
-    let members: String = backends
-        .iter()
-        .map(|b| {
-            format!(
-                "  [[pool.backend]]\n  id = \"{}\"\n  address = \"{}\"\n",
-                b.id, b.addr
-            )
-        })
-        .collect();
+    let members = tests::pool_members(backends);
     format!(
         r#"
 trusted_proxies = ["127.0.0.0/8"]

@@ -138,19 +138,9 @@ async fn fifty_reloads_under_load_lose_nothing() {
     assert!(p > 500, "too little load to mean anything: {p}");
     assert_eq!(f, 0, "failed HTTP requests");
     assert_eq!(br, 0, "broken WebSocket sessions");
-    let reloads = lb
-        .proc
-        .lines()
-        .iter()
-        .filter(|v| v["message"] == "config reloaded")
-        .count();
+    let reloads = lb.proc.count_messages("config reloaded");
     assert_eq!(reloads, 40);
-    let last = lb
-        .proc
-        .lines()
-        .into_iter()
-        .rfind(|v| v["message"] == "config reloaded")
-        .unwrap();
+    let last = lb.proc.last_message("config reloaded").unwrap();
     assert_eq!(last["generation"], 41, "{last}");
 }
 

@@ -44,12 +44,7 @@ async fn refused_connection_is_retried_transparently_and_the_backend_ejected() {
     lb.proc.wait_log("ejection", |v| {
         v["message"] == "backend ejected" && v["backend"] == "dead"
     });
-    let retries = lb
-        .proc
-        .lines()
-        .iter()
-        .filter(|v| v["message"] == "retrying on another backend")
-        .count();
+    let retries = lb.proc.count_messages("retrying on another backend");
     assert!(
         retries <= 3,
         "an ejected backend costs no more retries: {retries}"
