@@ -227,8 +227,20 @@ async fn a_draining_process_closes_with_1012_and_players_resume_elsewhere() {
     c.backends[idx].proc.signal("TERM");
 
     // Not ready while draining (the balancer's checks move players away).
-    let ready = get(&h1(), &format!("http://{backend_addr}/readyz")).await;
-    assert_eq!(ready.status, 503);
+    // The signal is handled asynchronously: wait for the switch, bounded.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let ready = get(&h1(), &format!("http://{backend_addr}/readyz")).await;
+        if ready.status == 503 {
+            break;
+        }
+        assert_eq!(ready.status, 200, "{}", ready.text());
+        assert!(
+            Instant::now() < end,
+            "/readyz never turned 503 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     assert_eq!(a.ended().await, Ended::Close(1012));
     let mut a2 = Player::reconnect(c.addr(), &a.token).await;
