@@ -537,7 +537,8 @@ impl Balancer {
         Self::start_with(config, "info,access=off")
     }
 
-    fn start_with(config: &str, rust_log: &str) -> Self {
+    /// Like [`Balancer::start`], logging at `rust_log` (an `EnvFilter`).
+    pub fn start_with(config: &str, rust_log: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("balancer.toml");
         std::fs::write(&path, config).unwrap();

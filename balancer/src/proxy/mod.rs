@@ -22,7 +22,7 @@ mod tunnel;
 pub mod ws_frames;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,13 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Requests being handled on this connection; the idle timer waits for zero.
     pub in_flight: AtomicUsize,
+    /// Requests that arrived on this connection so far.
+    pub requests: AtomicUsize,
+    /// HTTP/1.1: hyper's last read found nothing (it waits for the client).
+    pub waiting: AtomicBool,
+    /// HTTP/1.1: hyper is being stopped between requests; its shutdown of
+    /// the socket must leave the socket open.
+    pub parking: AtomicBool,
 }
 
 /// One request in flight on a connection, from arrival until its response
@@ -70,6 +77,7 @@ pub struct InFlight(Arc<ConnInfo>);
 impl InFlight {
     fn new(conn: &Arc<ConnInfo>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.requests.fetch_add(1, Ordering::Relaxed);
         Self(Arc::clone(conn))
     }
 }

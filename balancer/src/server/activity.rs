@@ -23,6 +23,11 @@ pub fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 
+/// The [`Instant`] a [`now_ms`] value stands for.
+pub fn instant_of(ms: u64) -> Instant {
+    epoch() + Duration::from_millis(ms.saturating_sub(1))
+}
+
 /// Last time (from [`now_ms`]) bytes moved on a connection.
 #[derive(Debug, Clone)]
 pub struct LastActivity(Arc<AtomicU64>);
@@ -82,6 +87,11 @@ impl<T> Activity<T> {
             read: None,
             eof: None,
         }
+    }
+
+    /// The wrapped IO object.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 
     /// Also counts the bytes read into `read`.

@@ -1,23 +1,36 @@
-//! One listening socket: accept, then one task per connection running
-//! hyper-util's `auto` server (HTTP/1.1 or HTTP/2 by preface) with upgrades.
+//! One listening socket: accept, then one task per connection. The task
+//! tells HTTP/2 (its preface) from HTTP/1.1 and serves the connection with
+//! hyper, with upgrades.
+//!
+//! An HTTP/1.1 keep-alive connection is *parked* between requests, as nginx
+//! does: once a response is done and hyper waits for the next request, hyper's
+//! connection state (an 8 KiB read buffer, a write buffer, the dispatcher)
+//! is dropped and only the socket is kept, waiting for readability. The next
+//! request starts a fresh hyper connection on the same socket. So thousands
+//! of idle keep-alive clients cost well under a KiB each, not tens of KiB.
 
 use std::convert::Infallible;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{self, Activity, LastActivity};
 use crate::proxy::{ConnInfo, Proxy};
 
-/// Bytes hyper-util's `auto` reads to tell HTTP/2 (its preface) from HTTP/1.1.
-const PREFACE_LEN: u64 = 24;
+/// What a prior-knowledge HTTP/2 (h2c) client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long an idle connection asked to close may take before it is dropped.
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -38,15 +51,63 @@ impl From<&config::Timeouts> for ConnSettings {
     }
 }
 
-fn http_builder(settings: ConnSettings) -> Arc<auto::Builder<TokioExecutor>> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_header)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    Arc::new(builder)
+/// What every connection of one listener shares: rebuilt when a reload
+/// changes the timeouts (connections keep the one they started with).
+#[derive(Debug)]
+struct Shared {
+    proxy: Arc<Proxy>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+    /// The listener's open-connections gauge.
+    open: Option<prometheus::IntGauge>,
+}
+
+impl Shared {
+    fn new(
+        proxy: &Arc<Proxy>,
+        settings: ConnSettings,
+        shutdown: &CancellationToken,
+        open: Option<prometheus::IntGauge>,
+    ) -> Arc<Self> {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.request_header)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Arc::new(Self {
+            proxy: Arc::clone(proxy),
+            h1,
+            h2,
+            settings,
+            shutdown: shutdown.clone(),
+            open,
+        })
+    }
+}
+
+/// One open client connection's hold on its listener's [`Shared`]; counts
+/// the connection in the open-connections gauge until it drops.
+#[derive(Debug)]
+struct Counted(Arc<Shared>);
+
+impl Counted {
+    fn new(shared: &Arc<Shared>) -> Self {
+        if let Some(g) = &shared.open {
+            g.inc();
+        }
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0.open {
+            g.dec();
+        }
+    }
 }
 
 /// Accepts until `shutdown` fires, then stops accepting (the socket closes)
@@ -57,9 +118,13 @@ pub async fn serve_listener(
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
 ) {
-    let mut settings = ConnSettings::from(&proxy.snapshot.load().timeouts);
     let open_gauge = proxy.metrics.as_ref().map(|m| m.listener(&name));
-    let mut builder = http_builder(settings);
+    let mut shared = Shared::new(
+        &proxy,
+        ConnSettings::from(&proxy.snapshot.load().timeouts),
+        &shutdown,
+        open_gauge.clone(),
+    );
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -78,123 +143,448 @@ pub async fn serve_listener(
         // Timeouts come from the live config, so a reload applies them to
         // new connections.
         let current = ConnSettings::from(&proxy.snapshot.load().timeouts);
-        if current != settings {
-            settings = current;
-            builder = http_builder(settings);
+        if current != shared.settings {
+            shared = Shared::new(&proxy, current, &shutdown, open_gauge.clone());
         }
         let conn = Arc::new(ConnInfo {
             listener: Arc::clone(&name),
             peer,
             in_flight: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         });
-        let gauge = open_gauge.clone();
-        if let Some(g) = &gauge {
-            g.inc();
-        }
-        let served = serve_connection(
-            stream,
-            conn,
-            Arc::clone(&proxy),
-            Arc::clone(&builder),
-            settings,
-            shutdown.clone(),
-        );
-        proxy.tasks.spawn(async move {
-            served.await;
-            if let Some(g) = gauge {
-                g.dec();
-            }
-        });
+        // Spawned as is, not wrapped in another async block, which would
+        // hold the future twice and double every connection's task size.
+        let served = serve_connection(stream, conn, Counted::new(&shared));
+        proxy.tasks.spawn(served);
     }
     tracing::info!(listener = &*name, "stopped accepting");
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    conn: Arc<ConnInfo>,
-    proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    settings: ConnSettings,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+/// The client socket as hyper gets it.
+type ClientIo = Activity<TcpStream>;
+
+/// Serves one client connection until it closes.
+///
+/// This future is the connection's task for its whole life, parked or not,
+/// so it is kept small: everything that lives only while a request is
+/// served (hyper's connection, the first-bytes timer) is boxed.
+async fn serve_connection(stream: TcpStream, conn: Arc<ConnInfo>, shared: Counted) {
+    let shared = &*shared.0;
     let last = LastActivity::new();
-    let received = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Activity::new(stream, last.clone()).count_reads(Arc::clone(&received)));
-    let service_conn = Arc::clone(&conn);
-    let service = service_fn(move |req| {
-        let proxy = Arc::clone(&proxy);
-        let conn = Arc::clone(&service_conn);
-        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
-    });
-    let mut http = pin!(builder.serve_connection_with_upgrades(io, service));
-    let mut draining = false;
-    // An idle connection asked to close gets this long to do so (an HTTP/2
-    // peer must acknowledge GOAWAY's PING); then it is dropped.
-    let hard_close = tokio::time::sleep(Duration::from_secs(3600));
-    let mut hard_close = pin!(hard_close);
-    let idle = activity::idle(&last, &conn.in_flight, settings.client_idle);
-    let mut idle = pin!(idle);
-    // hyper's header timeout starts with the first byte; a connection that
-    // sends nothing at all gets the same `request_header` limit from here.
-    let first_byte = tokio::time::sleep(settings.request_header);
-    let mut first_byte = pin!(first_byte);
-    let mut first_byte_seen = false;
+    let Some((h2, mut prefix, mut io)) =
+        Box::pin(first_bytes(stream, last.clone(), &conn, shared)).await
+    else {
+        return;
+    };
+    if h2 {
+        Box::pin(serve_h2(io, prefix, &conn, &last, shared)).await;
+        return;
+    }
+    // hyper's keep-alive wait (its header timer) and `client_idle` both
+    // count from the last byte; the timer and the shutdown wait are made
+    // once and kept across parks (each is a registration elsewhere).
+    let limit = shared
+        .settings
+        .request_header
+        .min(shared.settings.client_idle);
+    let mut idle_timer = pin!(tokio::time::sleep(limit));
+    let mut shutdown = pin!(shared.shutdown.cancelled());
     loop {
-        tokio::select! {
-            r = http.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
-                }
-                return;
-            }
-            () = shutdown.cancelled(), if !draining => {
-                // A connection still reading its first bytes (deciding
-                // HTTP/1.1 or HTTP/2) would be dropped by graceful_shutdown,
-                // losing a request the client is about to send: let that
-                // first request arrive (bounded by request_header), then
-                // finish it and close.
-                let deadline = tokio::time::Instant::now() + settings.request_header;
-                while received.load(Ordering::Relaxed) < PREFACE_LEN
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::select! {
-                        r = http.as_mut() => {
-                            if let Err(e) = r {
-                                tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
-                            }
-                            return;
-                        }
-                        () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        let Some((rest, socket)) = Box::pin(serve_h1(io, prefix, &conn, &last, shared)).await
+        else {
+            return;
+        };
+        (prefix, io) = (rest, socket);
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        if !prefix.is_empty() {
+            // The client already sent (part of) its next request.
+            continue;
+        }
+        tracing::trace!(peer = %conn.peer, "client connection parked");
+        // Parked: only the socket is kept until the client sends again.
+        loop {
+            tokio::select! {
+                biased;
+                // Not `readable()`: its waiter node would add 150 bytes to
+                // every connection's task.
+                r = std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)) => {
+                    if r.is_err() {
+                        return;
                     }
+                    break;
                 }
-                draining = true;
-                http.as_mut().graceful_shutdown();
-            }
-            () = idle.as_mut(), if !draining => {
-                tracing::debug!(peer = %conn.peer, "closing idle client connection");
-                draining = true;
-                http.as_mut().graceful_shutdown();
-                hard_close
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
-            }
-            () = first_byte.as_mut(), if !first_byte_seen => {
-                if received.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(peer = %conn.peer, "client sent nothing within request_header: closed");
-                    return;
+                () = shutdown.as_mut() => return,
+                () = idle_timer.as_mut() => {
+                    let due = activity::instant_of(last.get()) + limit;
+                    if due <= std::time::Instant::now() {
+                        tracing::debug!(peer = %conn.peer, "closing idle client connection");
+                        return;
+                    }
+                    idle_timer.as_mut().reset(due.into());
                 }
-                first_byte_seen = true;
-            }
-            () = hard_close.as_mut(), if draining => {
-                if conn.in_flight.load(Ordering::Relaxed) == 0 {
-                    tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
-                    return;
-                }
-                hard_close
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
             }
         }
+    }
+}
+
+/// Waits for the first bytes, which tell HTTP/2 from HTTP/1.1; `None` when
+/// the connection is to be closed. A connection that sends nothing within
+/// `request_header` is closed. At shutdown the first request is still
+/// awaited (the client may be about to send it), then served and the
+/// connection closed.
+async fn first_bytes(
+    stream: TcpStream,
+    last: LastActivity,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> Option<(bool, Bytes, ClientIo)> {
+    let _ = stream.set_nodelay(true);
+    let mut io = Activity::new(stream, last);
+    match tokio::time::timeout(shared.settings.request_header, sniff(&mut io)).await {
+        Ok(Ok((h2, prefix))) => Some((h2, prefix, io)),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "client sent nothing within request_header: closed");
+            None
+        }
+    }
+}
+
+/// hyper's service: every request goes to the proxy.
+fn service(
+    conn: &Arc<ConnInfo>,
+    shared: &Shared,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::proxy::ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::proxy::ProxyBody>, Infallible>>
+                 + Send
+                 + 'static,
+> + Clone {
+    let proxy = Arc::clone(&shared.proxy);
+    let conn = Arc::clone(conn);
+    service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+    })
+}
+
+/// Serves an HTTP/2 connection until it closes.
+async fn serve_h2(
+    io: ClientIo,
+    prefix: Bytes,
+    conn: &Arc<ConnInfo>,
+    last: &LastActivity,
+    shared: &Shared,
+) {
+    let io = TokioIo::new(Rewind::new(prefix, io, Arc::clone(conn)));
+    let http = shared.h2.serve_connection(io, service(conn, shared));
+    let http = pin!(http);
+    Run { conn, last, shared }
+        .drive(http, |c| c.graceful_shutdown())
+        .await;
+}
+
+/// Serves HTTP/1.1 requests until the connection closes (`None`) or hyper
+/// is between requests: then hyper is dropped and the socket comes back
+/// with whatever the client already sent of its next request.
+async fn serve_h1(
+    io: ClientIo,
+    prefix: Bytes,
+    conn: &Arc<ConnInfo>,
+    last: &LastActivity,
+    shared: &Shared,
+) -> Option<(Bytes, ClientIo)> {
+    let park = Park {
+        requests_before: conn.requests.load(Ordering::Relaxed),
+    };
+    // Readable again (or still reading): that is activity.
+    last.touch();
+    let io = TokioIo::new(Rewind::new(prefix, io, Arc::clone(conn)));
+    let mut http = shared
+        .h1
+        .serve_connection(io, service(conn, shared))
+        .with_upgrades();
+    let (mut parking, mut closing) = (false, false);
+    // No timers and no shutdown registration per run: hyper's own wakes
+    // drive this, and the checks are atomic loads.
+    let result = std::future::poll_fn(|cx| {
+        // Shutting down: the response in progress says `Connection: close`,
+        // then the connection closes. Not before the request has arrived:
+        // hyper would close a connection that has not read yet at once.
+        if !closing && shared.shutdown.is_cancelled() && park.started(conn) {
+            closing = true;
+            Pin::new(&mut http).graceful_shutdown();
+        }
+        if let Poll::Ready(r) = Pin::new(&mut http).poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !parking && !closing && park.between_requests(conn) {
+            parking = true;
+            conn.parking.store(true, Ordering::Relaxed);
+            // hyper closes an idle connection at once (leaving the socket
+            // open, see `Rewind::poll_shutdown`).
+            Pin::new(&mut http).graceful_shutdown();
+            return Pin::new(&mut http).poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
+    // An upgraded socket (now a tunnel's) must shut down for real.
+    conn.parking.store(false, Ordering::Relaxed);
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+        return None;
+    }
+    if !parking {
+        return None;
+    }
+    let parts = http.into_parts()?;
+    Some(parts.io.into_inner().into_parts(parts.read_buf))
+}
+
+/// Reads the first bytes until they are known to be (or not be) the HTTP/2
+/// preface; returns `(is_h2, bytes read)`.
+async fn sniff(io: &mut Activity<TcpStream>) -> io::Result<(bool, Bytes)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() {
+        let got = io.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if buf[..n] != H2_PREFACE[..n] {
+            break;
+        }
+    }
+    Ok((
+        n == buf.len() && &buf == H2_PREFACE,
+        Bytes::copy_from_slice(&buf[..n]),
+    ))
+}
+
+/// Parking for one run of hyper's HTTP/1.1 connection.
+#[derive(Debug)]
+struct Park {
+    /// The connection's request count when this run started: a run parks
+    /// only once it has served a request, so hyper is between requests
+    /// (not in the middle of a slow client's request head).
+    requests_before: usize,
+}
+
+impl Park {
+    /// A request arrived in this run.
+    fn started(&self, conn: &ConnInfo) -> bool {
+        conn.requests.load(Ordering::Relaxed) > self.requests_before
+    }
+
+    /// hyper finished a request and is waiting for the client's next one.
+    fn between_requests(&self, conn: &ConnInfo) -> bool {
+        conn.waiting.load(Ordering::Relaxed)
+            && conn.in_flight.load(Ordering::Relaxed) == 0
+            && self.started(conn)
+    }
+}
+
+/// What every run of hyper on one connection shares.
+#[derive(Debug, Clone, Copy)]
+struct Run<'a> {
+    conn: &'a ConnInfo,
+    last: &'a LastActivity,
+    shared: &'a Shared,
+}
+
+impl Run<'_> {
+    /// Polls an HTTP/2 connection until it ends, asking it to close
+    /// gracefully (GOAWAY) at shutdown or when idle.
+    async fn drive<C>(self, mut http: Pin<&mut C>, graceful: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), hyper::Error>> + ?Sized,
+    {
+        let conn = self.conn;
+        let mut draining = false;
+        // An idle connection asked to close gets this long to do so (an
+        // HTTP/2 peer must acknowledge GOAWAY's PING); then it is dropped.
+        let mut hard_close = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        let mut idle = pin!(activity::idle(
+            self.last,
+            &conn.in_flight,
+            self.shared.settings.client_idle
+        ));
+        loop {
+            tokio::select! {
+                r = http.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+                    }
+                    return;
+                }
+                () = self.shared.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    graceful(http.as_mut());
+                }
+                () = idle.as_mut(), if !draining => {
+                    tracing::debug!(peer = %conn.peer, "closing idle client connection");
+                    draining = true;
+                    graceful(http.as_mut());
+                    hard_close
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
+                }
+                () = hard_close.as_mut(), if draining => {
+                    if conn.in_flight.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
+                        return;
+                    }
+                    hard_close
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
+                }
+            }
+        }
+    }
+}
+
+/// The client socket with bytes already read from it put back in front,
+/// and a shutdown that leaves the socket open while it parks.
+#[derive(Debug)]
+struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+    conn: Arc<ConnInfo>,
+}
+
+impl<T> Rewind<T> {
+    fn new(prefix: Bytes, inner: T, conn: Arc<ConnInfo>) -> Self {
+        Self {
+            prefix,
+            inner,
+            conn,
+        }
+    }
+
+    /// The socket and every byte read from it but not yet used: what is
+    /// left of the prefix, then `read_buf`.
+    fn into_parts(self, read_buf: Bytes) -> (Bytes, T) {
+        // Copied, never kept as is: hyper's `read_buf`, even empty, is a view
+        // of its whole 8 KiB read buffer and would keep it alive.
+        let rest = if self.prefix.is_empty() {
+            Bytes::copy_from_slice(&read_buf)
+        } else {
+            let mut v = Vec::with_capacity(self.prefix.len() + read_buf.len());
+            v.extend_from_slice(&self.prefix);
+            v.extend_from_slice(&read_buf);
+            v.into()
+        };
+        (rest, self.inner)
+    }
+}
+
+impl<T> Rewind<T> {
+    /// A read that found nothing counts as waiting for the client only if
+    /// nothing was written after it: hyper reads for the next request once
+    /// its response is out. (A response that hyper is still flushing, on a
+    /// connection it is about to close, must not look parkable.)
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.conn.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.conn.waiting.store(r.is_pending(), Ordering::Relaxed);
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.parking.load(Ordering::Relaxed) {
+            // hyper closes an idle connection by shutting it down; a parking
+            // connection stays open for the client's next request.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rewind_reads_the_prefix_first_and_hands_back_what_is_left() {
+        let (a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut b, b" world")
+            .await
+            .unwrap();
+        let mut r = Rewind::new(
+            Bytes::from_static(b"hello"),
+            a,
+            Arc::new(ConnInfo {
+                listener: "test".into(),
+                peer: ([127, 0, 0, 1], 1).into(),
+                in_flight: AtomicUsize::new(0),
+                requests: AtomicUsize::new(0),
+                waiting: AtomicBool::new(false),
+                parking: AtomicBool::new(false),
+            }),
+        );
+        let mut three = [0u8; 3];
+        r.read_exact(&mut three).await.unwrap();
+        assert_eq!(&three, b"hel");
+        let (rest, _inner) = r.into_parts(Bytes::from_static(b"!"));
+        assert_eq!(&rest[..], b"lo!");
     }
 }
