@@ -48,9 +48,16 @@ impl Cluster {
         Self::start_with(redis, url, n, &[])
     }
 
-    /// Like [`Cluster::start_on`], with `extra` backend flags.
+    /// Like [`Cluster::start_on`], with `extra` backend flags (`--flag
+    /// value` pairs; a flag in `extra` replaces the one in [`FAST`]).
     pub fn start_with(redis: Redis, url: &str, n: usize, extra: &[&str]) -> Self {
-        let flags: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+        let flags: Vec<&str> = FAST
+            .chunks(2)
+            .filter(|pair| !extra.contains(&pair[0]))
+            .flatten()
+            .chain(extra)
+            .copied()
+            .collect();
         let backends: Vec<Backend> = (1..=n)
             .map(|i| Backend::start_game(&format!("game-{i}"), url, &flags))
             .collect();

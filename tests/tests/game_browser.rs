@@ -40,7 +40,13 @@ async fn two_pages_on_different_processes_see_each_others_moves() {
     let Some(browser) = Browser::start() else {
         return;
     };
-    let mut c = Cluster::start(3);
+    // The page comes back after a drain within the drain spread (1 s) plus
+    // its reconnect backoff, which can outlast FAST's 1.5 s presence TTL:
+    // the player would then be cleaned up and respawn. This test is about
+    // resuming, not expiry (tests/game.rs covers that), so presence lasts 5 s.
+    let redis = tests::Redis::start();
+    let url = redis.url();
+    let mut c = Cluster::start_with(redis, &url, 3, &["--presence-ttl-ms", "5000"]);
     let url = format!("http://{}/", c.addr());
     let mut a = browser.open(&url).await;
     let (a_id, a_proc) = play(&mut a, "Ada").await;

@@ -11,7 +11,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::InFlight;
 use crate::runtime::OpenGuard;
@@ -115,7 +114,7 @@ impl Drop for AccessLog {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(super::UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -133,7 +132,12 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, log: AccessLog, guard: OpenGuard, in_flight: InFlight) -> Self {
+    pub fn upstream(
+        body: super::UpstreamBody,
+        log: AccessLog,
+        guard: OpenGuard,
+        in_flight: InFlight,
+    ) -> Self {
         Self {
             inner: Inner::Upstream(body),
             bytes: 0,
@@ -181,7 +185,7 @@ impl Body for ProxyBody {
         let polled = match &mut this.inner {
             Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r.map(|r| r.map_err(BoxError::from)),
+                Poll::Ready(r) => r,
             },
             Inner::Local(b) => b.take().map(|b| Ok(Frame::data(b))),
         };

@@ -1,7 +1,6 @@
 //! Why a request failed, where the failure came from, and the response the
 //! client gets for it. Never a panic: every failure becomes one of these.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -80,43 +79,4 @@ impl ProxyError {
             Self::Upstream(_) => "upstream",
         }
     }
-
-    /// Classifies an error from the upstream client.
-    pub fn from_client(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> Self {
-        let detail = chain(e);
-        if e.is_connect() {
-            if has_io_kind(e, std::io::ErrorKind::TimedOut) {
-                Self::ConnectTimeout(connect_timeout)
-            } else {
-                Self::Connect(detail)
-            }
-        } else {
-            Self::Upstream(detail)
-        }
-    }
-}
-
-fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == kind {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// The error and its sources on one line: "client error (Connect): tcp connect error: Connection refused".
-fn chain(e: &hyper_util::client::legacy::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        cur = err.source();
-    }
-    out
 }

@@ -19,6 +19,7 @@ pub mod headers;
 mod lazy_copy;
 mod request_body;
 mod tunnel;
+pub mod upstream;
 pub mod ws_frames;
 
 use std::net::SocketAddr;
@@ -28,13 +29,14 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 pub use body::{AccessLog, ProxyBody};
 pub use error::ProxyError;
 pub use request_body::{ClientBody, RequestBody};
+pub use upstream::UpstreamBody;
 
 use crate::runtime::{normalize_host, Backend, Pool, Snapshot};
 use crate::select::SelectionContext;
@@ -187,7 +189,7 @@ impl Proxy {
         // (or unseen enough, for idempotent methods) tries another backend.
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error: Option<ProxyError> = None;
-        let (guard, set_cookie, mut resp) = loop {
+        let (guard, set_cookie, resp) = loop {
             let ctx = SelectionContext {
                 client_ip: client,
                 headers: &parts.headers,
@@ -211,7 +213,7 @@ impl Proxy {
             let more_possible = body.replayable() && tried.len() < pool.retry.attempts as usize;
             let mut attempt = Request::new(attempt_body);
             *attempt.method_mut() = parts.method.clone();
-            *attempt.uri_mut() = upstream_uri(&backend, &parts.uri)?;
+            *attempt.uri_mut() = parts.uri.clone();
             *attempt.version_mut() = Version::HTTP_11;
             *attempt.headers_mut() = if more_possible {
                 parts.headers.clone()
@@ -221,10 +223,9 @@ impl Proxy {
 
             let guard = backend.open();
             let result = await_response(
-                backend.client.request(attempt),
+                backend.client.send(attempt, &backend.authority),
                 &progress,
                 timeouts.response_header,
-                timeouts.connect,
             )
             .await;
             match result {
@@ -291,8 +292,10 @@ impl Proxy {
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, resp.status())
         {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let (mut parts, _body) = resp.into_parts();
+            let (mut parts, mut body) = resp.into_parts();
+            let Some(upstream_upgrade) = body.take_upgrade() else {
+                return Err(ProxyError::Upstream("101 without a socket".into()));
+            };
             headers::strip_hop_by_hop(&mut parts.headers, true);
             add_request_id(&mut parts.headers, &log.request_id);
             if let Some(c) = &set_cookie {
@@ -390,10 +393,9 @@ async fn await_response<F>(
     fut: F,
     progress: &LastActivity,
     timeout: Duration,
-    connect_timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError>
+) -> Result<Response<UpstreamBody>, ProxyError>
 where
-    F: std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+    F: std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>>,
 {
     tokio::pin!(fut);
     let limit = timeout.as_millis() as u64;
@@ -401,29 +403,13 @@ where
         let waited = now_ms().saturating_sub(progress.get());
         let remaining = Duration::from_millis(limit.saturating_sub(waited));
         match tokio::time::timeout(remaining, &mut fut).await {
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => return Err(ProxyError::from_client(&e, connect_timeout)),
+            Ok(r) => return r,
             Err(_) if now_ms().saturating_sub(progress.get()) >= limit => {
                 return Err(ProxyError::ResponseTimeout(timeout))
             }
             Err(_) => continue,
         }
     }
-}
-
-/// `http://<backend>/<path?query>`: the legacy client connects to the URI's
-/// authority and sends the origin form.
-fn upstream_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(backend.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::Upstream(format!("cannot build upstream URI: {e}")))
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one (RFC 9113 8.2.3).

@@ -98,6 +98,24 @@ impl ClientBody {
     }
 }
 
+impl RequestBody {
+    /// The whole body when it is already in hand (empty or buffered), taken
+    /// out and counted as sent; `None` for a body that streams.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        let whole = match &mut self.inner {
+            Inner::Empty => Bytes::new(),
+            Inner::Full(b) => b.take().unwrap_or_default(),
+            Inner::Stream(_) => return None,
+        };
+        self.progress.touch();
+        self.upload
+            .bytes
+            .fetch_add(whole.len() as u64, Ordering::Relaxed);
+        self.upload.finished.store(true, Ordering::Relaxed);
+        Some(whole)
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;

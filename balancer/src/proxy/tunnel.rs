@@ -38,15 +38,15 @@ pub struct TunnelEnd {
 /// Joins the two upgraded connections; returns when the tunnel closes.
 pub async fn run(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: super::upstream::UpstreamIo,
     guard: OpenGuard,
     idle_timeout: Option<Duration>,
     end: TunnelEnd,
     request_id: String,
 ) {
     let backend = guard.backend().id.clone();
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::warn!(request_id, backend = &*backend, error = %e, "upgrade failed");
             return;
@@ -70,7 +70,7 @@ pub async fn run(
             .count_reads(Arc::clone(&log.from_client))
             .notify_eof(Arc::clone(&eof)),
     );
-    let mut upstream = Activity::new(TokioIo::new(upstream), last.clone())
+    let mut upstream = Activity::new(upstream, last.clone())
         .count_reads(Arc::clone(&log.from_backend))
         .notify_eof(Arc::clone(&eof));
     let drained = guard.backend().drained();

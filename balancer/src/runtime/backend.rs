@@ -5,54 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
+use crate::proxy::upstream::UpstreamPool;
 use crate::server::activity::now_ms;
-
-/// HTTP/1.1 client with its own bounded keep-alive pool for one backend.
-pub type UpstreamClient = Client<TimedConnector, crate::proxy::RequestBody>;
-
-/// hyper-util's connector, timing each new connection for the
-/// `balancer_upstream_connect_duration_seconds` histogram.
-#[derive(Debug, Clone)]
-pub struct TimedConnector {
-    inner: HttpConnector,
-    histogram: Option<prometheus::Histogram>,
-}
-
-type ConnectResult = Result<
-    <HttpConnector as tower_service::Service<http::Uri>>::Response,
-    <HttpConnector as tower_service::Service<http::Uri>>::Error,
->;
-
-impl tower_service::Service<http::Uri> for TimedConnector {
-    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = ConnectResult> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let histogram = self.histogram.clone();
-        // One allocation per new connection, not per request.
-        Box::pin(async move {
-            let start = std::time::Instant::now();
-            let result = connecting.await;
-            if let (Ok(_), Some(h)) = (&result, histogram) {
-                h.observe(start.elapsed().as_secs_f64());
-            }
-            result
-        })
-    }
-}
 
 /// Settings that, when changed, need a new upstream client (and so a new
 /// [`Backend`]); everything else about a backend can change in place.
@@ -74,8 +28,8 @@ pub struct Backend {
     /// `ip:port` pre-parsed once, used to build every upstream URI.
     pub authority: http::uri::Authority,
     pub(crate) settings: UpstreamSettings,
-    /// Pooled keep-alive connections to this backend (cheap to clone).
-    pub client: UpstreamClient,
+    /// Pooled keep-alive connections to this backend.
+    pub client: Arc<UpstreamPool>,
     /// In-flight requests plus open WebSocket tunnels: the load that
     /// least-connections balances and that draining waits for.
     open: AtomicUsize,
@@ -168,18 +122,7 @@ impl Backend {
         health: Health,
         connect: Option<prometheus::Histogram>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(settings.max_idle)
-            .build(TimedConnector {
-                inner: connector,
-                histogram: connect,
-            });
+        let client = UpstreamPool::new(address, settings, connect);
         let authority = address
             .to_string()
             .parse()

@@ -11,7 +11,7 @@ mod pool;
 mod route;
 mod snapshot;
 
-pub use backend::{Backend, Health, OpenGuard, Operator, TunnelCount, UpstreamClient};
+pub use backend::{Backend, Health, OpenGuard, Operator, TunnelCount, UpstreamSettings};
 pub use pool::Pool;
 pub use route::{normalize_host, RouteTable};
 pub use snapshot::Snapshot;
