@@ -980,3 +980,210 @@ impl AsyncWrite for UpstreamIo {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::ClientBody;
+    use crate::server::activity::LastActivity;
+
+    /// A backend on loopback that answers each request head it reads with
+    /// the next of `answers` (on whichever connection it came), counting
+    /// connections; an answer of "" closes the connection instead, and one
+    /// ending in `<close>` closes it after writing the rest.
+    async fn backend(answers: Vec<&'static str>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&conns);
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let answers = Arc::clone(&answers);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = answers.lock().unwrap().next().unwrap_or("");
+                            if answer.is_empty() {
+                                return;
+                            }
+                            let (answer, close) = match answer.strip_suffix("<close>") {
+                                Some(a) => (a, true),
+                                None => (answer, false),
+                            };
+                            if s.write_all(answer.as_bytes()).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    fn pool(addr: SocketAddr) -> Arc<UpstreamPool> {
+        let settings = UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            max_idle: 4,
+        };
+        UpstreamPool::new(addr, settings, None)
+    }
+
+    async fn request(
+        pool: &Arc<UpstreamPool>,
+        method: Method,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        let (body, _upload) = ClientBody::Empty.attempt(LastActivity::new()).unwrap();
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = http::Uri::from_static("/x?y=1");
+        let authority = http::uri::Authority::from_static("backend:80");
+        let resp = pool.send(req, &authority).await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Upstream(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    #[tokio::test]
+    async fn chunked_body_with_extensions_and_trailers_then_the_socket_is_reused() {
+        let (addr, conns) = backend(vec![
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let p = pool(addr);
+        let (status, body) = request(&p, Method::GET).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], b"hello world");
+        assert_eq!(p.idle_count(), 1);
+        let (_, body) = request(&p, Method::GET).await.unwrap();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(conns.load(Ordering::Relaxed), 1, "one connection for both");
+    }
+
+    #[tokio::test]
+    async fn bodiless_answers_informational_heads_and_close() {
+        let (addr, conns) = backend(vec![
+            // HEAD: a length, but no body follows.
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes",
+            // Connection: close and no length: the body runs to the close.
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close<close>",
+        ])
+        .await;
+        let p = pool(addr);
+        assert_eq!(request(&p, Method::HEAD).await.unwrap().1.len(), 0);
+        assert_eq!(request(&p, Method::GET).await.unwrap().0, 204);
+        let (status, body) = request(&p, Method::GET).await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"yes"[..]));
+        assert_eq!(conns.load(Ordering::Relaxed), 1);
+        // The backend closes after this answer, which ends the body.
+        let (status, body) = request(&p, Method::GET).await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"until close"[..]));
+        assert_eq!(p.idle_count(), 0, "a close-delimited socket is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_socket_the_backend_closed_costs_a_retry_not_an_error() {
+        let (addr, conns) = backend(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+            // The next request on that socket: the backend hangs up.
+            "",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+        ])
+        .await;
+        let p = pool(addr);
+        assert_eq!(&request(&p, Method::GET).await.unwrap().1[..], b"a");
+        assert_eq!(&request(&p, Method::GET).await.unwrap().1[..], b"b");
+        assert_eq!(conns.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn bad_heads_and_lengths_are_upstream_errors() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 999999 Huh\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            let (addr, _) = backend(vec![answer]).await;
+            let e = request(&pool(addr), Method::GET).await.unwrap_err();
+            assert!(matches!(e, ProxyError::Upstream(_)), "{answer:?}: {e}");
+        }
+        // A body cut short by the backend is an error of the body, not a
+        // clean end, and the socket is not reused.
+        let (addr, _) = backend(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort<close>",
+        ])
+        .await;
+        let p = pool(addr);
+        let e = request(&p, Method::GET).await.unwrap_err();
+        assert!(e.to_string().contains("middle of the body"), "{e}");
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_sockets_close_after_upstream_idle_and_max_idle_caps_the_pool() {
+        let (addr, _) = backend(vec!["HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"; 8]).await;
+        let settings = UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_millis(200),
+            max_idle: 1,
+        };
+        let p = UpstreamPool::new(addr, settings, None);
+        // Two at once: two sockets, of which the pool keeps one.
+        let (a, b) = tokio::join!(request(&p, Method::GET), request(&p, Method::GET));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(p.idle_count(), 1);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while p.idle_count() > 0 {
+            assert!(std::time::Instant::now() < end, "idle socket never reaped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn the_request_head_has_host_and_framing() {
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_static("http://a.example/p?q");
+        req.headers_mut()
+            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        let (parts, ()) = req.into_parts();
+        let authority = http::uri::Authority::from_static("10.0.0.1:80");
+        let mut out = Vec::new();
+        assert!(!encode_head(&parts, &authority, Some(0), &mut out));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /p?q HTTP/1.1\r\nhost: 10.0.0.1:80\r\ncontent-length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        assert!(encode_head(&parts, &authority, None, &mut out));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("transfer-encoding: chunked\r\n\r\n"));
+    }
+}
