@@ -378,12 +378,46 @@ impl Running {
             use std::os::fd::AsFd;
             listener.as_fd().try_clone_to_owned().ok()
         };
-        self.listener_tasks.spawn(serve_listener(
-            listener,
-            Arc::from(name),
-            Arc::clone(&self.proxy),
-            stop.clone(),
-        ));
+        let workers = crate::server::workers::handles();
+        match listener.into_std() {
+            // One accept loop per worker, each on its own clone of the socket.
+            Ok(std) if !workers.is_empty() => {
+                for handle in workers {
+                    let clone = match std.try_clone() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(listener = name, error = %e, "cannot share the listening socket with a worker");
+                            continue;
+                        }
+                    };
+                    let (name, proxy, stop) =
+                        (Arc::from(name), Arc::clone(&self.proxy), stop.clone());
+                    self.listener_tasks.spawn_on(
+                        async move {
+                            match TcpListener::from_std(clone) {
+                                Ok(l) => serve_listener(l, name, proxy, stop).await,
+                                Err(e) => {
+                                    tracing::error!(listener = &*name, error = %e, "worker cannot accept")
+                                }
+                            }
+                        },
+                        handle,
+                    );
+                }
+            }
+            Ok(std) => match TcpListener::from_std(std) {
+                Ok(l) => {
+                    self.listener_tasks.spawn(serve_listener(
+                        l,
+                        Arc::from(name),
+                        Arc::clone(&self.proxy),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(listener = name, error = %e, "cannot accept"),
+            },
+            Err(e) => tracing::error!(listener = name, error = %e, "cannot accept"),
+        }
         self.listeners.insert(
             name.to_string(),
             ListenerEntry {

@@ -77,7 +77,16 @@ fn main() -> ExitCode {
     }
 
     logging::init(cli.log_format);
-    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+    // Client connections are served by one single-threaded runtime per core
+    // (`server::workers`); this runtime runs the rest: startup, health
+    // checks, reloads, the admin listener, signals.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let builder = if balancer::server::workers::start(cores) > 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let Some(runtime) = runtime(builder) else {
         return ExitCode::FAILURE;
     };
     let serve = async {

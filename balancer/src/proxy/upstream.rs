@@ -45,14 +45,19 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Read buffer for response heads and bodies; grows only for big heads.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Idle sockets with the time (in [`now_ms`]) each went idle, newest last.
+type IdleList = Mutex<Vec<(TcpStream, u64)>>;
+
 /// Keep-alive connections to one backend, and how to open new ones.
 #[derive(Debug)]
 pub struct UpstreamPool {
     addr: SocketAddr,
     settings: UpstreamSettings,
     connect_histogram: Option<prometheus::Histogram>,
+    /// One list per worker thread (see [`crate::server::workers`]): a
+    /// socket is reused by the thread whose reactor it is registered with.
     /// Newest last; entries are (socket, when it went idle in [`now_ms`]).
-    idle: Mutex<Vec<(TcpStream, u64)>>,
+    idle: Box<[IdleList]>,
 }
 
 impl UpstreamPool {
@@ -65,7 +70,9 @@ impl UpstreamPool {
             addr,
             settings,
             connect_histogram,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::server::workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         });
         // Idle sockets close after `upstream_idle` even when no request
         // comes to notice: a reaper that lives as long as the pool.
@@ -79,7 +86,15 @@ impl UpstreamPool {
 
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.idle
+            .iter()
+            .map(|l| l.lock().map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// This thread's idle list.
+    fn mine(&self) -> &IdleList {
+        &self.idle[crate::server::workers::current() % self.idle.len()]
     }
 
     /// The newest idle socket that is still open, if any.
@@ -87,7 +102,7 @@ impl UpstreamPool {
         let limit = self.settings.idle_timeout.as_millis() as u64;
         let now = now_ms();
         loop {
-            let (io, since) = self.idle.lock().ok()?.pop()?;
+            let (io, since) = self.mine().lock().ok()?.pop()?;
             if now.saturating_sub(since) >= limit || !still_open(&io) {
                 continue;
             }
@@ -100,10 +115,13 @@ impl UpstreamPool {
         if self.settings.max_idle == 0 {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.mine().lock() else {
             return;
         };
-        if idle.len() < self.settings.max_idle {
+        // The cap is per worker list: each worker keeps up to `max_idle`
+        // divided among them (at least one).
+        let cap = (self.settings.max_idle / self.idle.len()).max(1);
+        if idle.len() < cap {
             idle.push((io, now_ms()));
         }
     }
@@ -112,18 +130,20 @@ impl UpstreamPool {
     fn reap_expired(&self) {
         let limit = self.settings.idle_timeout.as_millis() as u64;
         let now = now_ms();
-        let expired: Vec<(TcpStream, u64)> = match self.idle.lock() {
-            Ok(mut idle) => {
-                let keep = idle
-                    .iter()
-                    .position(|(_, since)| now.saturating_sub(*since) < limit);
-                let n = keep.unwrap_or(idle.len());
-                idle.drain(..n).collect()
-            }
-            Err(_) => return,
-        };
-        // Closed outside the lock.
-        drop(expired);
+        for list in self.idle.iter() {
+            let expired: Vec<(TcpStream, u64)> = match list.lock() {
+                Ok(mut idle) => {
+                    let keep = idle
+                        .iter()
+                        .position(|(_, since)| now.saturating_sub(*since) < limit);
+                    let n = keep.unwrap_or(idle.len());
+                    idle.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            // Closed outside the lock.
+            drop(expired);
+        }
     }
 
     async fn connect(&self) -> Result<TcpStream, ProxyError> {
@@ -731,10 +751,11 @@ impl UpstreamBody {
             return None;
         }
         let io = self.io.take()?.into_stream()?;
-        Some(UpstreamIo {
-            prefix: std::mem::take(&mut self.buf).freeze(),
-            io,
-        })
+        // Copied: the read buffer behind even an empty view is 8 KiB that
+        // an idle tunnel would otherwise hold for its whole life.
+        let prefix = Bytes::copy_from_slice(&self.buf);
+        self.buf = BytesMut::new();
+        Some(UpstreamIo { prefix, io })
     }
 
     /// The body is over: the socket goes back to the pool if it can.

@@ -3,5 +3,6 @@
 
 pub mod activity;
 mod listener;
+pub mod workers;
 
 pub use listener::{serve_listener, ConnSettings};
