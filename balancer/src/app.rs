@@ -379,44 +379,17 @@ impl Running {
             listener.as_fd().try_clone_to_owned().ok()
         };
         let workers = crate::server::workers::handles();
-        match listener.into_std() {
+        if workers.is_empty() {
+            // In process (tests, benches): served on this runtime.
+            self.listener_tasks.spawn(serve_listener(
+                listener,
+                Arc::from(name),
+                Arc::clone(&self.proxy),
+                stop.clone(),
+            ));
+        } else {
             // One accept loop per worker, each on its own clone of the socket.
-            Ok(std) if !workers.is_empty() => {
-                for handle in workers {
-                    let clone = match std.try_clone() {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::error!(listener = name, error = %e, "cannot share the listening socket with a worker");
-                            continue;
-                        }
-                    };
-                    let (name, proxy, stop) =
-                        (Arc::from(name), Arc::clone(&self.proxy), stop.clone());
-                    self.listener_tasks.spawn_on(
-                        async move {
-                            match TcpListener::from_std(clone) {
-                                Ok(l) => serve_listener(l, name, proxy, stop).await,
-                                Err(e) => {
-                                    tracing::error!(listener = &*name, error = %e, "worker cannot accept")
-                                }
-                            }
-                        },
-                        handle,
-                    );
-                }
-            }
-            Ok(std) => match TcpListener::from_std(std) {
-                Ok(l) => {
-                    self.listener_tasks.spawn(serve_listener(
-                        l,
-                        Arc::from(name),
-                        Arc::clone(&self.proxy),
-                        stop.clone(),
-                    ));
-                }
-                Err(e) => tracing::error!(listener = name, error = %e, "cannot accept"),
-            },
-            Err(e) => tracing::error!(listener = name, error = %e, "cannot accept"),
+            self.spawn_on_workers(listener, name, &stop, workers);
         }
         self.listeners.insert(
             name.to_string(),
@@ -426,6 +399,44 @@ impl Running {
                 fd,
             },
         );
+    }
+
+    fn spawn_on_workers(
+        &self,
+        listener: TcpListener,
+        name: &str,
+        stop: &CancellationToken,
+        workers: &[tokio::runtime::Handle],
+    ) {
+        let std = match listener.into_std() {
+            Ok(std) => std,
+            Err(e) => {
+                tracing::error!(listener = name, error = %e, "cannot hand the listening socket to the workers");
+                return;
+            }
+        };
+        for handle in workers {
+            let clone = match std.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(listener = name, error = %e, "cannot share the listening socket with a worker");
+                    continue;
+                }
+            };
+            let (name, proxy, stop) = (Arc::from(name), Arc::clone(&self.proxy), stop.clone());
+            self.listener_tasks.spawn_on(
+                async move {
+                    // Registered with the worker's own reactor.
+                    match TcpListener::from_std(clone) {
+                        Ok(l) => serve_listener(l, name, proxy, stop).await,
+                        Err(e) => {
+                            tracing::error!(listener = &*name, error = %e, "worker cannot accept")
+                        }
+                    }
+                },
+                handle,
+            );
+        }
     }
 
     /// Answers a takeover request; true when a new process took over.

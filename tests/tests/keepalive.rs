@@ -58,6 +58,17 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String)
     }
 }
 
+/// Reads until the balancer closes `s` (bounded by `limit`); returns what
+/// came before the close.
+async fn until_closed(s: &mut TcpStream, limit: Duration, what: &str) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Waits (bounded) until the balancer has parked `n` connections in all.
 fn wait_parked(lb: &Balancer, n: usize) {
     lb.proc
@@ -138,12 +149,8 @@ async fn a_parked_connection_is_closed_after_request_header() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let idle_from = Instant::now();
     wait_parked(&lb, 1);
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
-        .await
-        .expect("parked connection never closed")
-        .unwrap();
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    let rest = until_closed(&mut s, DEADLINE, "parked connection never closed").await;
+    assert_eq!(rest, "");
     let waited = idle_from.elapsed();
     assert!(
         waited >= Duration::from_millis(350),
@@ -162,12 +169,8 @@ async fn sigterm_closes_parked_connections_and_exits() {
     read_response(&mut s, &mut buf).await;
     wait_parked(&lb, 1);
     lb.proc.signal("TERM");
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
-        .await
-        .expect("parked connection not closed at shutdown")
-        .unwrap();
-    assert_eq!(n, 0);
+    let rest = until_closed(&mut s, DEADLINE, "parked connection not closed at shutdown").await;
+    assert_eq!(rest, "");
     // Well within the 20 s grace: nothing was in flight.
     let status = lb.proc.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
@@ -185,12 +188,12 @@ async fn connections_that_ask_to_close_are_closed_not_parked() {
         for _ in 0..20 {
             let mut s = TcpStream::connect(lb.addr()).await.unwrap();
             s.write_all(request).await.unwrap();
-            let mut out = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-                .await
-                .expect("the balancer did not close the connection")
-                .unwrap();
-            let out = String::from_utf8_lossy(&out);
+            let out = until_closed(
+                &mut s,
+                Duration::from_secs(5),
+                "the balancer did not close the connection",
+            )
+            .await;
             assert!(out.starts_with("HTTP/1."), "{out}");
             assert!(out.contains(" 200 "), "{out}");
             assert!(out.ends_with("solo"), "{out}");
@@ -222,21 +225,14 @@ async fn a_request_sent_after_sigterm_on_an_open_connection_is_served_then_close
         .write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, fresh.read_to_end(&mut out))
+    let out = until_closed(&mut fresh, DEADLINE, "not closed after the response")
         .await
-        .expect("not closed after the response")
-        .unwrap();
-    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        .to_ascii_lowercase();
     assert!(out.starts_with("http/1.1 200"), "{out}");
     assert!(out.contains("connection: close"), "{out}");
     assert!(out.ends_with("solo"), "{out}");
     // The parked one is simply closed.
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(DEADLINE, parked.read_to_end(&mut rest))
-        .await
-        .expect("parked connection not closed")
-        .unwrap();
-    assert_eq!(n, 0);
+    let rest = until_closed(&mut parked, DEADLINE, "parked connection not closed").await;
+    assert_eq!(rest, "");
     assert_eq!(lb.proc.wait_exit(DEADLINE).code(), Some(0));
 }

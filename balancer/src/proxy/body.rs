@@ -12,10 +12,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
+use super::BoxError;
 use super::InFlight;
 use crate::runtime::OpenGuard;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One access-log line, filled in as the request goes and written once.
 #[derive(Debug)]

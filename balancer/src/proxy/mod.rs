@@ -42,6 +42,9 @@ use crate::runtime::{normalize_host, Backend, Pool, Snapshot};
 use crate::select::SelectionContext;
 use crate::server::activity::{now_ms, LastActivity};
 
+/// The error type of the bodies the proxy passes on.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Shared by every connection of the process.
 #[derive(Debug)]
 pub struct Proxy {
@@ -223,7 +226,7 @@ impl Proxy {
 
             let guard = backend.open();
             let result = await_response(
-                backend.client.send(attempt, &backend.authority),
+                backend.upstream.send(attempt, &backend.authority),
                 &progress,
                 timeouts.response_header,
             )
@@ -335,7 +338,7 @@ impl Proxy {
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 9.2.2).
-fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

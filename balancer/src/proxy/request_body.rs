@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::BoxError;
 use crate::server::activity::LastActivity;
 
 #[derive(Debug)]
@@ -58,8 +59,6 @@ impl Upload {
         self.finished.load(Ordering::Relaxed)
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the proxy holds of a client's request body between attempts.
 #[derive(Debug)]

@@ -28,15 +28,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::BoxError;
 use super::{ProxyError, RequestBody};
 use crate::runtime::UpstreamSettings;
 use crate::server::activity::now_ms;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::server::prefixed::Prefixed;
 
 /// The most header fields a backend's response head may have.
 const MAX_HEADERS: usize = 128;
@@ -179,15 +179,7 @@ impl UpstreamPool {
         };
         let mut head = Vec::with_capacity(256);
         let chunked = encode_head(&parts, authority, length, &mut head);
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
+        let idempotent = super::is_idempotent(&parts.method);
         let no_body = parts.method == Method::HEAD;
 
         // A reused socket the backend closed while it was idle fails at once;
@@ -738,11 +730,7 @@ impl Sock {
 
 /// The backend side of a tunnel after `101 Switching Protocols`: its socket,
 /// with any bytes it sent right after the head put back in front.
-#[derive(Debug)]
-pub struct UpstreamIo {
-    prefix: Bytes,
-    io: TcpStream,
-}
+pub type UpstreamIo = Prefixed<TcpStream>;
 
 impl UpstreamBody {
     /// For a `101` response: the socket, now the tunnel's.
@@ -751,11 +739,10 @@ impl UpstreamBody {
             return None;
         }
         let io = self.io.take()?.into_stream()?;
-        // Copied: the read buffer behind even an empty view is 8 KiB that
-        // an idle tunnel would otherwise hold for its whole life.
-        let prefix = Bytes::copy_from_slice(&self.buf);
+        // Copied out: the 8 KiB read buffer is not kept for the tunnel's life.
+        let prefix = Prefixed::<TcpStream>::owned(&self.buf);
         self.buf = BytesMut::new();
-        Some(UpstreamIo { prefix, io })
+        Some(Prefixed::new(prefix, io))
     }
 
     /// The body is over: the socket goes back to the pool if it can.
@@ -953,49 +940,6 @@ impl Body for UpstreamBody {
             Framing::Upgrade => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if crate::server::activity::read_prefix(&mut self.prefix, buf) {
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -28,8 +28,8 @@ pub struct Backend {
     /// `ip:port` pre-parsed once, used to build every upstream URI.
     pub authority: http::uri::Authority,
     pub(crate) settings: UpstreamSettings,
-    /// Pooled keep-alive connections to this backend.
-    pub client: Arc<UpstreamPool>,
+    /// The HTTP/1.1 client to this backend, with its keep-alive pool.
+    pub upstream: Arc<UpstreamPool>,
     /// In-flight requests plus open WebSocket tunnels: the load that
     /// least-connections balances and that draining waits for.
     open: AtomicUsize,
@@ -122,7 +122,7 @@ impl Backend {
         health: Health,
         connect: Option<prometheus::Histogram>,
     ) -> Self {
-        let client = UpstreamPool::new(address, settings, connect);
+        let upstream = UpstreamPool::new(address, settings, connect);
         let authority = address
             .to_string()
             .parse()
@@ -133,7 +133,7 @@ impl Backend {
             address,
             authority,
             settings,
-            client,
+            upstream,
             open: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),

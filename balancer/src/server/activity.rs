@@ -28,18 +28,6 @@ pub fn instant_of(ms: u64) -> Instant {
     epoch() + Duration::from_millis(ms.saturating_sub(1))
 }
 
-/// Moves bytes a socket already gave (read ahead, then put back) into
-/// `buf`; true when there were any, and the read is answered with them.
-pub fn read_prefix(prefix: &mut bytes::Bytes, buf: &mut ReadBuf<'_>) -> bool {
-    if prefix.is_empty() {
-        return false;
-    }
-    let n = prefix.len().min(buf.remaining());
-    buf.put_slice(&prefix[..n]);
-    bytes::Buf::advance(prefix, n);
-    true
-}
-
 /// Last time (from [`now_ms`]) bytes moved on a connection.
 #[derive(Debug, Clone)]
 pub struct LastActivity(Arc<AtomicU64>);

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{self, Activity, LastActivity};
+use super::prefixed::Prefixed;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// What a prior-knowledge HTTP/2 (h2c) client sends first.
@@ -278,7 +279,8 @@ fn service(
     })
 }
 
-/// Serves an HTTP/2 connection until it closes.
+/// Serves an HTTP/2 connection until it closes, asking it to close
+/// gracefully (GOAWAY) at shutdown or when idle for `client_idle`.
 async fn serve_h2(
     io: ClientIo,
     prefix: Bytes,
@@ -287,11 +289,47 @@ async fn serve_h2(
     shared: &Shared,
 ) {
     let io = TokioIo::new(Rewind::new(prefix, io, Arc::clone(conn)));
-    let http = shared.h2.serve_connection(io, service(conn, shared));
-    let http = pin!(http);
-    Run { conn, last, shared }
-        .drive(http, |c| c.graceful_shutdown())
-        .await;
+    let mut http = pin!(shared.h2.serve_connection(io, service(conn, shared)));
+    let mut draining = false;
+    // An idle connection asked to close gets this long to do so (the peer
+    // must acknowledge GOAWAY's PING); then it is dropped.
+    let mut hard_close = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+    let mut idle = pin!(activity::idle(
+        last,
+        &conn.in_flight,
+        shared.settings.client_idle
+    ));
+    loop {
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
+                }
+                return;
+            }
+            () = shared.shutdown.cancelled(), if !draining => {
+                draining = true;
+                http.as_mut().graceful_shutdown();
+            }
+            () = idle.as_mut(), if !draining => {
+                tracing::debug!(peer = %conn.peer, "closing idle client connection");
+                draining = true;
+                http.as_mut().graceful_shutdown();
+                hard_close
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
+            }
+            () = hard_close.as_mut(), if draining => {
+                if conn.in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
+                    return;
+                }
+                hard_close
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
+            }
+        }
+    }
 }
 
 /// Serves HTTP/1.1 requests until the connection closes (`None`) or hyper
@@ -349,7 +387,7 @@ async fn serve_h1(
         return None;
     }
     let parts = http.into_parts()?;
-    Some(parts.io.into_inner().into_parts(parts.read_buf))
+    Some(parts.io.into_inner().inner.into_parts(&parts.read_buf))
 }
 
 /// Reads the first bytes until they are known to be (or not be) the HTTP/2
@@ -396,97 +434,22 @@ impl Park {
     }
 }
 
-/// What every run of hyper on one connection shares.
-#[derive(Debug, Clone, Copy)]
-struct Run<'a> {
-    conn: &'a ConnInfo,
-    last: &'a LastActivity,
-    shared: &'a Shared,
-}
-
-impl Run<'_> {
-    /// Polls an HTTP/2 connection until it ends, asking it to close
-    /// gracefully (GOAWAY) at shutdown or when idle.
-    async fn drive<C>(self, mut http: Pin<&mut C>, graceful: impl Fn(Pin<&mut C>))
-    where
-        C: Future<Output = Result<(), hyper::Error>> + ?Sized,
-    {
-        let conn = self.conn;
-        let mut draining = false;
-        // An idle connection asked to close gets this long to do so (an
-        // HTTP/2 peer must acknowledge GOAWAY's PING); then it is dropped.
-        let mut hard_close = pin!(tokio::time::sleep(Duration::from_secs(3600)));
-        let mut idle = pin!(activity::idle(
-            self.last,
-            &conn.in_flight,
-            self.shared.settings.client_idle
-        ));
-        loop {
-            tokio::select! {
-                r = http.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
-                    }
-                    return;
-                }
-                () = self.shared.shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    graceful(http.as_mut());
-                }
-                () = idle.as_mut(), if !draining => {
-                    tracing::debug!(peer = %conn.peer, "closing idle client connection");
-                    draining = true;
-                    graceful(http.as_mut());
-                    hard_close
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
-                }
-                () = hard_close.as_mut(), if draining => {
-                    if conn.in_flight.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(peer = %conn.peer, "idle client connection did not close in time: dropped");
-                        return;
-                    }
-                    hard_close
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + IDLE_CLOSE_LIMIT);
-                }
-            }
-        }
-    }
-}
-
-/// The client socket with bytes already read from it put back in front,
-/// and a shutdown that leaves the socket open while it parks.
+/// The client socket as hyper sees it: bytes already read put back in
+/// front ([`Prefixed`]), and the parking bookkeeping: whether hyper's last
+/// read found nothing, and a shutdown that leaves the socket open while the
+/// connection parks.
 #[derive(Debug)]
 struct Rewind<T> {
-    prefix: Bytes,
-    inner: T,
+    inner: Prefixed<T>,
     conn: Arc<ConnInfo>,
 }
 
 impl<T> Rewind<T> {
     fn new(prefix: Bytes, inner: T, conn: Arc<ConnInfo>) -> Self {
         Self {
-            prefix,
-            inner,
+            inner: Prefixed::new(prefix, inner),
             conn,
         }
-    }
-
-    /// The socket and every byte read from it but not yet used: what is
-    /// left of the prefix, then `read_buf`.
-    fn into_parts(self, read_buf: Bytes) -> (Bytes, T) {
-        // Copied, never kept as is: hyper's `read_buf`, even empty, is a view
-        // of its whole 8 KiB read buffer and would keep it alive.
-        let rest = if self.prefix.is_empty() {
-            Bytes::copy_from_slice(&read_buf)
-        } else {
-            let mut v = Vec::with_capacity(self.prefix.len() + read_buf.len());
-            v.extend_from_slice(&self.prefix);
-            v.extend_from_slice(&read_buf);
-            v.into()
-        };
-        (rest, self.inner)
     }
 }
 
@@ -508,9 +471,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if crate::server::activity::read_prefix(&mut self.prefix, buf) {
-            return Poll::Ready(Ok(()));
-        }
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.conn.waiting.store(r.is_pending(), Ordering::Relaxed);
         r
@@ -553,35 +513,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn rewind_reads_the_prefix_first_and_hands_back_what_is_left() {
-        let (a, mut b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut b, b" world")
-            .await
-            .unwrap();
-        let mut r = Rewind::new(
-            Bytes::from_static(b"hello"),
-            a,
-            Arc::new(ConnInfo {
-                listener: "test".into(),
-                peer: ([127, 0, 0, 1], 1).into(),
-                in_flight: AtomicUsize::new(0),
-                requests: AtomicUsize::new(0),
-                waiting: AtomicBool::new(false),
-                parking: AtomicBool::new(false),
-            }),
-        );
-        let mut three = [0u8; 3];
-        r.read_exact(&mut three).await.unwrap();
-        assert_eq!(&three, b"hel");
-        let (rest, _inner) = r.into_parts(Bytes::from_static(b"!"));
-        assert_eq!(&rest[..], b"lo!");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod activity;
 mod listener;
+pub mod prefixed;
 pub mod workers;
 
 pub use listener::{serve_listener, ConnSettings};

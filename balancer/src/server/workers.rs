@@ -31,7 +31,7 @@ pub fn start(n: usize) -> usize {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        eprintln!("error: cannot start worker {i}: {e}");
+                        tracing::error!(worker = i, error = %e, "cannot start a worker runtime");
                         return None;
                     }
                 };
@@ -46,7 +46,7 @@ pub fn start(n: usize) -> usize {
                 match spawned {
                     Ok(_) => Some(handle),
                     Err(e) => {
-                        eprintln!("error: cannot start worker thread {i}: {e}");
+                        tracing::error!(worker = i, error = %e, "cannot start a worker thread");
                         None
                     }
                 }
