@@ -10,3 +10,26 @@
 //! * The `loadgen` binary: the game under load through the balancer.
 
 pub mod compare;
+
+/// Raises this process's open-files limit to at least `need`, within the
+/// hard limit; fails naming `what` needs them when the hard limit is lower.
+pub fn raise_fd_limit(need: u64, what: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= need {
+        return Ok(());
+    }
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    if max < need {
+        anyhow::bail!(
+            "{what} needs about {need} open files, but `ulimit -n` is {current} (hard limit \
+             {max}); raise it"
+        );
+    }
+    let mut new = lim;
+    new.current = Some(need);
+    setrlimit(Resource::Nofile, new)
+        .with_context(|| format!("{what} needs about {need} open files; `ulimit -n` is {current}"))
+}

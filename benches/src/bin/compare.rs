@@ -153,7 +153,7 @@ fn workspace_root() -> PathBuf {
 
 /// Where cargo puts the binaries measured: release, or debug with
 /// `--debug-binaries`.
-fn release_dir(root: &Path, debug: bool) -> PathBuf {
+fn binary_dir(root: &Path, debug: bool) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)
         .join(if debug { "debug" } else { "release" })
@@ -174,27 +174,6 @@ fn build(root: &Path, debug: bool) -> anyhow::Result<()> {
         .context("cannot run cargo")?;
     if !status.success() {
         bail!("{shown} failed ({status})");
-    }
-    Ok(())
-}
-
-/// Lets the harness hold the client ends of thousands of connections.
-fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let lim = getrlimit(Resource::Nofile);
-    let current = lim.current.unwrap_or(u64::MAX);
-    if current >= need {
-        return Ok(());
-    }
-    let max = lim.maximum.unwrap_or(u64::MAX);
-    let mut new = lim;
-    new.current = Some(max);
-    setrlimit(Resource::Nofile, new).context("cannot raise the open files limit")?;
-    if max < need {
-        bail!(
-            "the memory test holds {need} sockets, but `ulimit -n` allows {max} (hard \
-             limit); raise it"
-        );
     }
     Ok(())
 }
@@ -261,7 +240,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.no_build {
         build(&root, args.debug_binaries)?;
     }
-    let programs = Programs::find(&release_dir(&root, args.debug_binaries))?;
+    let programs = Programs::find(&binary_dir(&root, args.debug_binaries))?;
     let missing = programs.missing();
     if mode != Mode::Smoke && !missing.is_empty() {
         eprintln!(
@@ -274,7 +253,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if kinds.is_empty() {
         bail!("no target left to measure");
     }
-    raise_fd_limit(settings.idle as u64 + 1024)?;
+    benches::raise_fd_limit(settings.idle as u64 + 1024, "the memory test")?;
 
     let tmp = tempfile::Builder::new()
         .prefix("compare-")

@@ -195,31 +195,6 @@ fn parse_target(raw: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Makes sure the process may open a socket per player (plus slack),
-/// raising the soft limit up to the hard one if needed.
-fn ensure_fd_limit(players: u64) -> anyhow::Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let need = players + 256;
-    let lim = getrlimit(Resource::Nofile);
-    let current = lim.current.unwrap_or(u64::MAX);
-    if current >= need {
-        return Ok(());
-    }
-    let max = lim.maximum.unwrap_or(u64::MAX);
-    if max < need {
-        bail!(
-            "{players} players need about {need} open files, but `ulimit -n` is {current} \
-             (hard limit {max}); raise the limit or use fewer players"
-        );
-    }
-    let mut new = lim;
-    new.current = Some(need);
-    setrlimit(Resource::Nofile, new).with_context(|| {
-        format!("{players} players need about {need} open files; `ulimit -n` is {current}")
-    })?;
-    Ok(())
-}
-
 /// One room of the run.
 #[derive(Debug)]
 struct Room {
@@ -1087,7 +1062,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if actions > MAX_ACTIONS {
         bail!("--rate x --duration is {actions} actions; at most {MAX_ACTIONS} per run");
     }
-    ensure_fd_limit(u64::from(args.players))?;
+    benches::raise_fd_limit(
+        u64::from(args.players) + 256,
+        &format!("{} players", args.players),
+    )?;
 
     let n_rooms = players.div_ceil(args.room_size as usize);
     let rooms: Vec<Room> = (0..n_rooms)

@@ -186,8 +186,15 @@ impl Conn {
             self.fill(n).await?;
             self.buf.drain(..n);
         } else {
-            // No length: the body runs to the end of the connection.
-            while self.read_more().await.is_ok() {}
+            // No length: the body runs to the end of the connection; only a
+            // clean end counts, a reset is a failed request.
+            loop {
+                match self.read_more().await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
             self.buf.clear();
             return Ok(Response {
                 status,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::targets::Target;
-use super::{http, proc, ws};
+use super::{http, procfs, ws};
 
 /// WebSockets of the echo run.
 pub const WS_SOCKETS: usize = 100;
@@ -62,7 +62,7 @@ pub struct Sample {
 }
 
 fn cpu_per_op(target: &Target, cpu_before: u64, ops: u64) -> f64 {
-    let used = proc::tree_cpu_us(target.pid()).saturating_sub(cpu_before);
+    let used = procfs::tree_cpu_us(target.pid()).saturating_sub(cpu_before);
     if ops == 0 {
         f64::NAN
     } else {
@@ -77,7 +77,7 @@ pub async fn wrk(
     conns: usize,
     run: Duration,
 ) -> anyhow::Result<Sample> {
-    let cpu = proc::tree_cpu_us(target.pid());
+    let cpu = procfs::tree_cpu_us(target.pid());
     let r = http::run_wrk(wrk, target.addr, conns, run).await?;
     Ok(Sample {
         rate: r.requests_per_sec,
@@ -93,7 +93,7 @@ pub async fn wrk(
 /// Our own keep-alive client, `conns` connections for `run` (no latency
 /// figures): the HTTP load of `--smoke`, which needs no wrk.
 pub async fn rust_http(target: &Target, conns: usize, run: Duration) -> anyhow::Result<Sample> {
-    let cpu = proc::tree_cpu_us(target.pid());
+    let cpu = procfs::tree_cpu_us(target.pid());
     let t0 = Instant::now();
     let counts = http::keepalive_load(target.addr, conns, t0 + run).await;
     let secs = t0.elapsed().as_secs_f64();
@@ -113,7 +113,7 @@ pub async fn rust_http(target: &Target, conns: usize, run: Duration) -> anyhow::
 pub async fn ws_echo(target: &Target, sockets: usize, run: Duration) -> anyhow::Result<Sample> {
     let open = ws::open_many(target.addr, sockets, 50).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu = proc::tree_cpu_us(target.pid());
+    let cpu = procfs::tree_cpu_us(target.pid());
     let t0 = Instant::now();
     let (r, alive) = ws::echo_load(open, t0 + run).await;
     let secs = t0.elapsed().as_secs_f64();

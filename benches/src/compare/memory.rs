@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 
 use super::http::{Conn, REQUEST_TIMEOUT};
 use super::targets::Target;
-use super::{proc, ws};
+use super::{procfs, ws};
 
 /// Connections opened at once.
 const PARALLEL: usize = 64;
@@ -57,7 +57,7 @@ pub async fn idle_http(target: &mut Target, n: usize) -> anyhow::Result<Memory> 
     }
     drop(warm);
     tokio::time::sleep(SETTLE).await;
-    let before = proc::tree_rss_kib(target.pid());
+    let before = procfs::tree_rss_kib(target.pid());
     let results: Vec<anyhow::Result<Conn>> = futures_util::stream::iter(0..n)
         .map(|_| async move {
             let mut c = tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr))
@@ -75,7 +75,7 @@ pub async fn idle_http(target: &mut Target, n: usize) -> anyhow::Result<Memory> 
         .with_context(|| format!("opening {n} keep-alive connections to {addr}"))?;
     tokio::time::sleep(SETTLE).await;
     target.check_running()?;
-    let after = proc::tree_rss_kib(target.pid());
+    let after = procfs::tree_rss_kib(target.pid());
     drop(conns);
     Ok(Memory {
         n,
@@ -89,11 +89,11 @@ pub async fn idle_ws(target: &mut Target, n: usize) -> anyhow::Result<Memory> {
     let warm = ws::open_many(target.addr, 8, 8).await?;
     ws::close_all(warm).await;
     tokio::time::sleep(SETTLE).await;
-    let before = proc::tree_rss_kib(target.pid());
+    let before = procfs::tree_rss_kib(target.pid());
     let sockets = ws::open_many(target.addr, n, PARALLEL).await?;
     tokio::time::sleep(SETTLE).await;
     target.check_running()?;
-    let after = proc::tree_rss_kib(target.pid());
+    let after = procfs::tree_rss_kib(target.pid());
     ws::close_all(sockets).await;
     Ok(Memory {
         n,

@@ -5,9 +5,9 @@
 //!
 //! One job per file:
 //!
-//! * [`process`]: starting a child process and stopping exactly it (and the
-//!   processes it forked) by PID, also from `Drop`.
-//! * [`proc`]: CPU time, RSS and size of a process tree, from `/proc`.
+//! * [`child`]: starting a child process and stopping exactly it (and the
+//!   processes it forked, through its process group), also from `Drop`.
+//! * [`procfs`]: CPU time, RSS and size of a process tree, from `/proc`.
 //! * [`targets`]: the two upstream backends, and each proxy's start-up
 //!   (free port, readiness) and config reload; [`configs`] their config
 //!   files.
@@ -22,14 +22,14 @@
 //!   [`svg`] the bar chart; [`docs`] the generated part of
 //!   `docs/benchmarks.md`.
 
+pub mod child;
 pub mod configs;
 pub mod docs;
 pub mod http;
 pub mod load;
 pub mod memory;
 pub mod plan;
-pub mod proc;
-pub mod process;
+pub mod procfs;
 pub mod reload;
 pub mod report;
 pub mod svg;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::http::{self, Counts};
 use super::targets::Target;
-use super::{proc, ws};
+use super::{procfs, ws};
 
 /// Paced WebSocket sessions.
 pub const SESSIONS: usize = 100;
@@ -64,7 +64,7 @@ pub async fn run(
     }
     let addr = target.addr;
     let pid = target.pid();
-    let procs_start = proc::tree_size(pid);
+    let procs_start = procfs::tree_size(pid);
     let t0 = Instant::now();
     let until = t0 + length;
     // Sessions spread over one period, so they do not all send at once.
@@ -83,7 +83,7 @@ pub async fn run(
         made += 1;
     }
     tokio::time::sleep_until(until - Duration::from_millis(500)).await;
-    let procs_end_open = proc::tree_size(pid);
+    let procs_end_open = procfs::tree_size(pid);
 
     let mut result = ReloadResult {
         changes: made,
@@ -110,7 +110,7 @@ pub async fn run(
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     target.check_running()?;
-    result.procs_after_close = proc::tree_size(pid);
+    result.procs_after_close = procfs::tree_size(pid);
     result.reloads_logged = target.reloads_logged();
     Ok(result)
 }

@@ -15,9 +15,9 @@ use anyhow::{anyhow, bail, Context};
 use rustix::process::Signal;
 use tokio::time::Instant;
 
+use super::child::{find_program, Child};
 use super::configs::{balancer_config, haproxy_config, nginx_config};
 use super::http::Conn;
-use super::process::{find_program, Child};
 
 /// How long a process gets to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -80,11 +80,11 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// The balancer and backend from `release_dir` (must exist), the
+    /// The balancer and backend from `binary_dir` (must exist), the
     /// others from `PATH`, `/usr/sbin` or `/sbin` (may be missing).
-    pub fn find(release_dir: &Path) -> anyhow::Result<Programs> {
-        let balancer = release_dir.join("balancer");
-        let backend = release_dir.join("backend");
+    pub fn find(binary_dir: &Path) -> anyhow::Result<Programs> {
+        let balancer = binary_dir.join("balancer");
+        let backend = binary_dir.join("backend");
         for p in [&balancer, &backend] {
             if !p.is_file() {
                 bail!(
@@ -362,7 +362,7 @@ impl Target {
                 "{} ({}) did not come up on {addr}; its log:\n{}",
                 kind.label(),
                 program.display(),
-                super::process::tail(&text, 10)
+                super::child::tail(&text, 10)
             )));
         }
         Ok(Target {

@@ -4,10 +4,10 @@
 //! reaches only the harness, which then stops its children in order. A
 //! [`Child`] is stopped when it is dropped (on success, on error, on
 //! Ctrl-C, which drops the whole run): SIGTERM to its PID, up to 5 s for it
-//! to exit, then SIGKILL; then SIGKILL to each process that was its
-//! descendant when the stop began and still runs (nginx or HAProxy workers
-//! orphaned by a killed master), checked by PID *and* start time so that a
-//! reused PID is never hit.
+//! to exit, then SIGKILL; then SIGKILL to whatever is left in its process
+//! group (nginx or HAProxy workers orphaned by a master that was killed, or
+//! that died and was reaped earlier). A process group's id stays taken
+//! while any member lives, so the signal never reaches anyone else.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -16,9 +16,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rustix::process::{kill_process, Pid, Signal};
-
-use super::proc;
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 
 /// How long a process gets to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -101,7 +99,6 @@ impl Child {
             return;
         };
         let root = child.id() as i32;
-        let descendants: Vec<proc::Stat> = proc::tree(root).into_iter().skip(1).collect();
         if matches!(child.try_wait(), Ok(None)) {
             if let Some(pid) = Pid::from_raw(root) {
                 let _ = kill_process(pid, Signal::TERM);
@@ -119,12 +116,16 @@ impl Child {
             }
         }
         let _ = child.wait();
-        for d in descendants {
-            if proc::still_running(&d) {
-                if let Some(pid) = Pid::from_raw(d.pid) {
-                    eprintln!("compare: {} left pid {} behind: SIGKILL", self.name, d.pid);
-                    let _ = kill_process(pid, Signal::KILL);
-                }
+        // Whatever it forked (nginx and HAProxy workers) is in its process
+        // group, also when the root died and was reaped earlier (by
+        // `check_running`) and its tree can no longer be walked. The group
+        // id stays taken while any member lives, so this reaches only them.
+        if let Some(group) = Pid::from_raw(root) {
+            if kill_process_group(group, Signal::KILL).is_ok() {
+                eprintln!(
+                    "compare: {} left processes behind: SIGKILL to its group",
+                    self.name
+                );
             }
         }
     }
@@ -155,6 +156,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::procfs;
     use super::*;
 
     #[test]
@@ -172,7 +174,7 @@ mod tests {
         let root = c.pid();
         let mut kids = Vec::new();
         for _ in 0..100 {
-            kids = proc::tree(root);
+            kids = procfs::tree(root);
             if kids.len() == 3 {
                 break;
             }
@@ -180,14 +182,45 @@ mod tests {
         }
         assert_eq!(kids.len(), 3);
         c.stop();
+        assert_gone(kids);
+    }
+
+    #[test]
+    fn stops_the_children_of_a_child_that_already_died() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // The shell leaves two orphans behind, as a crashed master would.
+        cmd.args(["-c", "sleep 600 & sleep 600 & sleep 1; exit 3"]);
+        let mut c = Child::spawn("sh", cmd, &dir.path().join("log")).unwrap();
+        let root = c.pid();
+        let mut kids = Vec::new();
+        for _ in 0..100 {
+            kids = procfs::tree(root);
+            if kids.len() == 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(kids.len(), 4, "shell, two sleeps and the foreground sleep");
+        // Reaped by the check, as during a load run.
+        let end = Instant::now() + Duration::from_secs(10);
+        while c.check_running().is_ok() {
+            assert!(Instant::now() < end, "the shell never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.stop();
+        assert_gone(kids);
+    }
+
+    fn assert_gone(kids: Vec<procfs::Stat>) {
         for k in kids {
             for _ in 0..100 {
-                if !proc::still_running(&k) {
+                if !procfs::still_running(&k) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            assert!(!proc::still_running(&k));
+            assert!(!procfs::still_running(&k));
         }
     }
 }
