@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 
+/// The error type of the bodies the balancer passes on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The config file is invalid; every problem is listed.

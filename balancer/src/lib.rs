@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 mod error;
 pub mod health;
 pub mod logging;
@@ -30,6 +31,9 @@ pub mod reload;
 pub mod runtime;
 pub mod select;
 pub mod server;
+pub mod socket;
 pub mod upgrade;
+pub mod upstream;
+pub mod workers;
 
-pub use error::Error;
+pub use error::{BoxError, Error};

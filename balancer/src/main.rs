@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     // (`server::workers`); this runtime runs the rest: startup, health
     // checks, reloads, the admin listener, signals.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let builder = if balancer::server::workers::start(cores) > 0 {
+    let builder = if balancer::workers::start(cores) > 0 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

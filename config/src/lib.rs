@@ -30,7 +30,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use types::{
     AdminConfig, BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind,
     HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite,
-    StickyConfig, Timeouts,
+    StickyConfig, Timeouts, DEFAULT_MAX_IDLE_PER_BACKEND,
 };
 
 use std::path::Path;

@@ -8,14 +8,22 @@
 //!   answers with the outcome: the new generation and the changes, or every
 //!   error of a refused file.
 //!
+//! * `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`: the
+//!   operator's say about one backend.
+//!
 //! Mutating calls need `Authorization: Bearer <admin.token>` whenever a
 //! token is set (and one must be set for a non-loopback address); a wrong or
-//! missing token gets 401 and nothing happens. Metrics and the status page
-//! join this listener later.
+//! missing token gets 401 and nothing happens.
+//!
+//! The admin side reads the live snapshot and the reload state; it never
+//! touches the request path.
+
+mod status;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -27,69 +35,21 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::Proxy;
-use crate::runtime::{Backend, Health, Operator};
-
-/// What a reload did, reported to whoever asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    Reloaded {
-        generation: u64,
-        changes: String,
-    },
-    Rejected {
-        errors: Vec<String>,
-    },
-    /// A file event that left the text unchanged.
-    Unchanged,
-}
-
-/// Reload results so far, for the admin API.
-#[derive(Debug, Default, Clone)]
-pub struct ReloadStats {
-    pub succeeded: u64,
-    pub failed: u64,
-    /// Unix time (seconds) of the last successful reload.
-    pub last_success_unix: Option<u64>,
-    /// Every error of the last refused file (cleared by the next success).
-    pub last_errors: Vec<String>,
-}
-
-impl ReloadStats {
-    pub fn record(&mut self, outcome: &ReloadOutcome) {
-        match outcome {
-            ReloadOutcome::Reloaded { .. } => {
-                self.succeeded += 1;
-                self.last_errors.clear();
-                self.last_success_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs());
-            }
-            ReloadOutcome::Rejected { errors } => {
-                self.failed += 1;
-                self.last_errors = errors.clone();
-            }
-            ReloadOutcome::Unchanged => {}
-        }
-    }
-}
-
-/// A backend removed by a reload that still has connections.
-#[derive(Debug, Clone)]
-pub struct Draining {
-    pub pool: Arc<str>,
-    pub backend: Arc<Backend>,
-}
+use crate::reload::{DrainList, ReloadOutcome, ReloadStats};
+use crate::runtime::Snapshot;
+use crate::upstream::Operator;
 
 /// Shared with the serve loop.
 #[derive(Debug)]
 pub struct AdminState {
-    pub proxy: Arc<Proxy>,
+    /// The live config, as requests see it.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Prometheus metrics (none when they could not be set up).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub token: Option<String>,
     /// Asks the serve loop for a reload and waits for its outcome.
     pub reload: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
-    pub draining: Arc<Mutex<Vec<Draining>>>,
+    pub draining: DrainList,
     pub reloads: Arc<Mutex<ReloadStats>>,
 }
 
@@ -152,7 +112,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
     }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status(state)),
+        (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status::status(state)),
         (&Method::GET, "/metrics") => metrics(state),
         (&Method::GET, "/") => {
             let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -173,105 +133,16 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
 }
 
 fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
-    let Some(m) = &state.proxy.metrics else {
+    let Some(m) = &state.metrics else {
         return json_response(StatusCode::NOT_FOUND, &json!({"error": "metrics are off"}));
     };
-    let draining = state.draining.lock().map(|d| d.clone()).unwrap_or_default();
-    let text = m.render(&state.proxy.snapshot.load_full(), &draining, &state.reloads);
+    let text = m.render(&status::scrape(state));
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
-}
-
-fn backend_state(b: &Backend) -> &'static str {
-    match b.operator() {
-        Operator::Draining if b.open_connections() == 0 => return "drained",
-        Operator::Draining => return "draining",
-        Operator::Disabled => return "disabled",
-        Operator::Enabled => {}
-    }
-    if b.is_ejected() {
-        return "ejected";
-    }
-    match b.health() {
-        Health::Up => "up",
-        Health::Down => "down",
-        Health::Unknown => "unknown",
-    }
-}
-
-fn status(state: &AdminState) -> serde_json::Value {
-    let snap = state.proxy.snapshot.load_full();
-    let mut pools: Vec<_> = snap.pools.values().collect();
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    let pools: Vec<_> = pools
-        .iter()
-        .map(|p| {
-            let backends: Vec<_> = p
-                .backends
-                .iter()
-                .zip(&p.weights)
-                .map(|(b, w)| {
-                    json!({
-                        "id": &*b.id,
-                        "address": b.address.to_string(),
-                        "state": backend_state(b),
-                        "weight": w,
-                        "open": b.open_connections(),
-                        "in_flight": b.open_connections().saturating_sub(b.tunnels()),
-                        "tunnels": b.tunnels(),
-                        "requests": b.requests_total(),
-                    })
-                })
-                .collect();
-            let m = p.metrics.as_ref();
-            json!({
-                "name": &*p.name,
-                "backends": backends,
-                "errors": m.map(|m| m.errors_total()),
-                "latency_p50_seconds": m.and_then(|m| m.duration_quantile(0.5)),
-                "latency_p99_seconds": m.and_then(|m| m.duration_quantile(0.99)),
-            })
-        })
-        .collect();
-    let draining: Vec<_> = state
-        .draining
-        .lock()
-        .map(|d| {
-            d.iter()
-                .map(|d| {
-                    json!({
-                        "pool": &*d.pool,
-                        "id": &*d.backend.id,
-                        "address": d.backend.address.to_string(),
-                        "state": "draining",
-                        "open": d.backend.open_connections(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let reloads = state
-        .reloads
-        .lock()
-        .map(|r| {
-            json!({
-                "succeeded": r.succeeded,
-                "failed": r.failed,
-                "last_success_unix": r.last_success_unix,
-                "last_errors": r.last_errors,
-            })
-        })
-        .unwrap_or_default();
-    json!({
-        "generation": snap.generation,
-        "pools": pools,
-        "draining": draining,
-        "reloads": reloads,
-    })
 }
 
 /// `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`.
@@ -286,11 +157,11 @@ fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
         "disable" => Operator::Disabled,
         _ => return json_response(StatusCode::NOT_FOUND, &json!({"error": "unknown action"})),
     };
-    let snap = state.proxy.snapshot.load_full();
-    let Some(backend) = snap
+    let snap = state.snapshot.load_full();
+    let Some((live, backend)) = snap
         .pools
         .get(*pool)
-        .and_then(|p| p.backends.iter().find(|b| &*b.id == *id))
+        .and_then(|p| p.backends.iter().find(|b| &*b.id == *id).map(|b| (p, b)))
     else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -306,7 +177,12 @@ fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
     );
     json_response(
         StatusCode::OK,
-        &json!({"pool": pool, "id": id, "state": backend_state(backend), "open": backend.open_connections()}),
+        &json!({
+            "pool": pool,
+            "id": id,
+            "state": status::backend_state(backend, live, crate::clock::now_ms()),
+            "open": backend.open_connections(),
+        }),
     )
 }
 

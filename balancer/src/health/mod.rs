@@ -10,6 +10,13 @@
 //! States: a backend starts `unknown` (no traffic) unless `assume_up`; its
 //! first pass makes it `up`; `fall` consecutive failures make it `down`;
 //! `rise` consecutive passes bring a `down` backend back `up`.
+//!
+//! A passing check also ends a passive ejection at once (when the check
+//! started after the ejection: see [`crate::upstream::ejection`]), so a
+//! backend that recovered is back on the next check, not after its
+//! ejection time.
+
+mod checkers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +27,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{Backend, Health};
+pub use checkers::Checkers;
+
+use crate::clock::now_ms;
+use crate::upstream::ejection::{self, Change, Event};
+use crate::upstream::{Backend, Health};
 
 /// The pure state machine: consecutive counts in, verdict out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,6 +74,8 @@ pub struct HealthChecker {
     pub pool: Arc<str>,
     pub backend: Arc<Backend>,
     pub config: HealthConfig,
+    /// The pool's ejection rules: a passing check ends an ejection.
+    pub ejection: ejection::Rules,
     /// Check duration and failure metrics, when metrics are on.
     pub metrics: Option<crate::metrics::CheckMetrics>,
 }
@@ -78,14 +91,28 @@ impl HealthChecker {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            let started = std::time::Instant::now();
+            let started = now_ms();
+            let timer = std::time::Instant::now();
             let result = check(&self.backend, &self.config).await;
             if let Some(m) = &self.metrics {
-                m.record(started.elapsed(), result.is_ok());
+                m.record(timer.elapsed(), result.is_ok());
             }
+            let now = now_ms();
             if result.is_ok() {
-                self.backend
-                    .check_passed_at(crate::server::activity::now_ms());
+                let applied = self.backend.report(
+                    Event::CheckPassed { started },
+                    now,
+                    &self.ejection,
+                    || true,
+                );
+                if applied.change == Change::Returned {
+                    tracing::info!(
+                        pool = &*self.pool,
+                        backend = &*self.backend.id,
+                        was = applied.before.out.map_or("-", |o| o.as_str()),
+                        "backend back from ejection: a check passed"
+                    );
+                }
             }
             let current = self.backend.health();
             let next = next_state(
@@ -95,7 +122,7 @@ impl HealthChecker {
                 self.config.rise,
                 self.config.fall,
             );
-            if self.backend.set_health(next) {
+            if self.backend.set_health(next, now) {
                 let reason = match &result {
                     Ok(status) => format!("passed ({status})"),
                     Err(e) => e.clone(),
@@ -192,6 +219,37 @@ mod tests {
             run(Unknown, &[false, false, true], 3, 2),
             vec![Unknown, Down, Down]
         );
+    }
+
+    proptest::proptest! {
+        /// Any results: `down` only after `fall` failures in a row, `up`
+        /// from `down` only after `rise` passes in a row, and a first pass
+        /// always brings an unknown backend up.
+        #[test]
+        fn transitions_follow_rise_and_fall(
+            results in proptest::collection::vec(proptest::bool::ANY, 0..64),
+            rise in 1u32..5,
+            fall in 1u32..5,
+        ) {
+            let mut counts = Counts::default();
+            let mut state = Unknown;
+            let (mut passes, mut failures) = (0u32, 0u32);
+            for ok in results {
+                let before = state;
+                state = next_state(state, &mut counts, ok, rise, fall);
+                if ok { passes += 1; failures = 0 } else { failures += 1; passes = 0 }
+                match (before, state) {
+                    (Unknown, Up) => proptest::prop_assert!(ok),
+                    (Down, Up) => proptest::prop_assert!(passes >= rise),
+                    (_, Down) if before != Down => proptest::prop_assert!(failures >= fall),
+                    (Up, Unknown) | (Down, Unknown) => proptest::prop_assert!(false, "back to unknown"),
+                    _ => {}
+                }
+                if before == Unknown && ok {
+                    proptest::prop_assert_eq!(state, Up);
+                }
+            }
+        }
     }
 
     #[test]

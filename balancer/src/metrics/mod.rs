@@ -11,15 +11,38 @@
 //! Labels are bounded: `pool`, `backend`, `listener`, method and status
 //! classes, error causes. No paths, no client addresses.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::admin::ReloadStats;
-use crate::runtime::Snapshot;
+/// What a scrape reads from the running balancer (the admin listener
+/// gathers it): plain values, so this module depends on nothing else in
+/// the crate.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub generation: u64,
+    pub backends: Vec<BackendSample>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    /// Unix time of the last successful reload (0: none yet).
+    pub last_reload_unix: u64,
+}
+
+/// One backend as a scrape sees it.
+#[derive(Debug)]
+pub struct BackendSample {
+    pub pool: String,
+    pub backend: String,
+    /// Takes new requests now.
+    pub up: bool,
+    pub in_flight: usize,
+    pub tunnels: usize,
+    pub ejections: u64,
+    pub health_changes: u64,
+}
 
 /// Method classes used as the `method` label.
 pub const METHODS: [&str; 8] = [
@@ -212,13 +235,8 @@ impl Metrics {
         self.client_connections.with_label_values(&[name])
     }
 
-    /// The text exposition: scrape-time families refreshed from `snapshot`.
-    pub fn render(
-        &self,
-        snapshot: &Snapshot,
-        draining: &[crate::admin::Draining],
-        reloads: &Arc<Mutex<ReloadStats>>,
-    ) -> String {
+    /// The text exposition, with the scrape-time families set from `scrape`.
+    pub fn render(&self, scrape: &Scrape) -> String {
         let _one_at_a_time = self.scrape.lock();
         for v in [
             &self.backend_up,
@@ -229,42 +247,31 @@ impl Metrics {
         }
         self.backend_ejections.reset();
         self.backend_health_changes.reset();
-        let live = snapshot
-            .pools
-            .values()
-            .flat_map(|p| p.backends.iter().map(move |b| (&*p.name, b)));
-        let gone = draining.iter().map(|d| (&*d.pool, &d.backend));
-        for (pool, b) in live.chain(gone) {
-            let l = [pool, &*b.id];
-            let tunnels = b.tunnels();
-            self.backend_up
-                .with_label_values(&l)
-                .set(i64::from(b.is_usable()));
+        for b in &scrape.backends {
+            let l = [b.pool.as_str(), b.backend.as_str()];
+            self.backend_up.with_label_values(&l).set(i64::from(b.up));
             self.backend_in_flight
                 .with_label_values(&l)
-                .set(b.open_connections().saturating_sub(tunnels) as i64);
+                .set(b.in_flight as i64);
             self.backend_tunnels
                 .with_label_values(&l)
-                .set(tunnels as i64);
+                .set(b.tunnels as i64);
             self.backend_ejections
                 .with_label_values(&l)
-                .inc_by(b.ejections_total());
+                .inc_by(b.ejections);
             self.backend_health_changes
                 .with_label_values(&l)
-                .inc_by(b.health_changes());
+                .inc_by(b.health_changes);
         }
-        self.generation.set(snapshot.generation as i64);
+        self.generation.set(scrape.generation as i64);
         self.reloads.reset();
-        if let Ok(r) = reloads.lock() {
-            self.reloads
-                .with_label_values(&["success"])
-                .inc_by(r.succeeded);
-            self.reloads
-                .with_label_values(&["failure"])
-                .inc_by(r.failed);
-            self.last_reload
-                .set(r.last_success_unix.unwrap_or(0) as i64);
-        }
+        self.reloads
+            .with_label_values(&["success"])
+            .inc_by(scrape.reloads_succeeded);
+        self.reloads
+            .with_label_values(&["failure"])
+            .inc_by(scrape.reloads_failed);
+        self.last_reload.set(scrape.last_reload_unix as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

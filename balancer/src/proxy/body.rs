@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::BoxError;
 use super::InFlight;
-use crate::runtime::OpenGuard;
+use crate::upstream::{OpenGuard, UploadProgress, UpstreamBody};
+use crate::BoxError;
 
 /// One access-log line, filled in as the request goes and written once.
 #[derive(Debug)]
@@ -35,9 +35,9 @@ pub struct AccessLog {
     pub done: bool,
     /// Where the request's metrics go (set once the pool and backend are known).
     pub pool_metrics: Option<crate::metrics::PoolMetrics>,
-    pub backend_ref: Option<Arc<crate::runtime::Backend>>,
+    pub backend_ref: Option<Arc<crate::upstream::Backend>>,
     /// The answered attempt's upload, for the request-bytes metric.
-    pub upload: Option<Arc<super::request_body::Upload>>,
+    pub upload: Option<Arc<UploadProgress>>,
 }
 
 impl AccessLog {
@@ -113,7 +113,7 @@ impl Drop for AccessLog {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(super::UpstreamBody),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -132,7 +132,7 @@ pub struct ProxyBody {
 
 impl ProxyBody {
     pub fn upstream(
-        body: super::UpstreamBody,
+        body: UpstreamBody,
         log: AccessLog,
         guard: OpenGuard,
         in_flight: InFlight,

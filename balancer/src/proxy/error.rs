@@ -1,43 +1,73 @@
-//! Why a request failed, where the failure came from, and the response the
-//! client gets for it. Never a panic: every failure becomes one of these.
+//! Why a request failed, which side the failure came from, how far the
+//! request got, and the response the client gets for it. Never a panic:
+//! every failure becomes one of these.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::upstream::{Reached, UpstreamError};
+
+/// Where a failure came from (pingora's distinction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: its request, its body, its timing.
+    Downstream,
+    /// A backend: connecting, the exchange, its answer, its timing.
+    Upstream,
+    /// The balancer's own state: no usable backend.
+    Internal,
+}
+
 /// A request that could not be proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// Downstream: no route matches the listener, host and path.
+    /// No route matches the listener, host and path.
     #[error("no route for this host and path")]
     NoRoute,
-    /// Downstream: a method the balancer does not proxy.
+    /// A method the balancer does not proxy.
     #[error("method not supported")]
     MethodNotAllowed,
-    /// Downstream: the client's request body broke off.
+    /// The client's request body broke off.
     #[error("client request body failed: {0}")]
     ClientBody(String),
-    /// Downstream: the client's (small, buffered) body did not arrive in time.
+    /// The client's body did not arrive in time.
     #[error("client request body not received within {0:?}")]
     ClientTimeout(Duration),
-    /// Internal: the pool has no usable backend.
+    /// The pool has no usable backend.
     #[error("no backend available in pool {pool}")]
     NoBackend { pool: String },
-    /// Upstream: the TCP connection was refused or failed.
-    #[error("cannot connect to backend: {0}")]
-    Connect(String),
-    /// Upstream: the TCP connection did not open within `timeouts.connect`.
-    #[error("backend connect timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    /// Upstream: no response head within `timeouts.response_header`.
+    /// The exchange with the backend failed before its response head.
+    #[error("backend failed: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// No response head within `timeouts.response_header`.
     #[error("backend did not answer within {0:?}")]
     ResponseTimeout(Duration),
-    /// Upstream: the connection broke or the backend spoke bad HTTP.
-    #[error("backend failed: {0}")]
-    Upstream(String),
 }
 
 impl ProxyError {
+    /// Which side the failure came from.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute
+            | Self::MethodNotAllowed
+            | Self::ClientBody(_)
+            | Self::ClientTimeout(_) => Side::Downstream,
+            Self::NoBackend { .. } => Side::Internal,
+            Self::Upstream(_) | Self::ResponseTimeout(_) => Side::Upstream,
+        }
+    }
+
+    /// For a failure of the backend: how far the request got. A response
+    /// timeout counts as reached (the backend has it and is working on it).
+    pub fn reached(&self) -> Option<Reached> {
+        match self {
+            Self::Upstream(e) => Some(e.reached()),
+            Self::ResponseTimeout(_) => Some(Reached::Maybe),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
@@ -45,8 +75,10 @@ impl ProxyError {
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(UpstreamError::ConnectTimeout(_)) | Self::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -58,14 +90,18 @@ impl ProxyError {
             Self::ClientBody(_) => "400 bad request: request body incomplete\n",
             Self::ClientTimeout(_) => "408 request timeout: request body too slow\n",
             Self::NoBackend { .. } => "503 service unavailable: no backend available\n",
-            Self::Connect(_) => "502 bad gateway: backend unreachable\n",
+            Self::Upstream(UpstreamError::Connect { .. }) => {
+                "502 bad gateway: backend unreachable\n"
+            }
+            Self::Upstream(UpstreamError::ConnectTimeout(_)) => {
+                "504 gateway timeout: backend connect timed out\n"
+            }
             Self::Upstream(_) => "502 bad gateway: backend failed\n",
-            Self::ConnectTimeout(_) => "504 gateway timeout: backend connect timed out\n",
             Self::ResponseTimeout(_) => "504 gateway timeout: backend did not answer\n",
         }
     }
 
-    /// Short machine-readable cause for logs (and, later, metric labels).
+    /// Short machine-readable cause for logs and metric labels.
     pub fn cause(&self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
@@ -73,10 +109,10 @@ impl ProxyError {
             Self::ClientBody(_) => "client_body",
             Self::ClientTimeout(_) => "client_timeout",
             Self::NoBackend { .. } => "no_backend",
-            Self::Connect(_) => "connect",
-            Self::ConnectTimeout(_) => "connect_timeout",
-            Self::ResponseTimeout(_) => "response_timeout",
+            Self::Upstream(UpstreamError::Connect { .. }) => "connect",
+            Self::Upstream(UpstreamError::ConnectTimeout(_)) => "connect_timeout",
             Self::Upstream(_) => "upstream",
+            Self::ResponseTimeout(_) => "response_timeout",
         }
     }
 }

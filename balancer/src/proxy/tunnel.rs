@@ -13,8 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::ws_frames::{close_frame, FrameBoundary};
-use crate::runtime::OpenGuard;
-use crate::server::activity::{self, Activity, LastActivity};
+use crate::socket::activity::{self, Activity, LastActivity};
+use crate::upstream::{OpenGuard, UpstreamIo};
 
 /// After one side finished sending (EOF, passed on as a TCP half-close), how
 /// long the other side may keep sending before the tunnel is closed. A
@@ -38,7 +38,7 @@ pub struct TunnelEnd {
 /// Joins the two upgraded connections; returns when the tunnel closes.
 pub async fn run(
     client: OnUpgrade,
-    upstream: super::upstream::UpstreamIo,
+    upstream: UpstreamIo,
     guard: OpenGuard,
     idle_timeout: Option<Duration>,
     end: TunnelEnd,
@@ -175,7 +175,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Framed<T> {
 /// when its task is dropped at the end of the shutdown grace period.
 struct TunnelLog {
     metrics: Option<crate::metrics::PoolMetrics>,
-    backend_ref: Arc<crate::runtime::Backend>,
+    backend_ref: Arc<crate::upstream::Backend>,
     request_id: String,
     backend: Arc<str>,
     start: Instant,

@@ -1,23 +1,256 @@
 //! Hot reload: the config file changes (or SIGHUP arrives), and the running
-//! balancer moves to the new config with nothing dropped.
+//! balancer moves to the new config with nothing dropped. Start-up is the
+//! same path from an empty config.
 //!
 //! ```text
 //! file change (notify, debounced) ─┐
-//! SIGHUP ──────────────────────────┼─▶ load + validate (same code as `balancer check`)
+//! SIGHUP, POST /api/reload ────────┼─▶ Reloader::reload: read + config::parse (as `balancer check`)
 //!                                  │      │ invalid: log every error, keep the old config
 //!                                  │      ▼
-//!                                  │   bind added listeners (a failure rejects the reload)
+//!                                  │   ReloadPlan::between(running, new)       (plan.rs: the one decision)
 //!                                  │      ▼
-//!                                  │   Snapshot::build(new, Some(old)) ─▶ ArcSwap::store
+//!                                  │   bind added or moved listeners (a failure refuses the reload)
 //!                                  │      ▼
-//!                                  └─  listeners: start added, stop removed (never re-bind kept ones)
-//!                                      checkers: start for new backends, stop for removed ones
-//!                                      removed backends: drain (tunnels get a Close frame at drain_timeout)
-//!                                      one log line with the diff and the new generation
+//!                                  │   Snapshot::build(new, plan.kept(old)) ─▶ ArcSwap::store
+//!                                  │      ▼
+//!                                  └─  apply the plan: listeners started/stopped (kept ones never
+//!                                      re-bound), checkers started/restarted/stopped, leaving
+//!                                      backends drained (drain.rs); log plan.summary()
 //! ```
 
-mod diff;
+mod drain;
+mod outcome;
+mod plan;
 mod watch;
 
-pub use diff::ConfigDiff;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use drain::{DrainList, Draining};
+pub use outcome::{ReloadOutcome, ReloadStats};
+pub use plan::{BackendStep, CheckerStep, ListenerStep, ReloadPlan};
 pub use watch::watch_file;
+
+use crate::clock::now_ms;
+use crate::health::Checkers;
+use crate::proxy::Proxy;
+use crate::runtime::Snapshot;
+use crate::server::ListenerSet;
+use crate::upstream::Health;
+
+/// The serving state a reload changes, and the one code path that changes it.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The config in force (matches the live snapshot).
+    config: config::Config,
+    proxy: Arc<Proxy>,
+    pub listeners: ListenerSet,
+    checkers: Checkers,
+    /// Removed backends that still have connections (admin API, metrics).
+    draining: DrainList,
+    /// Reload results (admin API, metrics).
+    stats: Arc<Mutex<ReloadStats>>,
+    /// The text of the file last loaded, so a file event that changed
+    /// nothing (touch, editor temp files) does not count as a reload.
+    last_text: Option<String>,
+}
+
+impl Reloader {
+    /// Starts serving `config`, whose snapshot `proxy` already holds, on
+    /// the listeners bound for it: the initial plan, applied.
+    pub fn start(
+        config: config::Config,
+        proxy: Arc<Proxy>,
+        stop: CancellationToken,
+        bound: HashMap<String, TcpListener>,
+        last_text: Option<String>,
+    ) -> Self {
+        let mut reloader = Self {
+            listeners: ListenerSet::new(Arc::clone(&proxy), stop.clone()),
+            checkers: Checkers::new(stop, proxy.metrics.clone()),
+            config: config.clone(),
+            proxy,
+            draining: Arc::new(Mutex::new(Vec::new())),
+            stats: Arc::new(Mutex::new(ReloadStats::default())),
+            last_text,
+        };
+        let plan = ReloadPlan::initial(&config);
+        let snapshot = reloader.proxy.snapshot.load_full();
+        reloader.apply(&plan, config, &snapshot, bound, Vec::new());
+        reloader
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &config::Config {
+        &self.config
+    }
+
+    pub fn draining(&self) -> DrainList {
+        Arc::clone(&self.draining)
+    }
+
+    pub fn stats(&self) -> Arc<Mutex<ReloadStats>> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Loads `path` and, if it is valid, moves everything to it.
+    pub async fn reload(
+        &mut self,
+        path: &Path,
+        trigger: &'static str,
+        skip_if_same: bool,
+    ) -> ReloadOutcome {
+        let outcome = self.try_reload(path, trigger, skip_if_same).await;
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.record(&outcome);
+        }
+        outcome
+    }
+
+    async fn try_reload(
+        &mut self,
+        path: &Path,
+        trigger: &'static str,
+        skip_if_same: bool,
+    ) -> ReloadOutcome {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "config reload failed: cannot read the file; keeping the running config");
+                return ReloadOutcome::Rejected {
+                    errors: vec![format!("cannot read {}: {e}", path.display())],
+                };
+            }
+        };
+        if skip_if_same && self.last_text.as_deref() == Some(text.as_str()) {
+            tracing::debug!(trigger, "config file event without changes");
+            return ReloadOutcome::Unchanged;
+        }
+        let new = match config::parse(&text) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors.iter() {
+                    tracing::error!(trigger, error = %e, "invalid config");
+                }
+                tracing::warn!(
+                    trigger,
+                    problems = errors.len(),
+                    "config reload failed: keeping the running config"
+                );
+                self.last_text = Some(text);
+                return ReloadOutcome::Rejected {
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                };
+            }
+        };
+        let plan = ReloadPlan::between(&self.config, &new);
+
+        // Bind added and moved listeners first: a port that cannot be
+        // bound refuses the whole reload, before anything changed.
+        let mut bound = HashMap::new();
+        for (name, step) in &plan.listeners {
+            let (ListenerStep::Add(address) | ListenerStep::Move(address)) = *step else {
+                continue;
+            };
+            match TcpListener::bind(address).await {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(address);
+                    bound.insert(name.clone(), (listener, local));
+                }
+                Err(e) => {
+                    tracing::error!(trigger, listener = %name, %address, error = %e, "config reload failed: cannot bind; keeping the running config");
+                    return ReloadOutcome::Rejected {
+                        errors: vec![format!("listener {name:?}: cannot bind {address}: {e}")],
+                    };
+                }
+            }
+        }
+
+        let old = self.proxy.snapshot.load_full();
+        let snapshot = Arc::new(Snapshot::build(
+            &new,
+            &plan.kept(&old),
+            old.generation + 1,
+            self.proxy.metrics.as_deref(),
+        ));
+        let generation = snapshot.generation;
+        let leaving = plan.leaving(&old);
+        let mut listeners = HashMap::new();
+        for (name, (listener, local)) in bound {
+            tracing::info!(listener = %name, address = %local, "listening");
+            listeners.insert(name, listener);
+        }
+        self.apply(&plan, new, &snapshot, listeners, leaving);
+        self.last_text = Some(text);
+        let changes = plan.summary();
+        tracing::info!(trigger, generation, changes = %changes, "config reloaded");
+        ReloadOutcome::Reloaded {
+            generation,
+            changes,
+        }
+    }
+
+    /// Moves everything to `config` as `plan` says: the snapshot (one
+    /// atomic swap), listeners, checkers, and the backends leaving.
+    fn apply(
+        &mut self,
+        plan: &ReloadPlan,
+        config: config::Config,
+        snapshot: &Arc<Snapshot>,
+        mut bound: HashMap<String, TcpListener>,
+        leaving: Vec<(crate::runtime::BackendKey, Arc<crate::upstream::Backend>)>,
+    ) {
+        self.proxy.snapshot.store(Arc::clone(snapshot));
+
+        for (name, step) in &plan.listeners {
+            if let ListenerStep::Remove | ListenerStep::Move(_) = step {
+                self.listeners.stop(name);
+            }
+            if let ListenerStep::Add(configured) | ListenerStep::Move(configured) = *step {
+                if let Some(listener) = bound.remove(name) {
+                    self.listeners.start(listener, name, configured);
+                }
+            }
+        }
+
+        let pools: HashMap<&str, &config::PoolConfig> =
+            config.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        let backends = snapshot.backends();
+        for ((pool, id), step) in &plan.checkers {
+            let key = (
+                Arc::<str>::from(pool.as_str()),
+                Arc::<str>::from(id.as_str()),
+            );
+            match step {
+                CheckerStep::Stop => {
+                    self.checkers.stop(&key);
+                }
+                CheckerStep::StopAndCountUp => {
+                    self.checkers.stop(&key);
+                    if let Some(b) = backends.get(&key) {
+                        b.set_health(Health::Up, now_ms());
+                    }
+                }
+                CheckerStep::Start | CheckerStep::Restart => {
+                    let (Some(p), Some(b), Some(live)) = (
+                        pools.get(pool.as_str()),
+                        backends.get(&key),
+                        snapshot.pools.get(pool.as_str()),
+                    ) else {
+                        continue;
+                    };
+                    if let Some(health) = &p.health {
+                        self.checkers.start(&live.name, b, health, live.ejection);
+                    }
+                }
+            }
+        }
+
+        drain::drain(leaving, config.drain_timeout, &self.draining);
+        self.config = config;
+    }
+}

@@ -1,4 +1,5 @@
-//! A pool: the backends one route sends to, and how it picks among them.
+//! A pool: the backends one route sends to, how it picks among them, and
+//! the settings its requests to them follow.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -6,8 +7,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::select::{BackendSelection, Members, SelectionContext};
-
-use super::Backend;
+use crate::upstream::ejection::{self, Out};
+use crate::upstream::{Backend, UpstreamSettings};
 
 #[derive(Debug)]
 pub struct Pool {
@@ -17,7 +18,12 @@ pub struct Pool {
     pub weights: Vec<u32>,
     selection: Box<dyn BackendSelection>,
     pub retry: config::RetryConfig,
-    pub ejection: config::EjectionConfig,
+    /// Passive ejection, as the backends' state machines read it.
+    pub ejection: ejection::Rules,
+    /// Count 5xx responses as failures (`ejection.on_5xx`).
+    pub on_5xx: bool,
+    /// Connect timeout, idle time and pool size for upstream connections.
+    pub upstream: UpstreamSettings,
     pub retry_budget: RetryBudget,
     /// Slow-start window in ms (0: off).
     pub slow_start_ms: u64,
@@ -76,7 +82,12 @@ impl Pool {
             weights,
             selection,
             retry: config::RetryConfig::default(),
-            ejection: config::EjectionConfig::default(),
+            ejection: ejection::Rules::new(&config::EjectionConfig::default(), false),
+            on_5xx: false,
+            upstream: UpstreamSettings::new(
+                &config::Timeouts::default(),
+                config::DEFAULT_MAX_IDLE_PER_BACKEND,
+            ),
             retry_budget: RetryBudget::new(config::RetryConfig::default().budget_percent),
             slow_start_ms: 0,
             metrics: None,
@@ -95,43 +106,48 @@ impl Pool {
         self
     }
 
-    /// Sets the pool's retry and ejection settings.
+    /// Sets the pool's retry and ejection settings; `checked`: the pool
+    /// has active health checks.
     pub fn with_failure_policy(
         mut self,
         retry: config::RetryConfig,
         ejection: config::EjectionConfig,
+        checked: bool,
     ) -> Self {
         self.retry_budget = RetryBudget::new(retry.budget_percent);
         self.retry = retry;
-        self.ejection = ejection;
+        self.ejection = ejection::Rules::new(&ejection, checked);
+        self.on_5xx = ejection.on_5xx;
         self
     }
 
-    /// Whether one more backend may be ejected without passing
-    /// `ejection.max_percent` of the pool.
-    pub fn may_eject(&self) -> bool {
-        self.may_eject_at(crate::server::activity::now_ms())
+    /// Sets the upstream connection settings.
+    pub fn with_upstream(mut self, upstream: UpstreamSettings) -> Self {
+        self.upstream = upstream;
+        self
     }
 
-    /// Whether more than `ejection.max_percent` of the pool is ejected now.
-    pub fn ejected_share_exceeded(&self) -> bool {
-        let now = crate::server::activity::now_ms();
-        let ejected = self
-            .backends
+    /// Backends out for failures at `now`: the ones `max_percent` counts
+    /// (a refused backend is out whatever the cap, and holds no slot).
+    fn ejected_for_failures(&self, now: u64) -> usize {
+        self.backends
             .iter()
-            .filter(|b| b.is_ejected_at(now))
-            .count();
-        ejected * 100 > self.backends.len() * self.ejection.max_percent as usize
+            .filter(|b| b.out(now, &self.ejection) == Some(Out::Failures))
+            .count()
     }
 
-    /// [`Pool::may_eject`] at a given time (tests drive the clock).
-    pub fn may_eject_at(&self, now: u64) -> bool {
-        let ejected = self
-            .backends
-            .iter()
-            .filter(|b| b.is_ejected_at(now))
-            .count();
-        (ejected + 1) * 100 <= self.backends.len() * self.ejection.max_percent as usize
+    /// Whether one more backend may be ejected for failures at `now`
+    /// without passing `ejection.max_percent` of the pool.
+    pub fn may_eject(&self, now: u64) -> bool {
+        (self.ejected_for_failures(now) + 1) * 100
+            <= self.backends.len() * self.ejection.max_percent as usize
+    }
+
+    /// Whether more than `ejection.max_percent` of the pool is out for
+    /// failures at `now` (two backends crossed the threshold at once).
+    pub fn ejected_share_exceeded(&self, now: u64) -> bool {
+        self.ejected_for_failures(now) * 100
+            > self.backends.len() * self.ejection.max_percent as usize
     }
 
     /// Picks a backend for a request, or `None` when the pool has none
@@ -148,12 +164,9 @@ impl Pool {
             backends: &self.backends,
             exclude,
             slow_start_ms: self.slow_start_ms,
-            // Read the clock once per pick, and only when slow start is on.
-            now: if self.slow_start_ms > 0 {
-                crate::server::activity::now_ms()
-            } else {
-                0
-            },
+            rules: &self.ejection,
+            // The clock is read once per pick.
+            now: crate::clock::now_ms(),
         };
         let pick = self.selection.select(ctx, &members)?;
         let backend = self.backends.get(pick.index)?;
@@ -170,6 +183,7 @@ struct LiveMembers<'a> {
     backends: &'a [Arc<Backend>],
     exclude: &'a [usize],
     slow_start_ms: u64,
+    rules: &'a ejection::Rules,
     now: u64,
 }
 
@@ -179,8 +193,11 @@ impl Members for LiveMembers<'_> {
     }
 
     fn usable(&self, i: usize) -> bool {
-        // Health checkers and passive ejection decide; draining will join.
-        self.backends.get(i).is_some_and(|b| b.is_usable()) && !self.exclude.contains(&i)
+        // Health checks, passive ejection and the operator decide.
+        self.backends
+            .get(i)
+            .is_some_and(|b| b.is_usable(self.now, self.rules))
+            && !self.exclude.contains(&i)
     }
 
     fn load(&self, i: usize) -> usize {
@@ -189,7 +206,7 @@ impl Members for LiveMembers<'_> {
 
     fn ramp(&self, i: usize) -> u32 {
         match self.backends.get(i) {
-            Some(b) if self.slow_start_ms > 0 => b.ramp(self.now, self.slow_start_ms),
+            Some(b) if self.slow_start_ms > 0 => b.ramp(self.now, self.slow_start_ms, self.rules),
             _ => crate::select::FULL_RAMP,
         }
     }
@@ -197,46 +214,74 @@ impl Members for LiveMembers<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::runtime::backend::UpstreamSettings;
-    use crate::runtime::Health;
     use crate::select::LeastConnections;
+    use crate::upstream::ejection::{Change, Event};
+    use crate::upstream::Health;
 
-    #[tokio::test]
-    async fn never_ejects_more_than_max_percent() {
-        let settings = UpstreamSettings {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_idle: 1,
-        };
-        let backends: Vec<Arc<Backend>> = (0..4)
+    fn pool_of(n: usize, checked: bool) -> Pool {
+        let backends: Vec<Arc<Backend>> = (0..n)
             .map(|i| {
                 let addr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
-                Arc::new(Backend::new(&format!("b{i}"), addr, settings, Health::Up))
+                Arc::new(Backend::new(&format!("b{i}"), addr, Health::Up, None))
             })
             .collect();
         let ejection = config::EjectionConfig {
             consecutive_failures: 1,
             ..config::EjectionConfig::default()
         };
-        let pool = Pool::new(
+        Pool::new(
             "p",
             backends,
-            vec![1; 4],
-            Box::new(LeastConnections::new(&[1; 4])),
+            vec![1; n],
+            Box::new(LeastConnections::new(&vec![1; n])),
         )
-        .with_failure_policy(config::RetryConfig::default(), ejection);
-        let ejected: Vec<bool> = pool
-            .backends
-            .iter()
-            .map(|b| {
-                b.record_failure_at(0, &pool.ejection, || pool.may_eject_at(0))
-                    .is_some()
-            })
+        .with_failure_policy(config::RetryConfig::default(), ejection, checked)
+    }
+
+    fn fail(pool: &Pool, i: usize, event: Event, now: u64) -> Change {
+        pool.backends[i]
+            .report(event, now, &pool.ejection, || pool.may_eject(now))
+            .change
+    }
+
+    #[tokio::test]
+    async fn never_ejects_more_than_max_percent_for_failures() {
+        let pool = pool_of(4, false);
+        let ejected: Vec<bool> = (0..4)
+            .map(|i| fail(&pool, i, Event::Failure, 10) != Change::None)
             .collect();
         assert_eq!(ejected, vec![true, true, false, false], "50% of 4 is 2");
+    }
+
+    /// The measured failure of issue 13: two backends came back (their
+    /// checks passed) and must not hold the cap's slots, and a refusing
+    /// backend is out whatever the cap says.
+    #[tokio::test]
+    async fn recovered_backends_hold_no_slot_and_refusals_ignore_the_cap() {
+        let pool = pool_of(4, true);
+        assert_ne!(fail(&pool, 0, Event::Failure, 10), Change::None);
+        assert_ne!(fail(&pool, 1, Event::Failure, 10), Change::None);
+        assert_eq!(
+            fail(&pool, 2, Event::Failure, 10),
+            Change::None,
+            "cap reached"
+        );
+        // A refusal takes b2 out anyway.
+        assert!(matches!(
+            fail(&pool, 2, Event::Refused, 11),
+            Change::Ejected { .. }
+        ));
+        assert!(!pool.backends[2].is_usable(12, &pool.ejection));
+        // b0 and b1 pass a check: back at once, and the cap is free again.
+        for i in 0..2 {
+            assert_eq!(
+                fail(&pool, i, Event::CheckPassed { started: 20 }, 21),
+                Change::Returned
+            );
+        }
+        assert!(pool.may_eject(22));
+        assert_ne!(fail(&pool, 3, Event::Failure, 22), Change::None);
     }
 
     #[test]

@@ -1,18 +1,28 @@
-//! Config -> runtime snapshot, reusing live backends from the previous one.
+//! Config -> runtime snapshot, with the live backends the caller keeps.
+//!
+//! Which backends carry over is not decided here: the reload plan
+//! ([`crate::reload::ReloadPlan`]) decides it once, and the builder reuses
+//! exactly the `Arc<Backend>`s it is handed. Everything else (weights,
+//! policies, timeouts, ejection, health and pool settings) is read from the
+//! config into the new snapshot, so it applies to the next request without
+//! touching live state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use config::{Config, Timeouts};
 
-use super::backend::UpstreamSettings;
-use super::{Backend, Health, Pool, RouteTable};
+use super::{Pool, RouteTable};
 use crate::select;
+use crate::upstream::{Backend, Health, UpstreamSettings};
+
+/// A backend's identity across snapshots: its pool and id.
+pub type BackendKey = (Arc<str>, Arc<str>);
 
 /// Everything a request needs, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Bumped on every successful (re)build; shown in logs and, later, the admin API.
+    /// Bumped on every successful (re)build; shown in logs and the admin API.
     pub generation: u64,
     pub routes: RouteTable,
     pub pools: HashMap<Arc<str>, Arc<Pool>>,
@@ -24,59 +34,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot. A backend whose pool, id, address and upstream
-    /// settings are unchanged from `previous` keeps its `Arc<Backend>`, and
-    /// with it its counters and pooled connections.
-    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Self {
-        Self::build_with(config, previous, None)
-    }
-
-    /// [`Snapshot::build`], resolving metric handles for new backends and
-    /// every pool when `metrics` is given.
-    pub fn build_with(
+    /// Builds a snapshot. A backend found in `keep` (by pool and id) is
+    /// reused with all its live state; every other one is new.
+    /// `generation` is the previous snapshot's plus one (1 at start).
+    /// Metric handles are resolved for new backends and every pool when
+    /// `metrics` is given.
+    pub fn build(
         config: &Config,
-        previous: Option<&Snapshot>,
+        keep: &HashMap<BackendKey, Arc<Backend>>,
+        generation: u64,
         metrics: Option<&crate::metrics::Metrics>,
     ) -> Self {
-        let mut live: HashMap<(&str, &str), &Arc<Backend>> = HashMap::new();
-        if let Some(prev) = previous {
-            for pool in prev.pools.values() {
-                for b in &pool.backends {
-                    live.insert((&pool.name, &b.id), b);
-                }
-            }
-        }
-
         let mut pools = HashMap::new();
         for p in &config.pools {
-            let settings = UpstreamSettings {
-                connect_timeout: config.timeouts.connect,
-                idle_timeout: config.timeouts.upstream_idle,
-                max_idle: p.max_idle_per_backend,
-            };
+            let name: Arc<str> = Arc::from(p.name.as_str());
             let backends: Vec<Arc<Backend>> = p
                 .backends
                 .iter()
-                .map(|b| match live.get(&(p.name.as_str(), b.id.as_str())) {
-                    Some(old) if old.address == b.address && old.settings == settings => {
-                        Arc::clone(old)
-                    }
-                    _ => {
-                        let initial = match &p.health {
-                            Some(h) if !h.assume_up => Health::Unknown,
-                            _ => Health::Up,
-                        };
-                        let backend = Backend::with_connect_metric(
-                            &b.id,
-                            b.address,
-                            settings,
-                            initial,
-                            metrics.map(|m| m.connect(&p.name)),
-                        );
-                        if let Some(m) = metrics {
-                            backend.set_metrics(m.backend(&p.name, &b.id));
-                        }
-                        Arc::new(backend)
+                .map(|b| {
+                    let key = (Arc::clone(&name), Arc::from(b.id.as_str()));
+                    match keep.get(&key) {
+                        Some(kept) => Arc::clone(kept),
+                        None => Arc::new(new_backend(p, b, metrics)),
                     }
                 })
                 .collect();
@@ -84,7 +63,11 @@ impl Snapshot {
             let selection = select::for_pool(p);
             let pool = Arc::new(
                 Pool::new(&p.name, backends, weights, selection)
-                    .with_failure_policy(p.retry, p.ejection)
+                    .with_failure_policy(p.retry, p.ejection, p.health.is_some())
+                    .with_upstream(UpstreamSettings::new(
+                        &config.timeouts,
+                        p.max_idle_per_backend,
+                    ))
                     .with_slow_start(p.slow_start)
                     .with_metrics(metrics.map(|m| m.pool(&p.name))),
             );
@@ -105,7 +88,7 @@ impl Snapshot {
         }
 
         Self {
-            generation: previous.map_or(1, |p| p.generation + 1),
+            generation,
             routes: routes.finish(),
             pools,
             timeouts: config.timeouts,
@@ -113,15 +96,52 @@ impl Snapshot {
             drain_close_code: config.drain_close_code,
         }
     }
+
+    /// Every backend by pool and id.
+    pub fn backends(&self) -> HashMap<BackendKey, Arc<Backend>> {
+        self.pools
+            .values()
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(|b| ((Arc::clone(&p.name), Arc::clone(&b.id)), Arc::clone(b)))
+            })
+            .collect()
+    }
+}
+
+/// A backend that starts `unknown` (no traffic until its first passing
+/// check) in a pool with checks, unless `assume_up`; `up` otherwise.
+fn new_backend(
+    pool: &config::PoolConfig,
+    b: &config::BackendConfig,
+    metrics: Option<&crate::metrics::Metrics>,
+) -> Backend {
+    let initial = match &pool.health {
+        Some(h) if !h.assume_up => Health::Unknown,
+        _ => Health::Up,
+    };
+    let backend = Backend::new(
+        &b.id,
+        b.address,
+        initial,
+        metrics.map(|m| m.connect(&pool.name)),
+    );
+    if let Some(m) = metrics {
+        backend.set_metrics(m.backend(&pool.name, &b.id));
+    }
+    backend
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config(b2_addr: &str, weight: u32) -> Config {
+    fn config(connect: &str, weight: u32) -> Config {
         config::parse(&format!(
             r#"
+            [timeouts]
+            connect = "{connect}"
             [[listener]]
             name = "l"
             address = "127.0.0.1:0"
@@ -132,7 +152,7 @@ mod tests {
               address = "127.0.0.1:9001"
               [[pool.backend]]
               id = "b"
-              address = "{b2_addr}"
+              address = "127.0.0.1:9002"
               weight = {weight}
             [[route]]
             listener = "l"
@@ -143,25 +163,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unchanged_backends_keep_their_live_state() {
-        let first = Snapshot::build(&config("127.0.0.1:9002", 1), None);
+    async fn kept_backends_are_reused_and_settings_come_from_the_config() {
+        let first = Snapshot::build(&config("3s", 1), &HashMap::new(), 1, None);
         let a1 = Arc::clone(&first.pools["p"].backends[0]);
         let b1 = Arc::clone(&first.pools["p"].backends[1]);
         let _guard = a1.open();
-
-        // Weight change: same objects, new weights.
-        let second = Snapshot::build(&config("127.0.0.1:9002", 5), Some(&first));
+        // Keep a only: b is new; weights and timeouts are the new ones.
+        let keep: HashMap<BackendKey, Arc<Backend>> = first
+            .backends()
+            .into_iter()
+            .filter(|((_, id), _)| &**id == "a")
+            .collect();
+        let second = Snapshot::build(&config("1s", 5), &keep, 2, None);
+        let p = &second.pools["p"];
+        assert!(Arc::ptr_eq(&a1, &p.backends[0]));
+        assert!(!Arc::ptr_eq(&b1, &p.backends[1]));
+        assert_eq!(p.backends[0].open_connections(), 1);
+        assert_eq!(p.weights, vec![1, 5]);
+        assert_eq!(
+            p.upstream.connect_timeout,
+            std::time::Duration::from_secs(1)
+        );
         assert_eq!(second.generation, 2);
-        assert!(Arc::ptr_eq(&a1, &second.pools["p"].backends[0]));
-        assert!(Arc::ptr_eq(&b1, &second.pools["p"].backends[1]));
-        assert_eq!(second.pools["p"].weights, vec![1, 5]);
-        assert_eq!(second.pools["p"].backends[0].open_connections(), 1);
-
-        // Address change: a new backend object for b only.
-        let third = Snapshot::build(&config("127.0.0.1:9003", 5), Some(&second));
-        assert!(Arc::ptr_eq(&a1, &third.pools["p"].backends[0]));
-        assert!(!Arc::ptr_eq(&b1, &third.pools["p"].backends[1]));
-        assert!(third.routes.find("l", None, "/").is_some());
+        assert!(second.routes.find("l", None, "/").is_some());
     }
 }
 
@@ -180,12 +204,12 @@ mod slow_start_tests {
              [[route]]\nlistener = \"l\"\npool = \"p\"\n",
         )
         .unwrap();
-        let snap = Snapshot::build(&config, None);
+        let snap = Snapshot::build(&config, &HashMap::new(), 1, None);
         let pool = &snap.pools["p"];
         assert_eq!(pool.slow_start_ms, 60_000);
         let b = &pool.backends[1];
-        b.set_health(Health::Down);
-        b.set_health(Health::Up);
+        b.set_health(Health::Down, 1);
+        b.set_health(Health::Up, crate::clock::now_ms());
         let headers = http::HeaderMap::new();
         let uri = http::Uri::from_static("/");
         let ctx = SelectionContext {
@@ -201,87 +225,5 @@ mod slow_start_tests {
             guards.push(backend.open());
         }
         assert!((1..=4).contains(&on_b), "b got {on_b} of 22");
-    }
-}
-
-#[cfg(test)]
-mod reload_properties {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    const IDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
-
-    /// A config with the backends whose bit is set in `mask`; `port_shift`
-    /// moves some of them to another port (an address change).
-    fn config(mask: u8, weights: u8, port_shift: u8) -> Config {
-        let mut text = String::from(
-            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\npolicy = \"least_connections\"\n",
-        );
-        for (i, id) in IDS.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                let port = 9000 + i as u16 + if port_shift & (1 << i) != 0 { 100 } else { 0 };
-                let weight = 1 + u32::from(weights & (1 << i) != 0);
-                text.push_str(&format!(
-                    "[[pool.backend]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\nweight = {weight}\n"
-                ));
-            }
-        }
-        text.push_str("[[route]]\nlistener = \"l\"\npool = \"p\"\n");
-        config::parse(&text).unwrap()
-    }
-
-    fn by_id(s: &Snapshot) -> HashMap<String, Arc<Backend>> {
-        s.pools["p"]
-            .backends
-            .iter()
-            .map(|b| (b.id.to_string(), Arc::clone(b)))
-            .collect()
-    }
-
-    proptest! {
-        /// Reloading the same config is a no-op: the same backend objects.
-        #[test]
-        fn same_config_reuses_every_backend(mask in any::<u8>(), weights in any::<u8>()) {
-            let c = config(mask, weights, 0);
-            let first = Snapshot::build(&c, None);
-            let second = Snapshot::build(&c, Some(&first));
-            let (a, b) = (by_id(&first), by_id(&second));
-            prop_assert_eq!(a.len(), b.len());
-            for (id, backend) in &a {
-                prop_assert!(Arc::ptr_eq(backend, &b[id]));
-            }
-        }
-
-        /// Over any sequence of configs, a backend present (same pool, id
-        /// and address) in two consecutive ones keeps its object and its
-        /// live state (here: open connections).
-        #[test]
-        fn any_sequence_preserves_backends_present_in_both(
-            steps in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 1..12)
-        ) {
-            let mut snap = Snapshot::build(&config(0xff, 0, 0), None);
-            let mut guards = Vec::new();
-            for b in snap.pools["p"].backends.iter() {
-                guards.push(b.open());
-            }
-            for (mask, weights, shift) in steps {
-                let c = config(mask, weights, shift);
-                let next = Snapshot::build(&c, Some(&snap));
-                let (before, after) = (by_id(&snap), by_id(&next));
-                for (id, old) in &before {
-                    if let Some(new) = after.get(id) {
-                        if old.address == new.address {
-                            prop_assert!(Arc::ptr_eq(old, new), "{} was replaced", id);
-                            prop_assert_eq!(old.open_connections(), new.open_connections());
-                        } else {
-                            prop_assert!(!Arc::ptr_eq(old, new));
-                        }
-                    }
-                }
-                prop_assert_eq!(next.generation, snap.generation + 1);
-                snap = next;
-            }
-        }
     }
 }

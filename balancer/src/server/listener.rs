@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,9 +26,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::activity::{self, Activity, LastActivity};
-use super::prefixed::Prefixed;
+use crate::clock::instant_of;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::socket::activity::{self, Activity, LastActivity};
+use crate::socket::Prefixed;
 
 /// What a prior-knowledge HTTP/2 (h2c) client sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -147,14 +148,7 @@ pub async fn serve_listener(
         if current != shared.settings {
             shared = Shared::new(&proxy, current, &shutdown, open_gauge.clone());
         }
-        let conn = Arc::new(ConnInfo {
-            listener: Arc::clone(&name),
-            peer,
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicUsize::new(0),
-            waiting: AtomicBool::new(false),
-            parking: AtomicBool::new(false),
-        });
+        let conn = Arc::new(ConnInfo::new(Arc::clone(&name), peer));
         // Spawned as is, not wrapped in another async block, which would
         // hold the future twice and double every connection's task size.
         let served = serve_connection(stream, conn, Counted::new(&shared));
@@ -220,7 +214,7 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnInfo>, shared: Counte
                 }
                 () = shutdown.as_mut() => return,
                 () = idle_timer.as_mut() => {
-                    let due = activity::instant_of(last.get()) + limit;
+                    let due = instant_of(last.get()) + limit;
                     if due <= std::time::Instant::now() {
                         tracing::debug!(peer = %conn.peer, "closing idle client connection");
                         return;

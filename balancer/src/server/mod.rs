@@ -1,9 +1,9 @@
-//! Accepting client connections and serving HTTP/1.1, HTTP/2 (h2c prior
-//! knowledge) and upgrades on each, with graceful shutdown.
+//! The client side: listening sockets ([`ListenerSet`]) and one task per
+//! client connection serving HTTP/1.1, HTTP/2 (h2c prior knowledge) and
+//! upgrades, with parking between requests and graceful shutdown.
 
-pub mod activity;
 mod listener;
-pub mod prefixed;
-pub mod workers;
+mod listeners;
 
 pub use listener::{serve_listener, ConnSettings};
+pub use listeners::ListenerSet;

@@ -5,28 +5,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Milliseconds since the process's first call, plus one: cheap, monotonic,
-/// and never 0, so 0 can mean "never" in timestamps kept in atomics.
-pub fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
-}
-
-/// The [`Instant`] a [`now_ms`] value stands for.
-pub fn instant_of(ms: u64) -> Instant {
-    epoch() + Duration::from_millis(ms.saturating_sub(1))
-}
+use crate::clock::{instant_of, now_ms};
 
 /// Last time (from [`now_ms`]) bytes moved on a connection.
 #[derive(Debug, Clone)]
@@ -57,8 +42,7 @@ pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
     let idle_ms = idle.as_millis() as u64;
     loop {
         let due = last.get().saturating_add(idle_ms);
-        tokio::time::sleep_until((epoch() + Duration::from_millis(due.saturating_sub(1))).into())
-            .await;
+        tokio::time::sleep_until(instant_of(due).into()).await;
         if busy.load(Ordering::Relaxed) == 0 && now_ms().saturating_sub(last.get()) >= idle_ms {
             return;
         }

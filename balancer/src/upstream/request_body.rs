@@ -1,8 +1,8 @@
-//! The body sent upstream. Small bodies of known length are buffered so a
-//! failed attempt can be replayed to another backend; everything else
-//! streams through. Either way, upload progress is recorded so the response
-//! timeout counts from the last byte sent, not from the start of a long
-//! upload.
+//! The body of one attempt sent upstream: empty, buffered whole (so a failed
+//! attempt can be replayed to another backend), or streamed from the client.
+//! Upload progress is recorded so the response timeout counts from the last
+//! byte sent, not from the start of a long upload, and so a failure the
+//! client caused is not blamed on the backend.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,39 +11,43 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
 
-use super::BoxError;
-use crate::server::activity::LastActivity;
+use crate::socket::LastActivity;
+use crate::BoxError;
 
+/// A client body that streams, whatever its type.
+pub type StreamBody = BoxBody<Bytes, BoxError>;
+
+/// What one attempt sends.
 #[derive(Debug)]
-enum Inner {
-    /// No body (GET and friends): replayable.
+pub enum AttemptBody {
+    /// No body (GET and friends), or a buffered one already sent.
     Empty,
-    /// The whole body, buffered: replayable.
-    Full(Option<Bytes>),
+    /// The whole body, buffered.
+    Full(Bytes),
     /// Streamed from the client as it arrives: one attempt only.
-    Stream(Incoming),
+    Stream(StreamBody),
 }
 
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Inner,
+    inner: AttemptBody,
     progress: LastActivity,
-    upload: Arc<Upload>,
+    upload: Arc<UploadProgress>,
 }
 
 /// How one attempt's upload went, so a failure the client caused (its body
 /// broke off, or stalled) is not blamed on the backend.
 #[derive(Debug, Default)]
-pub struct Upload {
+pub struct UploadProgress {
     client_failed: AtomicBool,
     finished: AtomicBool,
     /// Body bytes sent to the backend.
     bytes: std::sync::atomic::AtomicU64,
 }
 
-impl Upload {
+impl UploadProgress {
     /// The client's body stream failed (client aborted or sent garbage).
     pub fn client_failed(&self) -> bool {
         self.client_failed.load(Ordering::Relaxed)
@@ -60,51 +64,31 @@ impl Upload {
     }
 }
 
-/// What the proxy holds of a client's request body between attempts.
-#[derive(Debug)]
-pub enum ClientBody {
-    Empty,
-    Full(Bytes),
-    /// Taken by the first attempt.
-    Stream(Option<Incoming>),
-}
-
-impl ClientBody {
-    /// Whether another attempt can send this body again.
-    pub fn replayable(&self) -> bool {
-        !matches!(self, Self::Stream(_))
-    }
-
-    /// The body for one attempt and a handle on how its upload goes;
-    /// `None` when a streamed body was already sent.
-    pub fn attempt(&mut self, progress: LastActivity) -> Option<(RequestBody, Arc<Upload>)> {
-        let inner = match self {
-            Self::Empty => Inner::Empty,
-            Self::Full(b) => Inner::Full(Some(b.clone())),
-            Self::Stream(s) => Inner::Stream(s.take()?),
-        };
-        let upload = Arc::new(Upload::default());
+impl RequestBody {
+    /// The body of one attempt and a handle on how its upload goes.
+    pub fn new(inner: AttemptBody, progress: LastActivity) -> (Self, Arc<UploadProgress>) {
+        let upload = Arc::new(UploadProgress::default());
         // A buffered or empty body is entirely in hand already.
-        if !matches!(inner, Inner::Stream(_)) {
+        if !matches!(inner, AttemptBody::Stream(_)) {
             upload.finished.store(true, Ordering::Relaxed);
         }
-        let body = RequestBody {
+        let body = Self {
             inner,
             progress,
             upload: Arc::clone(&upload),
         };
-        Some((body, upload))
+        (body, upload)
     }
-}
 
-impl RequestBody {
     /// The whole body when it is already in hand (empty or buffered), taken
     /// out and counted as sent; `None` for a body that streams.
     pub fn take_whole(&mut self) -> Option<Bytes> {
-        let whole = match &mut self.inner {
-            Inner::Empty => Bytes::new(),
-            Inner::Full(b) => b.take().unwrap_or_default(),
-            Inner::Stream(_) => return None,
+        if let AttemptBody::Stream(_) = self.inner {
+            return None;
+        }
+        let whole = match std::mem::replace(&mut self.inner, AttemptBody::Empty) {
+            AttemptBody::Full(b) => b,
+            _ => Bytes::new(),
         };
         self.progress.touch();
         self.upload
@@ -125,11 +109,12 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let r = match &mut this.inner {
-            Inner::Empty => Poll::Ready(None),
-            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Stream(s) => Pin::new(s)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+            AttemptBody::Empty => Poll::Ready(None),
+            AttemptBody::Full(_) => match std::mem::replace(&mut this.inner, AttemptBody::Empty) {
+                AttemptBody::Full(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                _ => Poll::Ready(None),
+            },
+            AttemptBody::Stream(s) => Pin::new(s).poll_frame(cx),
         };
         if let Poll::Ready(ready) = &r {
             this.progress.touch();
@@ -153,18 +138,17 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Empty => true,
-            Inner::Full(b) => b.is_none(),
-            Inner::Stream(s) => s.is_end_stream(),
+            AttemptBody::Empty => true,
+            AttemptBody::Full(_) => false,
+            AttemptBody::Stream(s) => s.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Empty => SizeHint::with_exact(0),
-            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Stream(s) => s.size_hint(),
+            AttemptBody::Empty => SizeHint::with_exact(0),
+            AttemptBody::Full(b) => SizeHint::with_exact(b.len() as u64),
+            AttemptBody::Stream(s) => s.size_hint(),
         }
     }
 }

@@ -1,0 +1,140 @@
+//! What operators see: the JSON of `GET /api/status` and the values a
+//! Prometheus scrape reads, both from the live snapshot and the reload
+//! state, with one clock reading per call.
+
+use serde_json::json;
+
+use super::AdminState;
+use crate::metrics::{BackendSample, Scrape};
+use crate::runtime::Pool;
+use crate::upstream::{Backend, Health, Operator};
+
+/// A backend's state in one word, as the status page shows it.
+pub(super) fn backend_state(b: &Backend, pool: &Pool, now: u64) -> &'static str {
+    match b.operator() {
+        Operator::Draining if b.open_connections() == 0 => return "drained",
+        Operator::Draining => return "draining",
+        Operator::Disabled => return "disabled",
+        Operator::Enabled => {}
+    }
+    if b.out(now, &pool.ejection).is_some() {
+        return "ejected";
+    }
+    match b.health() {
+        Health::Up => "up",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
+    }
+}
+
+pub(super) fn status(state: &AdminState) -> serde_json::Value {
+    let snap = state.snapshot.load_full();
+    let now = crate::clock::now_ms();
+    let mut pools: Vec<_> = snap.pools.values().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let pools: Vec<_> = pools
+        .iter()
+        .map(|p| {
+            let backends: Vec<_> = p
+                .backends
+                .iter()
+                .zip(&p.weights)
+                .map(|(b, w)| {
+                    json!({
+                        "id": &*b.id,
+                        "address": b.address.to_string(),
+                        "state": backend_state(b, p, now),
+                        "ejected": b.out(now, &p.ejection).map(|o| o.as_str()),
+                        "weight": w,
+                        "open": b.open_connections(),
+                        "in_flight": b.open_connections().saturating_sub(b.tunnels()),
+                        "tunnels": b.tunnels(),
+                        "requests": b.requests_total(),
+                    })
+                })
+                .collect();
+            let m = p.metrics.as_ref();
+            json!({
+                "name": &*p.name,
+                "backends": backends,
+                "errors": m.map(|m| m.errors_total()),
+                "latency_p50_seconds": m.and_then(|m| m.duration_quantile(0.5)),
+                "latency_p99_seconds": m.and_then(|m| m.duration_quantile(0.99)),
+            })
+        })
+        .collect();
+    let draining: Vec<_> = state
+        .draining
+        .lock()
+        .map(|d| {
+            d.iter()
+                .map(|d| {
+                    json!({
+                        "pool": &*d.pool,
+                        "id": &*d.backend.id,
+                        "address": d.backend.address.to_string(),
+                        "state": "draining",
+                        "open": d.backend.open_connections(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let reloads = state
+        .reloads
+        .lock()
+        .map(|r| {
+            json!({
+                "succeeded": r.succeeded,
+                "failed": r.failed,
+                "last_success_unix": r.last_success_unix,
+                "last_errors": r.last_errors,
+            })
+        })
+        .unwrap_or_default();
+    json!({
+        "generation": snap.generation,
+        "pools": pools,
+        "draining": draining,
+        "reloads": reloads,
+    })
+}
+
+/// What a scrape reads, gathered now.
+pub(super) fn scrape(state: &AdminState) -> Scrape {
+    let snap = state.snapshot.load_full();
+    let now = crate::clock::now_ms();
+    let sample = |pool: &str, b: &Backend, up: bool| BackendSample {
+        pool: pool.to_string(),
+        backend: b.id.to_string(),
+        up,
+        in_flight: b.open_connections().saturating_sub(b.tunnels()),
+        tunnels: b.tunnels(),
+        ejections: b.ejections_total(),
+        health_changes: b.health_changes(),
+    };
+    let mut backends: Vec<BackendSample> = snap
+        .pools
+        .values()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| sample(&p.name, b, b.is_usable(now, &p.ejection)))
+        })
+        .collect();
+    // Removed backends still draining: they take nothing new.
+    if let Ok(d) = state.draining.lock() {
+        backends.extend(d.iter().map(|d| sample(&d.pool, &d.backend, false)));
+    }
+    let mut scrape = Scrape {
+        generation: snap.generation,
+        backends,
+        ..Scrape::default()
+    };
+    if let Ok(r) = state.reloads.lock() {
+        scrape.reloads_succeeded = r.succeeded;
+        scrape.reloads_failed = r.failed;
+        scrape.last_reload_unix = r.last_success_unix.unwrap_or(0);
+    }
+    scrape
+}

@@ -1,0 +1,52 @@
+//! The running side of a binary upgrade: listen on `upgrade_socket`, and
+//! hand every listening socket to a new process that asks (see
+//! [`crate::upgrade`] for the protocol).
+
+use std::path::Path;
+
+use crate::server::ListenerSet;
+use crate::upgrade;
+
+/// The control socket a new process connects to; `None` when there is no
+/// `upgrade_socket` or it cannot be bound (binary upgrade is then off).
+pub(super) fn listen(path: Option<&Path>) -> Option<tokio::net::UnixListener> {
+    let p = path?;
+    match upgrade::bind_control(p).and_then(|l| {
+        l.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(l)
+    }) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e, "cannot listen on the upgrade socket: binary upgrade disabled");
+            None
+        }
+    }
+}
+
+/// Answers a takeover request; true when a new process took over.
+pub(super) async fn hand_over(listeners: &ListenerSet, stream: tokio::net::UnixStream) -> bool {
+    let sockets: Vec<(upgrade::Described, std::os::fd::OwnedFd)> = listeners
+        .duplicates()
+        .into_iter()
+        .map(|(name, configured, fd)| (upgrade::Described { name, configured }, fd))
+        .collect();
+    let result = tokio::task::spawn_blocking(move || {
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        let refs: Vec<(upgrade::Described, &std::os::fd::OwnedFd)> =
+            sockets.iter().map(|(d, f)| (d.clone(), f)).collect();
+        upgrade::hand_over(stream, &refs)
+    })
+    .await;
+    match result {
+        Ok(Ok(took_over)) => took_over,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "upgrade handover failed: still serving");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrade handover failed: still serving");
+            false
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The running health checkers: one task per checked backend, keyed by
+//! pool and id, started and stopped as the reload plan says.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::HealthChecker;
+use crate::runtime::BackendKey;
+use crate::upstream::{ejection, Backend};
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct Checkers {
+    /// Fired at shutdown: every checker stops.
+    stop: CancellationToken,
+    running: HashMap<BackendKey, CancellationToken>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Checkers {
+    pub fn new(stop: CancellationToken, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        Self {
+            stop,
+            running: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Starts checking `backend` of `pool` (replacing a checker already
+    /// running for the same pool and id).
+    pub fn start(
+        &mut self,
+        pool: &Arc<str>,
+        backend: &Arc<Backend>,
+        health: &config::HealthConfig,
+        ejection: ejection::Rules,
+    ) {
+        let key = (Arc::clone(pool), Arc::clone(&backend.id));
+        self.stop(&key);
+        let token = self.stop.child_token();
+        let checker = HealthChecker {
+            pool: Arc::clone(pool),
+            backend: Arc::clone(backend),
+            config: health.clone(),
+            ejection,
+            metrics: self.metrics.as_ref().map(|m| m.check(pool, &backend.id)),
+        };
+        tokio::spawn(checker.run(token.clone()));
+        self.running.insert(key, token);
+    }
+
+    /// Stops the checker of `key`; false when none ran.
+    pub fn stop(&mut self, key: &BackendKey) -> bool {
+        match self.running.remove(key) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Checkers running now.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}

@@ -1,0 +1,410 @@
+//! The steps of one request, in order: [`route`], [`rewrite_request`],
+//! the body ([`ClientBody::read`]), the attempts on backends
+//! (`Proxy::attempts`, with [`super::retry`] deciding after each failure),
+//! and the response (`Proxy::respond`, or a tunnel after `101`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+
+use super::retry::{self, Decision};
+use super::{client_ip, headers, tunnel, AccessLog, ClientBody, ConnInfo, InFlight, ProxyBody};
+use super::{Proxy, ProxyError};
+use crate::clock::now_ms;
+use crate::runtime::{normalize_host, Pool, Snapshot};
+use crate::select::SelectionContext;
+use crate::socket::LastActivity;
+use crate::upstream::ejection::{Change, Event, Out};
+use crate::upstream::{is_idempotent, Backend, OpenGuard, UpstreamBody};
+use crate::BoxError;
+
+/// Where a request goes, and the authority it named.
+#[derive(Debug)]
+pub(super) struct Routed {
+    pub pool: Arc<Pool>,
+    /// HTTP/2's `:authority` or HTTP/1.1's `Host`, as sent.
+    pub host: Option<HeaderValue>,
+}
+
+/// Finds the pool for a request on `listener` by host and path.
+pub(super) fn route<B>(
+    snap: &Snapshot,
+    listener: &str,
+    req: &Request<B>,
+) -> Result<Routed, ProxyError> {
+    // Checked before routing: CONNECT's authority-form target has no
+    // path a route could match, and the answer is the same anyway.
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    // HTTP/2 puts the host in the URI (:authority); HTTP/1.1 in Host.
+    let host: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let normalized = host
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_host);
+    let pool = snap
+        .routes
+        .find(listener, normalized.as_deref(), req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    Ok(Routed {
+        pool: Arc::clone(pool),
+        host,
+    })
+}
+
+/// The client's side of an upgrade it asked for.
+pub(super) struct Upgrade {
+    /// Resolves to the client's socket once the 101 is sent.
+    pub client: Option<OnUpgrade>,
+    /// The upgrade is to `websocket` (the tunnel may send Close frames).
+    pub websocket: bool,
+}
+
+impl Upgrade {
+    pub(super) fn of<B>(req: &mut Request<B>) -> Self {
+        let asked = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let websocket = asked
+            && req
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        Self {
+            client: asked.then(|| hyper::upgrade::on(req)),
+            websocket,
+        }
+    }
+}
+
+/// The request head as it goes upstream: hop-by-hop headers out (but an
+/// upgrade's), `Expect` answered already, `X-Forwarded-*` from the TCP
+/// peer, `Host` the authority the client named, and HTTP/2's split
+/// cookies joined. Pure.
+pub fn rewrite_request(
+    parts: &mut http::request::Parts,
+    peer: IpAddr,
+    host: Option<&HeaderValue>,
+    upgrade: bool,
+) {
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // The balancer already answered any `Expect: 100-continue` itself.
+    parts.headers.remove(header::EXPECT);
+    let forwarded_host = host.and_then(|v| v.to_str().ok());
+    headers::add_forwarded(&mut parts.headers, peer, "http", forwarded_host);
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+}
+
+/// A response head from a backend, with what it holds.
+pub(super) struct Answered {
+    guard: OpenGuard,
+    set_cookie: Option<HeaderValue>,
+    resp: Response<UpstreamBody>,
+}
+
+impl Proxy {
+    pub(super) async fn forward<B>(
+        &self,
+        snap: &Snapshot,
+        conn: &ConnInfo,
+        mut req: Request<B>,
+        log: &mut AccessLog,
+        in_flight: InFlight,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Routed { pool, host } = route(snap, &conn.listener, &req)?;
+        log.pool = Some(Arc::clone(&pool.name));
+        log.pool_metrics = pool.metrics.clone();
+        let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+        log.client = client;
+
+        let upgrade = Upgrade::of(&mut req);
+        let (mut parts, body) = req.into_parts();
+        rewrite_request(
+            &mut parts,
+            conn.peer.ip(),
+            host.as_ref(),
+            upgrade.client.is_some(),
+        );
+        let body = ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await?;
+        let answered = self.attempts(snap, &pool, parts, body, client, log).await?;
+        self.respond(snap, &pool, answered, upgrade, log, in_flight)
+    }
+
+    /// One attempt per backend until one answers with a response head or
+    /// [`retry::decide`] gives up.
+    async fn attempts(
+        &self,
+        snap: &Snapshot,
+        pool: &Pool,
+        mut parts: http::request::Parts,
+        mut body: ClientBody,
+        client: IpAddr,
+        log: &mut AccessLog,
+    ) -> Result<Answered, ProxyError> {
+        let timeouts = snap.timeouts;
+        let idempotent = is_idempotent(&parts.method);
+        pool.retry_budget.deposit();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error: Option<ProxyError> = None;
+        loop {
+            let ctx = SelectionContext {
+                client_ip: client,
+                headers: &parts.headers,
+                uri: &parts.uri,
+            };
+            let Some((index, backend, set_cookie)) = pool.select(&ctx, &tried) else {
+                return Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
+                    pool: pool.name.to_string(),
+                }));
+            };
+            let backend: Arc<Backend> = Arc::clone(backend);
+            let set_cookie: Option<HeaderValue> = set_cookie.cloned();
+            log.backend = Some(Arc::clone(&backend.id));
+            log.backend_ref = Some(Arc::clone(&backend));
+
+            let progress = LastActivity::new();
+            let Some((attempt_body, upload)) = body.attempt(progress.clone()) else {
+                return Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
+                    pool: pool.name.to_string(),
+                }));
+            };
+            let more_possible = body.replayable() && (tried.len() as u32) < pool.retry.attempts;
+            let mut attempt = Request::new(attempt_body);
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = if more_possible {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+
+            let guard = backend.open();
+            let sent = backend
+                .connections
+                .send(attempt, &backend.authority, &pool.upstream);
+            let result = await_response(sent, &progress, timeouts.response_header)
+                .await
+                .map_err(|e| {
+                    // Failures the client caused are not the backend's.
+                    if upload.client_failed() {
+                        ProxyError::ClientBody(e.to_string())
+                    } else if matches!(e, ProxyError::ResponseTimeout(_)) && !upload.finished() {
+                        ProxyError::ClientTimeout(timeouts.response_header)
+                    } else {
+                        e
+                    }
+                });
+            if let Some(event) = retry::event(result.as_ref().map(|r| r.status()), pool.on_5xx) {
+                report(pool, &backend, event, log);
+            }
+            let e = match result {
+                Ok(resp) => {
+                    log.upload = Some(upload);
+                    return Ok(Answered {
+                        guard,
+                        set_cookie,
+                        resp,
+                    });
+                }
+                Err(e) => e,
+            };
+            drop(guard);
+            let decision = retry::decide(
+                &e,
+                retry::Request {
+                    idempotent,
+                    replayable: body.replayable(),
+                    retries: tried.len() as u32,
+                    allowed: pool.retry.attempts,
+                },
+            );
+            let from_budget = match decision {
+                Decision::GiveUp => return Err(e),
+                Decision::RetryFree => false,
+                Decision::RetryFromBudget => true,
+            };
+            if from_budget && !pool.retry_budget.withdraw() {
+                if let Some(m) = &pool.metrics {
+                    m.retries_refused.inc();
+                }
+                tracing::warn!(
+                    request_id = log.request_id.to_str().unwrap_or("-"),
+                    pool = &*pool.name,
+                    "retry budget exhausted: not retrying"
+                );
+                return Err(e);
+            }
+            if let Some(m) = &pool.metrics {
+                m.retries.inc();
+            }
+            tracing::info!(
+                request_id = log.request_id.to_str().unwrap_or("-"),
+                pool = &*pool.name,
+                backend = &*backend.id,
+                error = %e,
+                budget = from_budget,
+                "retrying on another backend"
+            );
+            tried.push(index);
+            last_error = Some(e);
+        }
+    }
+
+    /// The response head goes back to the client: hop-by-hop headers out,
+    /// `X-Request-Id` and the sticky cookie in; a `101` starts a tunnel.
+    fn respond(
+        &self,
+        snap: &Snapshot,
+        pool: &Pool,
+        answered: Answered,
+        upgrade: Upgrade,
+        log: &mut AccessLog,
+        in_flight: InFlight,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Answered {
+            guard,
+            set_cookie,
+            resp,
+        } = answered;
+        log.status = resp.status();
+        if let Some(m) = &pool.metrics {
+            m.response_header.observe(log.start.elapsed().as_secs_f64());
+        }
+
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (upgrade.client, resp.status())
+        {
+            let (mut parts, mut body) = resp.into_parts();
+            let Some(upstream_upgrade) = body.take_upgrade() else {
+                return Err(ProxyError::Upstream(
+                    crate::upstream::UpstreamError::Protocol("101 without a socket".into()),
+                ));
+            };
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            add_request_id(&mut parts.headers, &log.request_id);
+            if let Some(c) = &set_cookie {
+                parts.headers.append(header::SET_COOKIE, c.clone());
+            }
+            let end = tunnel::TunnelEnd {
+                websocket: upgrade.websocket,
+                close_code: snap.drain_close_code,
+                shutdown: self.close_tunnels.clone(),
+                metrics: pool.metrics.clone(),
+            };
+            self.tasks.spawn(tunnel::run(
+                client_upgrade,
+                upstream_upgrade,
+                guard,
+                snap.timeouts.websocket_idle,
+                end,
+                log.request_id.to_str().unwrap_or("-").to_string(),
+            ));
+            log.emit(0, true);
+            drop(in_flight);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        add_request_id(&mut parts.headers, &log.request_id);
+        if let Some(c) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
+        let log = log.take();
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, log, guard, in_flight),
+        ))
+    }
+}
+
+/// What `backend`'s traffic just showed goes into its ejection state
+/// machine; an ejection that broke the pool's cap (another backend crossed
+/// at the same moment) is taken back.
+fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
+    let now = now_ms();
+    let applied = backend.report(event, now, &pool.ejection, || pool.may_eject(now));
+    let Change::Ejected { cause, for_ } = applied.change else {
+        return;
+    };
+    if cause == Out::Failures && pool.ejected_share_exceeded(now) {
+        backend.undo(&applied);
+        return;
+    }
+    tracing::warn!(
+        request_id = log.request_id.to_str().unwrap_or("-"),
+        pool = &*pool.name,
+        backend = &*backend.id,
+        cause = cause.as_str(),
+        until = match for_ {
+            Some(d) => format!("{d:?} passed"),
+            None => "a check passes".to_string(),
+        },
+        ejections = backend.ejections_total(),
+        "backend ejected"
+    );
+}
+
+/// Waits for the response head. The timeout counts from the last upload
+/// progress, so a long upload to a backend that reads it all first is not
+/// cut off while bytes are still moving.
+async fn await_response<F>(
+    fut: F,
+    progress: &LastActivity,
+    timeout: Duration,
+) -> Result<Response<UpstreamBody>, ProxyError>
+where
+    F: std::future::Future<Output = Result<Response<UpstreamBody>, crate::upstream::UpstreamError>>,
+{
+    tokio::pin!(fut);
+    let limit = timeout.as_millis() as u64;
+    loop {
+        let waited = now_ms().saturating_sub(progress.get());
+        let remaining = Duration::from_millis(limit.saturating_sub(waited));
+        match tokio::time::timeout(remaining, &mut fut).await {
+            Ok(r) => return r.map_err(ProxyError::Upstream),
+            Err(_) if now_ms().saturating_sub(progress.get()) >= limit => {
+                return Err(ProxyError::ResponseTimeout(timeout))
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() > 1 {
+        let joined = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+fn add_request_id(headers: &mut http::HeaderMap, id: &HeaderValue) {
+    if !headers.contains_key(&headers::X_REQUEST_ID) {
+        headers.insert(headers::X_REQUEST_ID.clone(), id.clone());
+    }
+}

@@ -1,0 +1,238 @@
+//! The request path in process: `Proxy::handle` driven with plain request
+//! bodies (no client socket), against raw backends on loopback whose
+//! answers each test picks byte for byte. Retries, the budget, ejection and
+//! header rewriting, as the client and the backend see them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{ConnInfo, Proxy};
+use crate::runtime::Snapshot;
+use crate::upstream::ejection::{Event, Out};
+use crate::upstream::testing::raw_backend;
+
+const OK_A: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+
+/// An address where nothing listens.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A proxy for one pool `p` of `backends` (id, address) in this order,
+/// round robin, with `extra` TOML inside the pool.
+fn proxy(backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy, Arc<ConnInfo>) {
+    let mut text = String::from(
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n",
+    );
+    for (id, addr) in backends {
+        text.push_str(&format!(
+            "[[pool.backend]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    text.push_str(extra);
+    text.push_str("\n[[route]]\nlistener = \"l\"\npool = \"p\"\n");
+    let config = config::parse(&text).unwrap();
+    let snapshot = Snapshot::build(&config, &HashMap::new(), 1, None);
+    let proxy = Proxy {
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        tasks: TaskTracker::new(),
+        close_tunnels: CancellationToken::new(),
+        metrics: None,
+    };
+    let conn = Arc::new(ConnInfo::new(
+        Arc::from("l"),
+        "192.0.2.7:5555".parse().unwrap(),
+    ));
+    (proxy, conn)
+}
+
+async fn call(
+    p: &Proxy,
+    conn: &Arc<ConnInfo>,
+    method: Method,
+    body: &'static [u8],
+) -> (StatusCode, Bytes) {
+    let req = Request::builder()
+        .method(method)
+        .uri("/x")
+        .header("host", "game.example")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let resp = p.handle(conn, req).await;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body)
+}
+
+async fn get(p: &Proxy, conn: &Arc<ConnInfo>) -> (StatusCode, Bytes) {
+    call(p, conn, Method::GET, b"").await
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_free_and_takes_the_backend_out() {
+    let (live, seen) = raw_backend(vec![OK_A; 40]).await;
+    // No budget beyond the reserve of 10: refusals must not spend it.
+    let (p, conn) = proxy(
+        &[("dead", closed_port()), ("live", live)],
+        "[pool.retry]\nbudget_percent = 0\n",
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(&p, &conn).await,
+            (StatusCode::OK, Bytes::from_static(b"a"))
+        );
+    }
+    assert_eq!(seen.requests(), 20);
+    let snap = p.snapshot.load();
+    let pool = &snap.pools["p"];
+    let dead = &pool.backends[0];
+    let now = crate::clock::now_ms();
+    assert_eq!(dead.out(now, &pool.ejection), Some(Out::Refused));
+    assert_eq!(dead.requests_total(), 1, "out after the first refusal");
+    let reserve = (0..100)
+        .take_while(|_| pool.retry_budget.withdraw())
+        .count();
+    assert_eq!(reserve, 10, "the budget was not charged");
+}
+
+#[tokio::test]
+async fn the_budget_caps_retries_of_requests_that_reached_a_backend() {
+    // Both backends take the request and reset the connection: a retry
+    // repeats work the backend may have done, so it costs the budget.
+    let (a, seen_a) = raw_backend(vec!["<reset>"; 100]).await;
+    let (b, seen_b) = raw_backend(vec!["<reset>"; 100]).await;
+    let (p, conn) = proxy(
+        &[("a", a), ("b", b)],
+        "[pool.retry]\nbudget_percent = 0\nattempts = 1\n[pool.ejection]\nconsecutive_failures = 0\n",
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(&p, &conn).await.0.as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 502), "{statuses:?}");
+    // 30 requests, and exactly the reserve of 10 retried.
+    assert_eq!(seen_a.requests() + seen_b.requests(), 40);
+    // A POST that may have reached the backend is never sent twice.
+    let before = seen_a.requests() + seen_b.requests();
+    let (p, conn) = proxy(
+        &[("a", a), ("b", b)],
+        "[pool.ejection]\nconsecutive_failures = 0\n",
+    );
+    assert_eq!(call(&p, &conn, Method::POST, b"x").await.0, 502);
+    assert_eq!(seen_a.requests() + seen_b.requests(), before + 1);
+}
+
+#[tokio::test]
+async fn with_checks_on_an_ejection_ends_with_a_passing_check_not_with_time() {
+    let (live, _) = raw_backend(vec![OK_A; 50]).await;
+    let dead_addr = closed_port();
+    let (p, conn) = proxy(
+        &[("flaky", dead_addr), ("live", live)],
+        "[pool.health]\ntype = \"tcp\"\ninterval = \"1h\"\nassume_up = true\n\
+         [pool.ejection]\nbase = \"10ms\"\nmax = \"10ms\"\n",
+    );
+    assert_eq!(get(&p, &conn).await.0, StatusCode::OK);
+    let snap = p.snapshot.load();
+    let pool = &snap.pools["p"];
+    let flaky = Arc::clone(&pool.backends[0]);
+    let now = crate::clock::now_ms();
+    assert_eq!(flaky.out(now, &pool.ejection), Some(Out::Refused));
+    // The backend comes back, and far more than the ejection time passes:
+    // without a passing check it stays out.
+    let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
+    assert_eq!(
+        flaky.out(now + 3_600_000, &pool.ejection),
+        Some(Out::Refused)
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&p, &conn).await.1, Bytes::from_static(b"a"));
+    }
+    assert_eq!(flaky.requests_total(), 1);
+    // A real check, started now, passes: back at once.
+    let started = crate::clock::now_ms();
+    let health = config::parse(
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n\
+         [[pool.backend]]\nid = \"x\"\naddress = \"127.0.0.1:1\"\n[pool.health]\ntype = \"tcp\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+    )
+    .unwrap()
+    .pools[0]
+        .health
+        .clone()
+        .unwrap();
+    assert!(crate::health::check(&flaky, &health).await.is_ok());
+    let applied = flaky.report(
+        Event::CheckPassed { started },
+        crate::clock::now_ms(),
+        &pool.ejection,
+        || true,
+    );
+    assert_eq!(applied.change, crate::upstream::ejection::Change::Returned);
+    assert!(flaky.is_usable(crate::clock::now_ms(), &pool.ejection));
+    drop(listener);
+}
+
+#[tokio::test]
+async fn the_backend_sees_the_rewritten_head() {
+    let (b, seen) = raw_backend(vec![OK_A]).await;
+    let (p, conn) = proxy(&[("b", b)], "");
+    let req = Request::builder()
+        .uri("/path?q=1")
+        .header("host", "Game.Example:8080")
+        .header("connection", "x-secret, keep-alive")
+        .header("x-secret", "drop me")
+        .header("proxy-authorization", "drop me too")
+        .header("x-forwarded-for", "10.1.1.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = p.handle(&conn, req).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let head = seen.heads.lock().unwrap()[0].to_lowercase();
+    assert!(head.starts_with("get /path?q=1 http/1.1\r\n"), "{head}");
+    assert!(head.contains("host: game.example:8080"), "{head}");
+    assert!(
+        head.contains("x-forwarded-for: 10.1.1.1, 192.0.2.7"),
+        "{head}"
+    );
+    assert!(head.contains("x-forwarded-proto: http"), "{head}");
+    assert!(head.contains("x-request-id: "), "{head}");
+    for gone in [
+        "x-secret",
+        "proxy-authorization",
+        "connection",
+        "keep-alive",
+    ] {
+        assert!(
+            !head.contains(&format!("{gone}:")),
+            "{gone} reached the backend: {head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_route_and_no_backend_are_answered_by_the_balancer() {
+    let (p, conn) = proxy(&[("dead", closed_port())], "[pool.retry]\nattempts = 0\n");
+    // The only backend refuses: 502 first, then it is out and the pool is empty.
+    assert_eq!(get(&p, &conn).await.0, StatusCode::BAD_GATEWAY);
+    let (status, body) = get(&p, &conn).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        &body[..],
+        b"503 service unavailable: no backend available\n"
+    );
+    let other = Arc::new(ConnInfo::new(
+        Arc::from("other"),
+        "127.0.0.1:1".parse().unwrap(),
+    ));
+    assert_eq!(get(&p, &other).await.0, StatusCode::NOT_FOUND);
+}
