@@ -49,6 +49,19 @@ fn pool(addr: SocketAddr) -> Arc<ConnectionPool> {
     ConnectionPool::new(addr, None)
 }
 
+/// A bodiless GET to `addr` that must fail before a response head.
+async fn failed_get(addr: SocketAddr) -> UpstreamError {
+    let (body, _) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
+    let authority = http::uri::Authority::from_static("x");
+    match pool(addr)
+        .send(Request::new(body), &authority, &settings())
+        .await
+    {
+        Ok(resp) => panic!("{addr}: answered {}", resp.status()),
+        Err(e) => e,
+    }
+}
+
 #[tokio::test]
 async fn chunked_body_with_extensions_and_trailers_then_the_socket_is_reused() {
     let (addr, seen) = raw_backend(vec![
@@ -114,28 +127,12 @@ async fn errors_say_how_far_the_request_got() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (body, _) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
-    let e = pool(closed)
-        .send(
-            Request::new(body),
-            &http::uri::Authority::from_static("x"),
-            &settings(),
-        )
-        .await
-        .unwrap_err();
+    let e = failed_get(closed).await;
     assert!(e.is_refused(), "{e}");
     assert_eq!(e.reached(), Reached::No);
     // A fresh connection reset after the request was read: maybe reached.
     let (addr, _) = raw_backend(vec!["<reset>"]).await;
-    let (body, _) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
-    let e = pool(addr)
-        .send(
-            Request::new(body),
-            &http::uri::Authority::from_static("x"),
-            &settings(),
-        )
-        .await
-        .unwrap_err();
+    let e = failed_get(addr).await;
     assert!(matches!(e, UpstreamError::Closed(_)), "{e}");
     assert_eq!(e.reached(), Reached::Maybe);
 }
@@ -149,16 +146,7 @@ async fn bad_heads_and_lengths_are_upstream_errors() {
         "NOT HTTP\r\n\r\n",
     ] {
         let (addr, _) = raw_backend(vec![answer]).await;
-        let p = pool(addr);
-        let (body, _) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
-        let e = p
-            .send(
-                Request::new(body),
-                &http::uri::Authority::from_static("x"),
-                &settings(),
-            )
-            .await
-            .unwrap_err();
+        let e = failed_get(addr).await;
         assert!(matches!(e, UpstreamError::Protocol(_)), "{answer:?}: {e}");
         assert_eq!(e.reached(), Reached::Maybe);
     }
