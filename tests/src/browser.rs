@@ -1,7 +1,7 @@
 //! A real headless Chromium (Debian's `chromium`), driven over the DevTools
 //! protocol: open pages, evaluate JavaScript, wait for a condition.
 //!
-//! `.ci/run` installs chromium. A missing browser fails the test with the
+//! `scripts/test.sh` installs chromium. A missing browser fails the test with the
 //! install command, unless `BROWSER_TESTS=skip` says to skip browser tests
 //! on purpose (then the test prints SKIPPED and returns).
 
@@ -53,7 +53,7 @@ impl Browser {
                 return None;
             }
             panic!(
-                "chromium is not installed: apt-get install chromium \
+                "chromium is not installed: run ./scripts/test.sh or apt-get install chromium \
                  (or set BROWSER_TESTS=skip to skip browser tests)"
             );
         };

@@ -324,7 +324,7 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts `redis-server` (from the distribution's packages; `.ci/run`
+    /// Starts `redis-server` (from the distribution's packages; `scripts/test.sh`
     /// installs it). Redis cannot bind port 0 and report it, so a free port
     /// is picked and the start retried if another process takes it first.
     pub fn start() -> Self {

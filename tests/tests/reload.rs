@@ -55,6 +55,68 @@ fn apply(lb: &Balancer, text: &str, outcome: &'static str, seen: &mut usize) -> 
     start.elapsed()
 }
 
+/// WebSocket sessions through the balancer, each echoing a message every
+/// 200 ms (at most 1,000 each) until [`EchoSessions::finish`]; a session
+/// whose echo fails or does not come within 5 s counts as broken.
+struct EchoSessions {
+    stop: Arc<AtomicBool>,
+    echoes: Arc<AtomicUsize>,
+    broken: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EchoSessions {
+    async fn open(lb: std::net::SocketAddr, n: usize) -> Self {
+        let broken = Arc::new(AtomicUsize::new(0));
+        let echoes = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{lb}/ws"))
+                .await
+                .unwrap();
+            let (broken, echoes, stop) = (broken.clone(), echoes.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 1_000 {
+                    n += 1;
+                    let msg = format!("s{i}-{n}");
+                    let ok = ws.send(Message::text(msg.clone())).await.is_ok()
+                        && matches!(
+                            tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
+                            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == msg
+                        );
+                    if !ok {
+                        broken.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    echoes.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await; // the session's pace
+                }
+                let _ = ws.close(None).await;
+            }));
+        }
+        Self {
+            stop,
+            echoes,
+            broken,
+            tasks,
+        }
+    }
+
+    /// Stops the sessions; returns `(echoes, broken sessions)`.
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.echoes.load(Ordering::Relaxed),
+            self.broken.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_reloads_under_load_lose_nothing() {
     let b: Vec<Backend> = (1..=4).map(|i| Backend::start(&format!("b{i}"))).collect();
@@ -62,37 +124,8 @@ async fn fifty_reloads_under_load_lose_nothing() {
     let lb = Balancer::start_quiet(&base);
 
     // 100 WebSocket sessions on b1..b3, echoing every 200 ms.
-    let broken = Arc::new(AtomicUsize::new(0));
-    let echoes = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut sessions = Vec::new();
-    for i in 0..100 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.addr()))
-            .await
-            .unwrap();
-        let (broken, echoes, stop) = (broken.clone(), echoes.clone(), stop.clone());
-        sessions.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 1_000 {
-                n += 1;
-                let msg = format!("s{i}-{n}");
-                let ok = ws.send(Message::text(msg.clone())).await.is_ok()
-                    && matches!(
-                        tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
-                        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == msg
-                    );
-                if !ok {
-                    broken.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                echoes.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await; // the session's pace
-            }
-            let _ = ws.close(None).await;
-        }));
-    }
+    let sessions = EchoSessions::open(lb.addr(), 100).await;
 
-    // Keep-alive GET load.
     // Keep-alive GET load (bounded: it stops after the reloads, or at 60 s).
     let load = GetLoad::start(
         &lb.url("/whoami"),
@@ -121,15 +154,8 @@ async fn fifty_reloads_under_load_lose_nothing() {
             assert_eq!(r.status, 200, "round {round}: {}", r.text());
         }
     }
-    stop.store(true, Ordering::Relaxed);
     let (p, f) = load.finish().await;
-    for s in sessions {
-        s.await.unwrap();
-    }
-    let (e, br) = (
-        echoes.load(Ordering::Relaxed),
-        broken.load(Ordering::Relaxed),
-    );
+    let (e, br) = sessions.finish().await;
     eprintln!("reload: 50 reloads, slowest {slowest:?} from write to serving; HTTP {p} passed, {f} failed; WebSocket {e} echoes, {br} sessions broken");
     assert!(
         slowest < Duration::from_secs(1),
@@ -253,4 +279,83 @@ async fn sighup_reloads_and_an_invalid_file_changes_nothing() {
     lb.proc
         .wait_log("reloaded", |v| v["message"] == "config reloaded");
     assert_eq!(get(&h1(), &lb.url("/whoami")).await.text(), "b");
+}
+
+/// Issue 13, bug 2: editing settings that are not a backend's identity
+/// (here `timeouts.connect` and `max_idle_per_backend`, in a pool with
+/// health checks) keeps every live backend: no tunnel closes, no request
+/// fails, and the pool never answers 503 while new backends wait for a
+/// first check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_edits_keep_every_backend_with_its_tunnels_and_health() {
+    let b: Vec<Backend> = (1..=3).map(|i| Backend::start(&format!("b{i}"))).collect();
+    let edit = |connect: &str, max_idle: u32| {
+        config(
+            &[(&b[0], 1), (&b[1], 1), (&b[2], 1)],
+            &format!("[timeouts]\nconnect = \"{connect}\"\n[admin]\naddress = \"127.0.0.1:0\"\n"),
+        )
+        .replace(
+            "policy = \"least_connections\"\n",
+            &format!(
+                "policy = \"least_connections\"\nmax_idle_per_backend = {max_idle}\n\
+                 [pool.health]\npath = \"/healthz\"\ninterval = \"2s\"\n"
+            ),
+        )
+    };
+    let lb = Balancer::start_quiet(&edit("3s", 32));
+    lb.proc
+        .wait_count("backend up", 3, |v| v["message"] == "backend up");
+    let status = format!("http://{}/api/status", lb.admin_addr());
+    let sessions = EchoSessions::open(lb.addr(), 100).await;
+    // Counted before the load starts, so every request of the load adds to it.
+    let requests_before: u64 = get(&h1(), &status).await.json()["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    let load = GetLoad::start(
+        &lb.url("/whoami"),
+        4,
+        Instant::now() + Duration::from_secs(60),
+    );
+
+    let mut seen = 0;
+    for round in 0..10 {
+        let text = if round % 2 == 0 {
+            edit("1s", 8)
+        } else {
+            edit("3s", 32)
+        };
+        apply(&lb, &text, "config reloaded", &mut seen);
+        let last = lb.proc.last_message("config reloaded").unwrap();
+        assert_eq!(
+            last["changes"], "settings:pool:game,timeouts",
+            "round {round}: only settings changed: {last}"
+        );
+        // Still served at once, by backends that are still up.
+        let r = get(&h1(), &lb.url("/whoami")).await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+    }
+    let (p, f) = load.finish().await;
+    let (e, broken) = sessions.finish().await;
+    let s = get(&h1(), &status).await.json();
+    let backends = s["pools"][0]["backends"].as_array().unwrap().clone();
+    let requests_after: u64 = backends
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "settings edits: 10 reloads; HTTP {p} passed, {f} failed; WebSocket {e} echoes, \
+         {broken} sessions broken; backend request counters {requests_before} -> {requests_after}"
+    );
+    assert!(p > 100, "too little load to mean anything: {p}");
+    assert_eq!(f, 0, "failed requests (a 503 counts)");
+    assert_eq!(broken, 0, "tunnels closed by a settings edit");
+    assert_eq!(lb.proc.count_messages("backend draining"), 0);
+    assert!(backends.iter().all(|b| b["state"] == "up"), "{backends:?}");
+    assert!(
+        requests_after >= requests_before + p as u64,
+        "counters were reset: the backends were replaced"
+    );
 }

@@ -6,7 +6,7 @@
 //! sees "Session ID unknown". The same run with `round_robin` must show
 //! those errors: proof that the test can fail.
 //!
-//! Needs node, npm and redis-server (`.ci/run` installs what is missing);
+//! Needs node, npm and redis-server (`scripts/test.sh` installs what is missing);
 //! the npm packages are pinned by `tests/socketio/package-lock.json` and
 //! installed with `npm ci`.
 
@@ -37,7 +37,7 @@ fn npm_ci() {
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(socketio_dir())
         .status()
-        .expect("npm must be installed (see .ci/run)");
+        .expect("npm must be installed (scripts/test.sh installs it)");
     assert!(status.success(), "npm ci failed in tests/socketio");
     *done = true;
 }

@@ -2,7 +2,7 @@
 //! driven over the DevTools protocol: the page loads, shows the backends and
 //! their states, and a drain click changes the backend's state.
 //!
-//! CI installs chromium; where it is absent the test fails with the install
+//! `scripts/test.sh` installs chromium; where it is absent the test fails with the install
 //! command (or, with `BROWSER_TESTS=skip`, says SKIPPED and returns).
 //! With `BALANCER_SCREENSHOT=path.png` it also saves a screenshot.
 
