@@ -1,20 +1,26 @@
 //! The balancer: a Layer-7 reverse proxy for real-time game backends.
 //!
-//! Crate map, in the order a request meets it:
+//! Crate map, in the order a request meets it (every arrow between these
+//! modules goes one way; see docs/architecture.md):
 //!
-//! * [`server`]: listening sockets, one task per client connection (HTTP/1.1
-//!   and HTTP/2 on the same port, upgrades on), idle and shutdown handling.
-//! * [`proxy`]: the request path: route, pick, rewrite headers, forward on a
-//!   pooled upstream connection, stream the response back, join WebSocket
-//!   tunnels; every failure becomes a 4xx/5xx response.
+//! * [`server`]: listening sockets ([`server::ListenerSet`]) and one task
+//!   per client connection (HTTP/1.1 and HTTP/2 on the same port, upgrades
+//!   on), parking, idle and shutdown handling.
+//! * [`proxy`]: one request's path: route, rewrite, attempts with the retry
+//!   decision, respond, WebSocket tunnels; every failure becomes a 4xx/5xx.
 //! * [`runtime`]: the immutable snapshot built from the config (route table,
-//!   pools, `Arc<Backend>` live state) behind one `ArcSwap`.
+//!   pools with their settings) behind one `ArcSwap`.
+//! * [`upstream`]: everything about backends: identity and live state, the
+//!   ejection state machine, the connection pool, the HTTP/1.1 codec.
 //! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
-//! * [`health`]: active health checks writing each backend's health atomic.
-//! * [`reload`]: hot reload: watch the file, diff, swap the snapshot.
-//! * [`upgrade`]: zero-downtime binary upgrade by handing over listening sockets.
-//! * [`admin`]: the admin listener: JSON status and reload.
-//! * [`app`]: start-up, reload and shutdown: bind listeners, serve, drain, exit.
+//! * [`health`]: active health checks writing each backend's health.
+//! * [`reload`]: config changes as one planned value, applied once (also
+//!   at start-up).
+//! * [`admin`] and [`metrics`]: what operators see.
+//! * [`app`]: start-up, the serve loop and shutdown; [`upgrade`]: binary
+//!   upgrade by handing over listening sockets.
+//! * [`socket`], [`clock`], [`workers`]: socket wrappers, the one clock,
+//!   the serving threads.
 //!
 //! Config parsing and validation live in the `config` crate, shared with
 //! `balancer check`.

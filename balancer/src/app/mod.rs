@@ -5,7 +5,7 @@
 //! start cleanly). [`App::serve`] takes a shutdown future, like
 //! mini-redis's server: the binary passes SIGTERM/SIGINT, tests pass what
 //! they like. It hands reload triggers (file changes, SIGHUP, the admin
-//! API) to the [`Reloader`], and a takeover request to [`handover`].
+//! API) to the [`Reloader`], and a takeover request to `handover.rs`.
 //! Shutdown: stop accepting at once, send WebSocket clients a Close frame,
 //! let in-flight requests finish for up to `timeouts.shutdown_grace`, then
 //! return.

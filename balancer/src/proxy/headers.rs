@@ -226,4 +226,84 @@ mod tests {
         assert_eq!(h["x-request-id"], id);
         assert_ne!(new_request_id(), new_request_id());
     }
+
+    mod rewriting_property {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "connection",
+                    "keep-alive",
+                    "te",
+                    "trailer",
+                    "transfer-encoding",
+                    "upgrade",
+                    "proxy-connection",
+                    "proxy-authorization",
+                    "proxy",
+                    "x-secret",
+                    "cookie",
+                    "x-a",
+                    "host",
+                    "accept",
+                ])
+                .prop_map(String::from),
+                "x-[a-z]{1,6}",
+            ]
+        }
+
+        proptest! {
+            /// Any request headers: after stripping, no hop-by-hop header,
+            /// no `Proxy-*` and nothing `Connection` named is left; every
+            /// other header is kept with all its values in order; an
+            /// upgrade keeps its `Upgrade` and says `Connection: upgrade`.
+            #[test]
+            fn strip_keeps_end_to_end_headers_only(
+                fields in prop::collection::vec((name(), "[a-z0-9 ,-]{0,12}"), 0..16),
+                upgrade in any::<bool>(),
+            ) {
+                let mut h = HeaderMap::new();
+                for (n, v) in &fields {
+                    h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+                }
+                let named: Vec<String> = h
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let upgrade_value = h.get(header::UPGRADE).cloned();
+                let before = h.clone();
+                strip_hop_by_hop(&mut h, upgrade);
+                let hop = |n: &str| {
+                    HOP_BY_HOP.iter().any(|x| x.as_str() == n)
+                        || n.starts_with("proxy-")
+                        || n == "proxy"
+                        || named.iter().any(|t| t == n)
+                };
+                for (n, _) in h.iter() {
+                    let kept_for_upgrade = upgrade
+                        && upgrade_value.is_some()
+                        && (n == header::UPGRADE || n == header::CONNECTION);
+                    prop_assert!(!hop(n.as_str()) || kept_for_upgrade, "{} survived", n);
+                }
+                for n in before.keys() {
+                    if !hop(n.as_str()) {
+                        let a: Vec<_> = before.get_all(n).iter().collect();
+                        let b: Vec<_> = h.get_all(n).iter().collect();
+                        prop_assert_eq!(a, b, "{} changed", n);
+                    }
+                }
+                if let (true, Some(v)) = (upgrade, upgrade_value) {
+                    prop_assert_eq!(h.get(header::UPGRADE), Some(&v));
+                    prop_assert_eq!(h.get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+                }
+            }
+        }
+    }
 }

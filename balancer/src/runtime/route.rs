@@ -170,6 +170,72 @@ mod tests {
         assert_eq!(find(&t, "nope", None, "/"), None);
     }
 
+    mod precedence_property {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn host() -> impl Strategy<Value = Option<HostMatch>> {
+            prop_oneof![
+                Just(None),
+                prop::sample::select(vec!["a.example.com", "b.example.com", "example.com"])
+                    .prop_map(|h| Some(HostMatch::Exact(h.into()))),
+                prop::sample::select(vec![".example.com", ".a.example.com", ".com"])
+                    .prop_map(|s| Some(HostMatch::Wildcard(s.into()))),
+            ]
+        }
+
+        fn prefix() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["/", "/a", "/a/", "/a/b", "/ab", "/b"])
+        }
+
+        /// How specific a route is: what precedence says wins.
+        fn rank(host: &Option<HostMatch>, prefix: &str) -> (u8, usize, usize) {
+            match host {
+                Some(HostMatch::Exact(_)) => (2, 0, prefix.len()),
+                Some(HostMatch::Wildcard(s)) => (1, s.len(), prefix.len()),
+                None => (0, 0, prefix.len()),
+            }
+        }
+
+        proptest! {
+            /// For any routes and any request, the table picks what a
+            /// brute-force scan picks: among the matching routes, the most
+            /// specific (host kind, wildcard length, prefix length), the
+            /// first in file order on a tie; none when nothing matches.
+            #[test]
+            fn find_is_the_most_specific_match(
+                routes in prop::collection::vec((host(), prefix()), 0..10),
+                req_host in prop::option::of(prop::sample::select(vec![
+                    "a.example.com", "b.example.com", "x.a.example.com", "example.com", "other.org",
+                ])),
+                path in prop::sample::select(vec!["/", "/a", "/a/b/c", "/ab", "/b", "/c"]),
+            ) {
+                let mut t = RouteTable::default();
+                for (i, (h, p)) in routes.iter().enumerate() {
+                    t.add("l", h.clone(), p, pool(&i.to_string()));
+                }
+                let t = t.finish();
+                let want = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (h, p))| {
+                        let host_ok = match (h, req_host) {
+                            (None, _) => true,
+                            (Some(m), Some(rh)) => m.matches(rh),
+                            (Some(_), None) => false,
+                        };
+                        host_ok && path.starts_with(*p)
+                    })
+                    // max_by_key keeps the last of equals: reverse the index.
+                    .max_by_key(|(i, (h, p))| (rank(h, p), std::cmp::Reverse(*i)))
+                    .map(|(i, _)| i.to_string());
+                let got = t.find("l", req_host, path).map(|p| p.name.to_string());
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
     #[test]
     fn host_normalization() {
         assert_eq!(normalize_host("Game.Example.COM:8080"), "game.example.com");

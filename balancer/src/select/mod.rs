@@ -9,7 +9,7 @@
 //!
 //! | policy | module | key |
 //! |---|---|---|
-//! | `round_robin` | [`round_robin`] | none: smooth weighted rotation |
+//! | `round_robin` | `round_robin.rs` | none: smooth weighted rotation |
 //! | `least_connections` | [`least_connections`] | live load of each member |
 //! | `ip_hash`, `hash` | [`keyed`] over [`rendezvous`] | client IP / a request key |
 //! | `cookie` | [`cookie`] | a signed cookie naming the backend |
