@@ -30,8 +30,13 @@ fn closed_port() -> SocketAddr {
 /// A proxy for one pool `p` of `backends` (id, address) in this order,
 /// round robin, with `extra` TOML inside the pool.
 fn proxy(backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy, Arc<ConnInfo>) {
-    let mut text = String::from(
-        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n",
+    proxy_with("", backends, extra)
+}
+
+/// [`proxy`], with `top` TOML (top-level keys, `[timeouts]`) first.
+fn proxy_with(top: &str, backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy, Arc<ConnInfo>) {
+    let mut text = format!(
+        "{top}\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n"
     );
     for (id, addr) in backends {
         text.push_str(&format!(
@@ -129,6 +134,40 @@ async fn the_budget_caps_retries_of_requests_that_reached_a_backend() {
     );
     assert_eq!(call(&p, &conn, Method::POST, b"x").await.0, 502);
     assert_eq!(seen_a.requests() + seen_b.requests(), before + 1);
+}
+
+/// A pool that is really sick, slow or failing everywhere: nothing is
+/// repeated, so the backends see each request once.
+#[tokio::test]
+async fn slow_or_failing_backends_are_not_hammered_with_retries() {
+    let (a, seen_a) = raw_backend(vec!["<hang>"; 20]).await;
+    let (b, seen_b) = raw_backend(vec!["<hang>"; 20]).await;
+    let no_ejection = "[pool.ejection]\nconsecutive_failures = 0\n";
+    let (p, conn) = proxy_with(
+        "[timeouts]\nresponse_header = \"50ms\"\n",
+        &[("a", a), ("b", b)],
+        no_ejection,
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&p, &conn).await.0, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(
+        seen_a.requests() + seen_b.requests(),
+        10,
+        "a timeout is never retried"
+    );
+    // Every backend answers 503: passed on, never retried.
+    let (c, seen_c) = raw_backend(vec!["HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"; 20]).await;
+    let (d, seen_d) = raw_backend(vec!["HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"; 20]).await;
+    let (p, conn) = proxy(&[("c", c), ("d", d)], "[pool.ejection]\non_5xx = true\n");
+    for _ in 0..10 {
+        assert_eq!(get(&p, &conn).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        seen_c.requests() + seen_d.requests(),
+        10,
+        "a 5xx is never retried"
+    );
 }
 
 #[tokio::test]

@@ -31,8 +31,9 @@ impl Seen {
 /// Starts a backend that answers each request head with the next of
 /// `answers` (on whichever connection it came). An answer of `""` closes
 /// the connection instead; one ending in `<close>` closes it after writing
-/// the rest; `<reset>` closes it with a TCP reset. Request bodies are not
-/// read. After the last answer, connections are closed.
+/// the rest; `<reset>` closes it with a TCP reset; `<hang>` never answers
+/// (the connection stays open until the balancer closes it). Request bodies
+/// are not read. After the last answer, connections are closed.
 pub async fn raw_backend(answers: Vec<&'static str>) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -58,6 +59,11 @@ pub async fn raw_backend(answers: Vec<&'static str>) -> (SocketAddr, Arc<Seen>) 
                         seen.heads.lock().unwrap().push(head);
                         let answer = answers.lock().unwrap().next().unwrap_or("");
                         if answer.is_empty() {
+                            return;
+                        }
+                        if answer == "<hang>" {
+                            let mut rest = [0u8; 1024];
+                            while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
                             return;
                         }
                         if answer == "<reset>" {
