@@ -107,7 +107,7 @@ start_backend() {
         pid=$!
         backend_pid[$slot]=$pid
         while [ "$(now_ms)" -lt "$deadline" ]; do
-            if grep -q '"message":"listening"' "$log"; then return 0; fi
+            if grep -q '"message":"listening"' "$log" 2>/dev/null; then return 0; fi
             if ! kill -0 "$pid" 2>/dev/null; then break; fi
             sleep 0.02
         done

@@ -180,7 +180,7 @@ fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
         &json!({
             "pool": pool,
             "id": id,
-            "state": status::backend_state(backend, live, crate::clock::now_ms()),
+            "state": status::backend_state(backend, live, &crate::clock::Now::lazy()),
             "open": backend.open_connections(),
         }),
     )

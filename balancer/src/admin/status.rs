@@ -5,12 +5,13 @@
 use serde_json::json;
 
 use super::AdminState;
+use crate::clock::Now;
 use crate::metrics::{BackendSample, Scrape};
 use crate::runtime::Pool;
 use crate::upstream::{Backend, Health, Operator};
 
 /// A backend's state in one word, as the status page shows it.
-pub(super) fn backend_state(b: &Backend, pool: &Pool, now: u64) -> &'static str {
+pub(super) fn backend_state(b: &Backend, pool: &Pool, now: &Now) -> &'static str {
     match b.operator() {
         Operator::Draining if b.open_connections() == 0 => return "drained",
         Operator::Draining => return "draining",
@@ -29,7 +30,7 @@ pub(super) fn backend_state(b: &Backend, pool: &Pool, now: u64) -> &'static str 
 
 pub(super) fn status(state: &AdminState) -> serde_json::Value {
     let snap = state.snapshot.load_full();
-    let now = crate::clock::now_ms();
+    let now = Now::lazy();
     let mut pools: Vec<_> = snap.pools.values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     let pools: Vec<_> = pools
@@ -43,8 +44,8 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                     json!({
                         "id": &*b.id,
                         "address": b.address.to_string(),
-                        "state": backend_state(b, p, now),
-                        "ejected": b.out(now, &p.ejection).map(|o| o.as_str()),
+                        "state": backend_state(b, p, &now),
+                        "ejected": b.out(&now, &p.ejection).map(|o| o.as_str()),
                         "weight": w,
                         "open": b.open_connections(),
                         "in_flight": b.open_connections().saturating_sub(b.tunnels()),
@@ -103,7 +104,7 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
 /// What a scrape reads, gathered now.
 pub(super) fn scrape(state: &AdminState) -> Scrape {
     let snap = state.snapshot.load_full();
-    let now = crate::clock::now_ms();
+    let now = Now::lazy();
     let sample = |pool: &str, b: &Backend, up: bool| BackendSample {
         pool: pool.to_string(),
         backend: b.id.to_string(),
@@ -119,7 +120,7 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
         .flat_map(|p| {
             p.backends
                 .iter()
-                .map(move |b| sample(&p.name, b, b.is_usable(now, &p.ejection)))
+                .map(|b| sample(&p.name, b, b.is_usable(&now, &p.ejection)))
         })
         .collect();
     // Removed backends still draining: they take nothing new.

@@ -101,7 +101,7 @@ impl HealthChecker {
             if result.is_ok() {
                 let applied = self.backend.report(
                     Event::CheckPassed { started },
-                    now,
+                    &crate::clock::Now::at(now),
                     &self.ejection,
                     || true,
                 );

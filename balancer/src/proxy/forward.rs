@@ -1,27 +1,26 @@
-//! The steps of one request, in order: [`route`], [`rewrite_request`],
-//! the body ([`ClientBody::read`]), the attempts on backends
-//! (`Proxy::attempts`, with [`super::retry`] deciding after each failure),
-//! and the response (`Proxy::respond`, or a tunnel after `101`).
+//! The steps of one request, in the order `Proxy::handle` runs them:
+//! [`route`], [`rewrite_request`], the body ([`ClientBody::read`]), the
+//! attempts on backends (`Proxy::attempts`, with [`super::retry`] deciding
+//! after each failure), and the response (`Proxy::respond`, or a tunnel
+//! after `101`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 
 use super::retry::{self, Decision};
-use super::{client_ip, headers, tunnel, AccessLog, ClientBody, ConnInfo, InFlight, ProxyBody};
+use super::{headers, tunnel, AccessLog, ClientBody, InFlight, ProxyBody};
 use super::{Proxy, ProxyError};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, Now};
 use crate::runtime::{normalize_host, Pool, Snapshot};
 use crate::select::SelectionContext;
 use crate::socket::LastActivity;
 use crate::upstream::ejection::{Change, Event, Out};
-use crate::upstream::{is_idempotent, Backend, OpenGuard, UpstreamBody};
-use crate::BoxError;
+use crate::upstream::{is_idempotent, Backend, OpenGuard, UpstreamBody, UpstreamError};
 
 /// Where a request goes, and the authority it named.
 #[derive(Debug)]
@@ -115,45 +114,14 @@ pub(super) struct Answered {
 }
 
 impl Proxy {
-    pub(super) async fn forward<B>(
-        &self,
-        snap: &Snapshot,
-        conn: &ConnInfo,
-        mut req: Request<B>,
-        log: &mut AccessLog,
-        in_flight: InFlight,
-    ) -> Result<Response<ProxyBody>, ProxyError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let Routed { pool, host } = route(snap, &conn.listener, &req)?;
-        log.pool = Some(Arc::clone(&pool.name));
-        log.pool_metrics = pool.metrics.clone();
-        let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
-        log.client = client;
-
-        let upgrade = Upgrade::of(&mut req);
-        let (mut parts, body) = req.into_parts();
-        rewrite_request(
-            &mut parts,
-            conn.peer.ip(),
-            host.as_ref(),
-            upgrade.client.is_some(),
-        );
-        let body = ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await?;
-        let answered = self.attempts(snap, &pool, parts, body, client, log).await?;
-        self.respond(snap, &pool, answered, upgrade, log, in_flight)
-    }
-
     /// One attempt per backend until one answers with a response head or
     /// [`retry::decide`] gives up.
-    async fn attempts(
+    pub(super) async fn attempts(
         &self,
         snap: &Snapshot,
         pool: &Pool,
-        mut parts: http::request::Parts,
-        mut body: ClientBody,
+        parts: &mut http::request::Parts,
+        body: &mut ClientBody,
         client: IpAddr,
         log: &mut AccessLog,
     ) -> Result<Answered, ProxyError> {
@@ -180,8 +148,10 @@ impl Proxy {
 
             let progress = LastActivity::new();
             let Some((attempt_body, upload)) = body.attempt(progress.clone()) else {
-                return Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
-                    pool: pool.name.to_string(),
+                // A streamed body goes once; `retry::decide` never retries
+                // one, so this is the previous attempt's failure.
+                return Err(last_error.unwrap_or_else(|| {
+                    ProxyError::Upstream(UpstreamError::Upload("request body already sent".into()))
                 }));
             };
             let more_possible = body.replayable() && (tried.len() as u32) < pool.retry.attempts;
@@ -269,7 +239,7 @@ impl Proxy {
 
     /// The response head goes back to the client: hop-by-hop headers out,
     /// `X-Request-Id` and the sticky cookie in; a `101` starts a tunnel.
-    fn respond(
+    pub(super) fn respond(
         &self,
         snap: &Snapshot,
         pool: &Pool,
@@ -293,9 +263,9 @@ impl Proxy {
         {
             let (mut parts, mut body) = resp.into_parts();
             let Some(upstream_upgrade) = body.take_upgrade() else {
-                return Err(ProxyError::Upstream(
-                    crate::upstream::UpstreamError::Protocol("101 without a socket".into()),
-                ));
+                return Err(ProxyError::Upstream(UpstreamError::Protocol(
+                    "101 without a socket".into(),
+                )));
             };
             headers::strip_hop_by_hop(&mut parts.headers, true);
             add_request_id(&mut parts.headers, &log.request_id);
@@ -339,12 +309,12 @@ impl Proxy {
 /// machine; an ejection that broke the pool's cap (another backend crossed
 /// at the same moment) is taken back.
 fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
-    let now = now_ms();
-    let applied = backend.report(event, now, &pool.ejection, || pool.may_eject(now));
+    let now = Now::lazy();
+    let applied = backend.report(event, &now, &pool.ejection, || pool.may_eject(&now));
     let Change::Ejected { cause, for_ } = applied.change else {
         return;
     };
-    if cause == Out::Failures && pool.ejected_share_exceeded(now) {
+    if cause == Out::Failures && pool.ejected_share_exceeded(&now) {
         backend.undo(&applied);
         return;
     }
@@ -371,7 +341,7 @@ async fn await_response<F>(
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, ProxyError>
 where
-    F: std::future::Future<Output = Result<Response<UpstreamBody>, crate::upstream::UpstreamError>>,
+    F: std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>>,
 {
     tokio::pin!(fut);
     let limit = timeout.as_millis() as u64;

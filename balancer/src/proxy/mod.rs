@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Proxy::handle(request of any body type)
-//!   └─ forward.rs   route ─▶ rewrite ─▶ read body ─▶ attempts ─▶ respond
+//!   └─ the steps (forward.rs): route ─▶ rewrite ─▶ read body ─▶ attempts ─▶ respond
 //!        route         (listener, host, path) ─▶ pool            404 NoRoute
 //!        rewrite       headers.rs: hop-by-hop out, X-Forwarded-*, Host        (pure)
 //!        read body     client_body.rs: buffer a small body, else stream
@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use body::{AccessLog, ProxyBody};
 pub use client_body::ClientBody;
 pub use error::{ProxyError, Side};
+use forward::{Routed, Upgrade};
 
 use crate::runtime::Snapshot;
 use crate::BoxError;
@@ -138,10 +139,38 @@ impl Proxy {
             upload: None,
         };
 
-        match self.forward(&snap, conn, req, &mut log, in_flight).await {
-            Ok(resp) => resp,
-            Err(e) => error_response(e, log, request_id),
+        // Each step returns the error response itself on failure. The
+        // steps run here, not in a nested async fn: every level of
+        // nesting moves the child future into the parent's state.
+        macro_rules! or_respond {
+            ($step:expr) => {
+                match $step {
+                    Ok(v) => v,
+                    Err(e) => return error_response(e, log, request_id),
+                }
+            };
         }
+        let Routed { pool, host } = or_respond!(forward::route(&snap, &conn.listener, &req));
+        log.pool = Some(Arc::clone(&pool.name));
+        log.pool_metrics = pool.metrics.clone();
+        let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+        log.client = client;
+        let upgrade = Upgrade::of(&mut req);
+        let (mut parts, body) = req.into_parts();
+        forward::rewrite_request(
+            &mut parts,
+            conn.peer.ip(),
+            host.as_ref(),
+            upgrade.client.is_some(),
+        );
+        let mut body =
+            or_respond!(ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await);
+        // Lent, not moved: the attempts' future stays small.
+        let answered = or_respond!(
+            self.attempts(&snap, &pool, &mut parts, &mut body, client, &mut log)
+                .await
+        );
+        or_respond!(self.respond(&snap, &pool, answered, upgrade, &mut log, in_flight))
     }
 }
 

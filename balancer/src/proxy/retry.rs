@@ -20,7 +20,7 @@ use http::StatusCode;
 
 use super::ProxyError;
 use crate::upstream::ejection::Event;
-use crate::upstream::{Reached, UpstreamError};
+use crate::upstream::Reached;
 
 /// Whether to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +63,13 @@ pub fn decide(error: &ProxyError, req: Request) -> Decision {
 
 /// What an attempt tells the backend's ejection state machine; `None` when
 /// the failure was not the backend's (the client's body, the client's
-/// timing).
+/// timing: the caller has turned those into `ClientBody` and
+/// `ClientTimeout` already).
 pub fn event(outcome: Result<StatusCode, &ProxyError>, on_5xx: bool) -> Option<Event> {
     match outcome {
         Ok(status) if on_5xx && status.is_server_error() => Some(Event::Failure),
         Ok(_) => Some(Event::Success),
         Err(ProxyError::Upstream(e)) if e.is_refused() => Some(Event::Refused),
-        Err(ProxyError::Upstream(UpstreamError::Upload(_))) => None,
         Err(ProxyError::Upstream(_) | ProxyError::ResponseTimeout(_)) => Some(Event::Failure),
         Err(_) => None,
     }
@@ -82,6 +82,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::upstream::UpstreamError;
 
     fn refused() -> ProxyError {
         ProxyError::Upstream(UpstreamError::Connect {
@@ -164,6 +165,10 @@ mod tests {
         let closed = ProxyError::Upstream(UpstreamError::Closed("x".into()));
         assert_eq!(event(Err(&closed), false), Some(Event::Failure));
         assert_eq!(event(Err(&ProxyError::ClientBody("x".into())), false), None);
+        let timeout = ProxyError::ClientTimeout(Duration::from_secs(1));
+        assert_eq!(event(Err(&timeout), false), None);
+        let upload = ProxyError::Upstream(UpstreamError::Upload("backend went away".into()));
+        assert_eq!(event(Err(&upload), false), Some(Event::Failure));
     }
 
     proptest! {

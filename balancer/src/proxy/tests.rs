@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ConnInfo, Proxy};
+use crate::clock::Now;
 use crate::runtime::Snapshot;
 use crate::upstream::ejection::{Event, Out};
 use crate::upstream::testing::raw_backend;
@@ -100,8 +101,8 @@ async fn a_refused_connection_is_retried_free_and_takes_the_backend_out() {
     let snap = p.snapshot.load();
     let pool = &snap.pools["p"];
     let dead = &pool.backends[0];
-    let now = crate::clock::now_ms();
-    assert_eq!(dead.out(now, &pool.ejection), Some(Out::Refused));
+    let now = Now::lazy();
+    assert_eq!(dead.out(&now, &pool.ejection), Some(Out::Refused));
     assert_eq!(dead.requests_total(), 1, "out after the first refusal");
     let reserve = (0..100)
         .take_while(|_| pool.retry_budget.withdraw())
@@ -184,12 +185,12 @@ async fn with_checks_on_an_ejection_ends_with_a_passing_check_not_with_time() {
     let pool = &snap.pools["p"];
     let flaky = Arc::clone(&pool.backends[0]);
     let now = crate::clock::now_ms();
-    assert_eq!(flaky.out(now, &pool.ejection), Some(Out::Refused));
+    assert_eq!(flaky.out(&Now::at(now), &pool.ejection), Some(Out::Refused));
     // The backend comes back, and far more than the ejection time passes:
     // without a passing check it stays out.
     let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
     assert_eq!(
-        flaky.out(now + 3_600_000, &pool.ejection),
+        flaky.out(&Now::at(now + 3_600_000), &pool.ejection),
         Some(Out::Refused)
     );
     for _ in 0..5 {
@@ -211,12 +212,12 @@ async fn with_checks_on_an_ejection_ends_with_a_passing_check_not_with_time() {
     assert!(crate::health::check(&flaky, &health).await.is_ok());
     let applied = flaky.report(
         Event::CheckPassed { started },
-        crate::clock::now_ms(),
+        &Now::lazy(),
         &pool.ejection,
         || true,
     );
     assert_eq!(applied.change, crate::upstream::ejection::Change::Returned);
-    assert!(flaky.is_usable(crate::clock::now_ms(), &pool.ejection));
+    assert!(flaky.is_usable(&Now::lazy(), &pool.ejection));
     drop(listener);
 }
 

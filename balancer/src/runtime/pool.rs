@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::clock::Now;
 use crate::select::{BackendSelection, Members, SelectionContext};
 use crate::upstream::ejection::{self, Out};
 use crate::upstream::{Backend, UpstreamSettings};
@@ -129,7 +130,7 @@ impl Pool {
 
     /// Backends out for failures at `now`: the ones `max_percent` counts
     /// (a refused backend is out whatever the cap, and holds no slot).
-    fn ejected_for_failures(&self, now: u64) -> usize {
+    fn ejected_for_failures(&self, now: &Now) -> usize {
         self.backends
             .iter()
             .filter(|b| b.out(now, &self.ejection) == Some(Out::Failures))
@@ -138,14 +139,14 @@ impl Pool {
 
     /// Whether one more backend may be ejected for failures at `now`
     /// without passing `ejection.max_percent` of the pool.
-    pub fn may_eject(&self, now: u64) -> bool {
+    pub fn may_eject(&self, now: &Now) -> bool {
         (self.ejected_for_failures(now) + 1) * 100
             <= self.backends.len() * self.ejection.max_percent as usize
     }
 
     /// Whether more than `ejection.max_percent` of the pool is out for
     /// failures at `now` (two backends crossed the threshold at once).
-    pub fn ejected_share_exceeded(&self, now: u64) -> bool {
+    pub fn ejected_share_exceeded(&self, now: &Now) -> bool {
         self.ejected_for_failures(now) * 100
             > self.backends.len() * self.ejection.max_percent as usize
     }
@@ -165,8 +166,8 @@ impl Pool {
             exclude,
             slow_start_ms: self.slow_start_ms,
             rules: &self.ejection,
-            // The clock is read once per pick.
-            now: crate::clock::now_ms(),
+            // Read once per pick, and only if a member is out or ramping.
+            now: Now::lazy(),
         };
         let pick = self.selection.select(ctx, &members)?;
         let backend = self.backends.get(pick.index)?;
@@ -184,7 +185,7 @@ struct LiveMembers<'a> {
     exclude: &'a [usize],
     slow_start_ms: u64,
     rules: &'a ejection::Rules,
-    now: u64,
+    now: Now,
 }
 
 impl Members for LiveMembers<'_> {
@@ -196,7 +197,7 @@ impl Members for LiveMembers<'_> {
         // Health checks, passive ejection and the operator decide.
         self.backends
             .get(i)
-            .is_some_and(|b| b.is_usable(self.now, self.rules))
+            .is_some_and(|b| b.is_usable(&self.now, self.rules))
             && !self.exclude.contains(&i)
     }
 
@@ -206,7 +207,7 @@ impl Members for LiveMembers<'_> {
 
     fn ramp(&self, i: usize) -> u32 {
         match self.backends.get(i) {
-            Some(b) if self.slow_start_ms > 0 => b.ramp(self.now, self.slow_start_ms, self.rules),
+            Some(b) if self.slow_start_ms > 0 => b.ramp(&self.now, self.slow_start_ms, self.rules),
             _ => crate::select::FULL_RAMP,
         }
     }
@@ -240,8 +241,9 @@ mod tests {
     }
 
     fn fail(pool: &Pool, i: usize, event: Event, now: u64) -> Change {
+        let now = Now::at(now);
         pool.backends[i]
-            .report(event, now, &pool.ejection, || pool.may_eject(now))
+            .report(event, &now, &pool.ejection, || pool.may_eject(&now))
             .change
     }
 
@@ -272,7 +274,7 @@ mod tests {
             fail(&pool, 2, Event::Refused, 11),
             Change::Ejected { .. }
         ));
-        assert!(!pool.backends[2].is_usable(12, &pool.ejection));
+        assert!(!pool.backends[2].is_usable(&Now::at(12), &pool.ejection));
         // b0 and b1 pass a check: back at once, and the cap is free again.
         for i in 0..2 {
             assert_eq!(
@@ -280,7 +282,7 @@ mod tests {
                 Change::Returned
             );
         }
-        assert!(pool.may_eject(22));
+        assert!(pool.may_eject(&Now::at(22)));
         assert_ne!(fail(&pool, 3, Event::Failure, 22), Change::None);
     }
 

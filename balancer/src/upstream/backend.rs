@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::connections::ConnectionPool;
 use super::ejection::{self, Applied, Ejection, Event, Out, Rules};
+use crate::clock::Now;
 
 /// See the module doc. Weight is not here: it belongs to the pool's
 /// selection and may change without touching live state.
@@ -142,13 +143,16 @@ impl Backend {
 
     /// Whether picks may choose this backend at `now`: up, not out, and
     /// enabled by the operator.
-    pub fn is_usable(&self, now: u64, rules: &Rules) -> bool {
+    pub fn is_usable(&self, now: &Now, rules: &Rules) -> bool {
         self.is_up() && self.operator() == Operator::Enabled && self.out(now, rules).is_none()
     }
 
-    /// Why passive ejection has this backend out at `now`, if it does.
-    pub fn out(&self, now: u64, rules: &Rules) -> Option<Out> {
-        self.ejection.load().out_at(now, rules)
+    /// Why passive ejection has this backend out at `now`, if it does (the
+    /// clock is read only for a backend that went out).
+    pub fn out(&self, now: &Now, rules: &Rules) -> Option<Out> {
+        let state = self.ejection.load();
+        state.out?;
+        state.out_at(now.get(), rules)
     }
 
     /// The ejection state as stored (for status pages and tests).
@@ -161,7 +165,7 @@ impl Backend {
     pub fn report(
         &self,
         event: Event,
-        now: u64,
+        now: &Now,
         rules: &Rules,
         may_eject: impl Fn() -> bool,
     ) -> Applied {
@@ -189,7 +193,8 @@ impl Backend {
     /// Slow-start share of its weight (thousandths) at `now` for a ramp of
     /// `window` ms: from the later of its last coming up and its return
     /// from an ejection.
-    pub fn ramp(&self, now: u64, window: u64, rules: &Rules) -> u32 {
+    pub fn ramp(&self, now: &Now, window: u64, rules: &Rules) -> u32 {
+        let now = now.get();
         let since = self
             .up_since
             .load(Ordering::Relaxed)
@@ -335,20 +340,19 @@ mod tests {
     async fn usable_needs_up_enabled_and_in() {
         let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None);
         let r = rules(true);
-        assert!(b.is_usable(1, &r));
+        let at = Now::at;
+        assert!(b.is_usable(&at(1), &r));
         b.set_operator(Operator::Draining);
-        assert!(!b.is_usable(1, &r));
+        assert!(!b.is_usable(&at(1), &r));
         b.set_operator(Operator::Enabled);
-        assert_eq!(
-            b.report(Event::Refused, 10, &r, || false).after.out,
-            Some(Out::Refused)
-        );
-        assert!(!b.is_usable(1_000_000, &r), "out until a check passes");
+        let refused = b.report(Event::Refused, &at(10), &r, || false);
+        assert_eq!(refused.after.out, Some(Out::Refused));
+        assert!(!b.is_usable(&at(1_000_000), &r), "out until a check passes");
         assert_eq!(b.ejections_total(), 1);
-        b.report(Event::CheckPassed { started: 20 }, 30, &r, || true);
-        assert!(b.is_usable(31, &r));
+        b.report(Event::CheckPassed { started: 20 }, &at(30), &r, || true);
+        assert!(b.is_usable(&at(31), &r));
         b.set_health(Health::Down, 40);
-        assert!(!b.is_usable(41, &r));
+        assert!(!b.is_usable(&at(41), &r));
         assert_eq!(b.health_changes(), 1);
     }
 
@@ -356,8 +360,8 @@ mod tests {
     async fn an_undone_ejection_is_not_counted() {
         let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None);
         let r = rules(false);
-        let a = b.report(Event::Refused, 10, &r, || true);
+        let a = b.report(Event::Refused, &Now::at(10), &r, || true);
         b.undo(&a);
-        assert_eq!((b.ejections_total(), b.out(11, &r)), (0, None));
+        assert_eq!((b.ejections_total(), b.out(&Now::at(11), &r)), (0, None));
     }
 }

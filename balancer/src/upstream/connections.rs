@@ -50,7 +50,8 @@ pub struct ConnectionPool {
     connect_histogram: Option<prometheus::Histogram>,
     /// One list per worker thread (see [`crate::workers`]).
     idle: Box<[IdleList]>,
-    /// How often the reaper looks (ms): half the shortest idle time seen.
+    /// How often the reaper looks (ms): half the shortest idle time seen,
+    /// at most every second.
     reap_every: AtomicU64,
 }
 

@@ -51,9 +51,18 @@ impl ConnectionPool {
 
         let mut reused = self.checkout(now_ms());
         let Some(whole) = whole else {
-            return self
-                .send_stream(reused, &head, body, chunked, head_request, settings)
-                .await;
+            // Boxed: the streamed upload's state is large and rare, and
+            // inline it would grow every request's future (and every move
+            // of it) to its size.
+            return Box::pin(self.send_stream(
+                reused,
+                &head,
+                body,
+                chunked,
+                head_request,
+                settings,
+            ))
+            .await;
         };
         loop {
             let fresh = reused.is_none();
