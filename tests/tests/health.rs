@@ -146,3 +146,53 @@ async fn restarted_backend_ramps_up_under_slow_start() {
     }
     assert!((1..=6).contains(&on_b), "b got {on_b} of 22 while ramping");
 }
+
+/// What a reload does to checks, applied for real: a backend held down by
+/// a failing check path comes up when the path is fixed (its checker is
+/// restarted with the new settings), goes down again with a bad one, and
+/// counts as up at once when the pool drops its checks (the checker stops;
+/// nothing is left to hold it down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_restart_and_stop_checkers_and_a_pool_without_checks_is_up() {
+    let a = Backend::start("a");
+    let members = [("a", a.addr.to_string())];
+    let checks = |path: &str| {
+        format!("  [pool.health]\n  path = \"{path}\"\n  interval = \"100ms\"\n  timeout = \"500ms\"\n  rise = 1\n  fall = 1\n")
+    };
+    let lb = Balancer::start(&config(&members, &checks("/nope")));
+    let status_within = |want: u16| {
+        let url = lb.url("/whoami");
+        async move {
+            let end = Instant::now() + tests::DEADLINE;
+            loop {
+                let r = get(&h1(), &url).await;
+                if r.status == want {
+                    return r;
+                }
+                assert!(Instant::now() < end, "never {want}, last {}", r.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // `/nope` is a 404: never healthy, the pool answers 503.
+    status_within(503).await;
+    let reloaded = |n: usize| {
+        lb.proc
+            .wait_count("reload", n, |v| v["message"] == "config reloaded");
+    };
+    lb.rewrite_config(&config(&members, &checks("/healthz")));
+    reloaded(1);
+    assert_eq!(status_within(200).await.text(), "a");
+    lb.rewrite_config(&config(&members, &checks("/nope")));
+    reloaded(2);
+    status_within(503).await;
+    // No checks: up at once, and it stays up (no checker left to say down).
+    lb.rewrite_config(&config(&members, ""));
+    reloaded(3);
+    assert_eq!(status_within(200).await.text(), "a");
+    let downs = lb.proc.count_messages("backend down");
+    for _ in 0..20 {
+        assert_eq!(get(&h1(), &lb.url("/whoami")).await.status, 200);
+    }
+    assert_eq!(lb.proc.count_messages("backend down"), downs);
+}

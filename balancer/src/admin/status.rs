@@ -123,9 +123,20 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
                 .map(|b| sample(&p.name, b, b.is_usable(&now, &p.ejection)))
         })
         .collect();
-    // Removed backends still draining: they take nothing new.
+    // Removed backends still draining: they take nothing new. One replaced
+    // by a new address shares its pool and id with its successor, whose
+    // series it must not overwrite: it is left out until it is gone.
     if let Ok(d) = state.draining.lock() {
-        backends.extend(d.iter().map(|d| sample(&d.pool, &d.backend, false)));
+        let live: std::collections::HashSet<(&str, &str)> = snap
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().map(move |b| (&*p.name, &*b.id)))
+            .collect();
+        backends.extend(
+            d.iter()
+                .filter(|d| !live.contains(&(&*d.pool, &*d.backend.id)))
+                .map(|d| sample(&d.pool, &d.backend, false)),
+        );
     }
     let mut scrape = Scrape {
         generation: snap.generation,

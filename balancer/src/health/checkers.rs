@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::HealthChecker;
-use crate::runtime::BackendKey;
-use crate::upstream::{ejection, Backend};
+use crate::runtime::{BackendKey, Snapshot};
+use crate::upstream::Backend;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -16,14 +17,21 @@ pub struct Checkers {
     /// Fired at shutdown: every checker stops.
     stop: CancellationToken,
     running: HashMap<BackendKey, CancellationToken>,
+    /// What checkers read the pool's current ejection rules from.
+    snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Checkers {
-    pub fn new(stop: CancellationToken, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+    pub fn new(
+        stop: CancellationToken,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
         Self {
             stop,
             running: HashMap::new(),
+            snapshot,
             metrics,
         }
     }
@@ -35,7 +43,6 @@ impl Checkers {
         pool: &Arc<str>,
         backend: &Arc<Backend>,
         health: &config::HealthConfig,
-        ejection: ejection::Rules,
     ) {
         let key = (Arc::clone(pool), Arc::clone(&backend.id));
         self.stop(&key);
@@ -44,7 +51,7 @@ impl Checkers {
             pool: Arc::clone(pool),
             backend: Arc::clone(backend),
             config: health.clone(),
-            ejection,
+            snapshot: Arc::clone(&self.snapshot),
             metrics: self.metrics.as_ref().map(|m| m.check(pool, &backend.id)),
         };
         tokio::spawn(checker.run(token.clone()));
@@ -60,14 +67,5 @@ impl Checkers {
             }
             None => false,
         }
-    }
-
-    /// Checkers running now.
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
     }
 }

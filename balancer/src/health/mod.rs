@@ -29,8 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkers::Checkers;
 
-use crate::clock::now_ms;
-use crate::upstream::ejection::{self, Change, Event};
+use arc_swap::ArcSwap;
+
+use crate::clock::{now_ms, Now};
+use crate::runtime::Snapshot;
+use crate::upstream::ejection::{Change, Event};
 use crate::upstream::{Backend, Health};
 
 /// The pure state machine: consecutive counts in, verdict out.
@@ -74,8 +77,10 @@ pub struct HealthChecker {
     pub pool: Arc<str>,
     pub backend: Arc<Backend>,
     pub config: HealthConfig,
-    /// The pool's ejection rules: a passing check ends an ejection.
-    pub ejection: ejection::Rules,
+    /// The live snapshot: a passing check ends an ejection under the
+    /// pool's ejection rules as they are now (a reload may change them
+    /// without restarting the checker).
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Check duration and failure metrics, when metrics are on.
     pub metrics: Option<crate::metrics::CheckMetrics>,
 }
@@ -93,26 +98,19 @@ impl HealthChecker {
             }
             let started = now_ms();
             let timer = std::time::Instant::now();
-            let result = check(&self.backend, &self.config).await;
+            // A probe in flight when the checker is stopped (its pool
+            // dropped its checks, or they changed) says nothing any more:
+            // its verdict must not overwrite what the reload decided.
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                r = check(&self.backend, &self.config) => r,
+            };
             if let Some(m) = &self.metrics {
                 m.record(timer.elapsed(), result.is_ok());
             }
             let now = now_ms();
             if result.is_ok() {
-                let applied = self.backend.report(
-                    Event::CheckPassed { started },
-                    &crate::clock::Now::at(now),
-                    &self.ejection,
-                    || true,
-                );
-                if applied.change == Change::Returned {
-                    tracing::info!(
-                        pool = &*self.pool,
-                        backend = &*self.backend.id,
-                        was = applied.before.out.map_or("-", |o| o.as_str()),
-                        "backend back from ejection: a check passed"
-                    );
-                }
+                self.passed(started, now);
             }
             let current = self.backend.health();
             let next = next_state(
@@ -141,6 +139,31 @@ impl HealthChecker {
                 }
             }
             wait = jitter(self.config.interval);
+        }
+    }
+}
+
+impl HealthChecker {
+    /// A check that started at `started` passed at `now`: an ejection that
+    /// began before it ends.
+    fn passed(&self, started: u64, now: u64) {
+        let snap = self.snapshot.load();
+        let Some(pool) = snap.pools.get(&*self.pool) else {
+            return;
+        };
+        let applied = self.backend.report(
+            Event::CheckPassed { started },
+            &Now::at(now),
+            &pool.ejection,
+            || true,
+        );
+        if applied.change == Change::Returned {
+            tracing::info!(
+                pool = &*self.pool,
+                backend = &*self.backend.id,
+                was = applied.before.out.map_or("-", |o| o.as_str()),
+                "backend back from ejection: a check passed"
+            );
         }
     }
 }
@@ -211,6 +234,49 @@ mod tests {
     }
 
     use Health::{Down, Unknown, Up};
+
+    /// The reload race: a pool drops its checks while a probe hangs. The
+    /// checker must end at once and write nothing, or the backend (counted
+    /// up by the reload) would be marked down with no checker left to
+    /// bring it back.
+    #[tokio::test]
+    async fn a_stopped_checker_writes_nothing_from_a_probe_in_flight() {
+        let (addr, seen) = crate::upstream::testing::raw_backend(vec!["<hang>"; 4]).await;
+        let config = config::parse(&format!(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n\
+             [[pool.backend]]\nid = \"b\"\naddress = \"{addr}\"\n\
+             [pool.health]\ninterval = \"10ms\"\ntimeout = \"30s\"\nfall = 1\nassume_up = true\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+        ))
+        .unwrap();
+        let snap = Snapshot::build(&config, &std::collections::HashMap::new(), 1, None);
+        let backend = Arc::clone(&snap.pools["p"].backends[0]);
+        let checker = HealthChecker {
+            pool: Arc::from("p"),
+            backend: Arc::clone(&backend),
+            config: config.pools[0].health.clone().unwrap(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snap)),
+            metrics: None,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(checker.run(stop.clone()));
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.requests() == 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "no probe reached the backend"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        // Well before the probe's own 30 s timeout.
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the checker ended when stopped")
+            .unwrap();
+        assert_eq!(backend.health(), Up);
+        assert_eq!(backend.health_changes(), 0);
+    }
 
     #[test]
     fn first_pass_brings_a_new_backend_up() {

@@ -306,8 +306,9 @@ impl Proxy {
 }
 
 /// What `backend`'s traffic just showed goes into its ejection state
-/// machine; an ejection that broke the pool's cap (another backend crossed
-/// at the same moment) is taken back.
+/// machine; an ejection that broke the pool's cap (other backends crossed
+/// at the same moment) is taken back. Racing backends may all take theirs
+/// back: the pool stays under the cap, and the next failure ejects again.
 fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
     let now = Now::lazy();
     let applied = backend.report(event, &now, &pool.ejection, || pool.may_eject(&now));

@@ -2,25 +2,29 @@
 //! the request is tried again on another backend. Both are pure functions
 //! of the failure, so they are tested without sockets.
 //!
-//! | the attempt                                  | retried                       | budget |
-//! |----------------------------------------------|-------------------------------|--------|
-//! | nothing reached the backend (connect failed, | yes, any method               | free   |
-//! | connection broke before the head was sent)   |                               |        |
-//! | may have reached it (broke after sending,    | idempotent methods only       | one    |
-//! | bad response head)                           |                               | retry  |
-//! | response timeout, client's own failure       | never                         |        |
+//! | the attempt                                   | retried                 | budget     |
+//! |-----------------------------------------------|-------------------------|------------|
+//! | nothing reached the backend, at once (refused,| yes, any method         | free       |
+//! | unreachable, broke before the head was sent)  |                         |            |
+//! | nothing reached it: the connect timed out     | yes, any method         | one retry  |
+//! | may have reached it (broke after sending,     | idempotent methods only | one retry  |
+//! | bad response head)                            |                         |            |
+//! | response timeout, client's own failure        | never                   |            |
 //!
 //! Always only with a replayable body (none, or buffered: known length up
 //! to `retry.max_body`) and at most `retry.attempts` times per request.
-//! A retry that nothing reached costs the backends nothing, so the budget
-//! (which keeps a sick pool from being hammered with repeats of work it
-//! may have done) does not count it.
+//! A retry after an immediate failure that nothing reached costs the
+//! backends nothing, so the budget (which keeps a sick pool from being
+//! hammered) does not count it. A connect that timed out reached nothing
+//! either, but it says the pool may be overloaded (a full accept queue
+//! drops connection attempts): repeating it there is more of the same
+//! load, so the budget counts it.
 
 use http::StatusCode;
 
 use super::ProxyError;
 use crate::upstream::ejection::Event;
-use crate::upstream::Reached;
+use crate::upstream::{Reached, UpstreamError};
 
 /// Whether to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,7 @@ pub fn decide(error: &ProxyError, req: Request) -> Decision {
     match (error, error.reached()) {
         // The backend has the request and is working on it, or was.
         (ProxyError::ResponseTimeout(_), _) => Decision::GiveUp,
+        (ProxyError::Upstream(UpstreamError::ConnectTimeout(_)), _) => Decision::RetryFromBudget,
         (_, Some(Reached::No)) => Decision::RetryFree,
         (_, Some(Reached::Maybe)) if req.idempotent => Decision::RetryFromBudget,
         _ => Decision::GiveUp,
@@ -82,7 +87,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::upstream::UpstreamError;
 
     fn refused() -> ProxyError {
         ProxyError::Upstream(UpstreamError::Connect {
@@ -134,18 +138,18 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                (RetryFree, RetryFree),    // refused
-                (RetryFree, RetryFree),    // connect timeout
-                (RetryFree, RetryFree),    // head not written
-                (RetryFromBudget, GiveUp), // head written
-                (RetryFromBudget, GiveUp), // closed before the response
-                (RetryFromBudget, GiveUp), // bad response head
-                (RetryFromBudget, GiveUp), // upload failed
-                (GiveUp, GiveUp),          // response timeout
-                (GiveUp, GiveUp),          // no backend
-                (GiveUp, GiveUp),          // client body
-                (GiveUp, GiveUp),          // client timeout
-                (GiveUp, GiveUp),          // no route
+                (RetryFree, RetryFree),             // refused
+                (RetryFromBudget, RetryFromBudget), // connect timeout
+                (RetryFree, RetryFree),             // head not written
+                (RetryFromBudget, GiveUp),          // head written
+                (RetryFromBudget, GiveUp),          // closed before the response
+                (RetryFromBudget, GiveUp),          // bad response head
+                (RetryFromBudget, GiveUp),          // upload failed
+                (GiveUp, GiveUp),                   // response timeout
+                (GiveUp, GiveUp),                   // no backend
+                (GiveUp, GiveUp),                   // client body
+                (GiveUp, GiveUp),                   // client timeout
+                (GiveUp, GiveUp),                   // no route
             ]
         );
     }
@@ -175,7 +179,8 @@ mod tests {
         /// Whatever the failure and the request: nothing is retried past
         /// `attempts` or with a body that cannot be replayed; a request
         /// that may have reached a backend is repeated only when it is
-        /// idempotent, and then only from the budget.
+        /// idempotent, and then only from the budget; a timed-out connect
+        /// is never free.
         #[test]
         fn never_unsafe_never_unbounded(
             which in 0usize..12,
@@ -189,12 +194,14 @@ mod tests {
             if d != Decision::GiveUp {
                 prop_assert!(replayable && retries < allowed);
             }
+            let timed_out = matches!(e, ProxyError::Upstream(UpstreamError::ConnectTimeout(_)));
             match e.reached() {
                 Some(Reached::Maybe) => prop_assert!(d != Decision::RetryFree),
+                Some(Reached::No) if timed_out => prop_assert!(d != Decision::RetryFree),
                 Some(Reached::No) => prop_assert!(d != Decision::RetryFromBudget),
                 None => prop_assert_eq!(d, Decision::GiveUp),
             }
-            if d == Decision::RetryFromBudget {
+            if d == Decision::RetryFromBudget && !timed_out {
                 prop_assert!(idempotent);
             }
         }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::{ConnInfo, Proxy};
 use crate::clock::Now;
 use crate::runtime::Snapshot;
-use crate::upstream::ejection::{Event, Out};
+use crate::upstream::ejection::Out;
 use crate::upstream::testing::raw_backend;
 
 const OK_A: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
@@ -171,53 +171,99 @@ async fn slow_or_failing_backends_are_not_hammered_with_retries() {
     );
 }
 
+/// A listener whose accept queue is full and that never accepts: on
+/// Linux, connection attempts to it are dropped, so a connect waits out its
+/// timeout (an overloaded backend). Returns it with the connections that
+/// fill its queue.
+async fn stalled_listener() -> (
+    SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let limit = std::time::Duration::from_millis(200);
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => return (addr, listener, held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// Connects that time out reached no backend, but every backend being
+/// too busy to accept is what the budget is for: retries stay capped.
+#[tokio::test]
+async fn timed_out_connects_are_retried_from_the_budget() {
+    let (a, _la, _ha) = stalled_listener().await;
+    let (b, _lb, _hb) = stalled_listener().await;
+    let (p, conn) = proxy_with(
+        "[timeouts]\nconnect = \"50ms\"\n",
+        &[("a", a), ("b", b)],
+        "[pool.retry]\nbudget_percent = 0\nattempts = 1\n[pool.ejection]\nconsecutive_failures = 0\n",
+    );
+    for _ in 0..12 {
+        assert_eq!(get(&p, &conn).await.0, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let snap = p.snapshot.load();
+    let left = (0..100)
+        .take_while(|_| snap.pools["p"].retry_budget.withdraw())
+        .count();
+    assert_eq!(left, 0, "the 10 retries of the reserve were spent");
+}
+
 #[tokio::test]
 async fn with_checks_on_an_ejection_ends_with_a_passing_check_not_with_time() {
     let (live, _) = raw_backend(vec![OK_A; 50]).await;
     let dead_addr = closed_port();
     let (p, conn) = proxy(
         &[("flaky", dead_addr), ("live", live)],
-        "[pool.health]\ntype = \"tcp\"\ninterval = \"1h\"\nassume_up = true\n\
+        "[pool.health]\ntype = \"tcp\"\ninterval = \"50ms\"\nassume_up = true\n\
          [pool.ejection]\nbase = \"10ms\"\nmax = \"10ms\"\n",
     );
     assert_eq!(get(&p, &conn).await.0, StatusCode::OK);
-    let snap = p.snapshot.load();
+    let snap = p.snapshot.load_full();
     let pool = &snap.pools["p"];
     let flaky = Arc::clone(&pool.backends[0]);
-    let now = crate::clock::now_ms();
-    assert_eq!(flaky.out(&Now::at(now), &pool.ejection), Some(Out::Refused));
-    // The backend comes back, and far more than the ejection time passes:
-    // without a passing check it stays out.
-    let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
+    let ejected_at = crate::clock::now_ms();
     assert_eq!(
-        flaky.out(&Now::at(now + 3_600_000), &pool.ejection),
+        flaky.out(&Now::at(ejected_at), &pool.ejection),
         Some(Out::Refused)
     );
-    for _ in 0..5 {
-        assert_eq!(get(&p, &conn).await.1, Bytes::from_static(b"a"));
+    // Far more than its ejection time later, and listening again: without
+    // a passing check it stays out.
+    let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
+    let much_later = Now::at(ejected_at + 3_600_000);
+    assert_eq!(flaky.out(&much_later, &pool.ejection), Some(Out::Refused));
+    assert_eq!(get(&p, &conn).await.1, Bytes::from_static(b"a"));
+    assert_eq!(flaky.requests_total(), 1, "no traffic while out");
+    // The real checker (as a reload starts it): its first passing check
+    // brings the backend back.
+    let mut checkers =
+        crate::health::Checkers::new(CancellationToken::new(), Arc::clone(&p.snapshot), None);
+    let health = config::HealthConfig {
+        kind: config::HealthKind::Tcp,
+        path: "/healthz".into(),
+        interval: std::time::Duration::from_millis(50),
+        timeout: std::time::Duration::from_secs(1),
+        expect: (200, 399),
+        rise: 1,
+        fall: 1,
+        assume_up: true,
+    };
+    checkers.start(&pool.name, &flaky, &health);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !flaky.is_usable(&Now::lazy(), &pool.ejection) {
+        assert!(
+            std::time::Instant::now() < end,
+            "no passing check ended the ejection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(flaky.requests_total(), 1);
-    // A real check, started now, passes: back at once.
-    let started = crate::clock::now_ms();
-    let health = config::parse(
-        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n[[pool]]\nname = \"p\"\n\
-         [[pool.backend]]\nid = \"x\"\naddress = \"127.0.0.1:1\"\n[pool.health]\ntype = \"tcp\"\n\
-         [[route]]\nlistener = \"l\"\npool = \"p\"\n",
-    )
-    .unwrap()
-    .pools[0]
-        .health
-        .clone()
-        .unwrap();
-    assert!(crate::health::check(&flaky, &health).await.is_ok());
-    let applied = flaky.report(
-        Event::CheckPassed { started },
-        &Now::lazy(),
-        &pool.ejection,
-        || true,
-    );
-    assert_eq!(applied.change, crate::upstream::ejection::Change::Returned);
-    assert!(flaky.is_usable(&Now::lazy(), &pool.ejection));
     drop(listener);
 }
 

@@ -71,7 +71,7 @@ impl Reloader {
     ) -> Self {
         let mut reloader = Self {
             listeners: ListenerSet::new(Arc::clone(&proxy), stop.clone()),
-            checkers: Checkers::new(stop, proxy.metrics.clone()),
+            checkers: Checkers::new(stop, Arc::clone(&proxy.snapshot), proxy.metrics.clone()),
             config: config.clone(),
             proxy,
             draining: Arc::new(Mutex::new(Vec::new())),
@@ -244,7 +244,7 @@ impl Reloader {
                         continue;
                     };
                     if let Some(health) = &p.health {
-                        self.checkers.start(&live.name, b, health, live.ejection);
+                        self.checkers.start(&live.name, b, health);
                     }
                 }
             }

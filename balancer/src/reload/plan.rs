@@ -71,7 +71,9 @@ pub struct ReloadPlan {
     /// Listeners to add, remove or move; one not listed is never re-bound.
     pub listeners: BTreeMap<String, ListenerStep>,
     pub routes_changed: bool,
-    /// Other settings that changed, by section (`timeouts`, `pool:game`, ...).
+    /// Other settings that changed, by section: `timeouts`, `pool:NAME`,
+    /// `trusted_proxies`, `drain`, and `admin` or `upgrade_socket` (which
+    /// apply when the next process starts).
     pub settings: Vec<String>,
 }
 
@@ -109,19 +111,13 @@ impl ReloadPlan {
                 };
                 plan.backends.insert(key.clone(), step);
                 let checked_before = before.and_then(|o| o.health.as_ref());
-                let checker = match (step, checked_before, &p.health) {
-                    (_, _, None) => None,
-                    (BackendStep::Add, _, Some(_)) => Some(CheckerStep::Start),
-                    (BackendStep::Replace, None, Some(_)) => Some(CheckerStep::Start),
-                    (BackendStep::Replace, Some(_), Some(_)) => Some(CheckerStep::Restart),
-                    (BackendStep::Keep { .. }, None, Some(_)) => Some(CheckerStep::Start),
-                    (BackendStep::Keep { .. }, Some(h), Some(n)) => {
-                        // The checker reads the health settings and the
-                        // pool's ejection rules.
-                        let same = h == n && before.is_some_and(|o| o.ejection == p.ejection);
-                        (!same).then_some(CheckerStep::Restart)
-                    }
-                    (BackendStep::Remove, _, _) => None,
+                // A checker holds its health settings (it reads the pool's
+                // ejection rules from the live snapshot).
+                let checker = match (p.health.as_ref(), checked_before, step) {
+                    (None, _, _) => None,
+                    (Some(_), None, _) | (Some(_), _, BackendStep::Add) => Some(CheckerStep::Start),
+                    (Some(_), Some(_), BackendStep::Replace) => Some(CheckerStep::Restart),
+                    (Some(n), Some(h), _) => (h != n).then_some(CheckerStep::Restart),
                 };
                 if let Some(c) = checker {
                     plan.checkers.insert(key, c);
@@ -180,18 +176,27 @@ impl ReloadPlan {
             }
         }
 
-        let global = |c: &Config| Config {
-            listeners: Vec::new(),
-            pools: Vec::new(),
-            routes: Vec::new(),
-            timeouts: config::Timeouts::default(),
-            ..c.clone()
-        };
-        if old.timeouts != new.timeouts {
-            plan.settings.push("timeouts".into());
-        }
-        if global(old) != global(new) {
-            plan.settings.push("global".into());
+        for (changed, name) in [
+            (old.timeouts != new.timeouts, "timeouts"),
+            (
+                old.trusted_proxies != new.trusted_proxies,
+                "trusted_proxies",
+            ),
+            (
+                old.drain_timeout != new.drain_timeout
+                    || old.drain_close_code != new.drain_close_code,
+                "drain",
+            ),
+            // Bound when the process starts: the log says so.
+            (old.admin != new.admin, "admin(at the next start)"),
+            (
+                old.upgrade_socket != new.upgrade_socket,
+                "upgrade_socket(at the next start)",
+            ),
+        ] {
+            if changed {
+                plan.settings.push(name.into());
+            }
         }
         plan.settings.sort();
         plan
@@ -382,7 +387,8 @@ mod tests {
             }
         }
         if knobs & 8 != 0 {
-            text.push_str("[pool.health]\ninterval = \"1s\"\n");
+            let interval = if knobs & 32 != 0 { "2s" } else { "1s" };
+            text.push_str(&format!("[pool.health]\ninterval = \"{interval}\"\n"));
         }
         if knobs & 16 != 0 {
             text.push_str("[pool.ejection]\nconsecutive_failures = 5\n");
@@ -459,6 +465,23 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(&replayed, &after);
+                // Each checker step is the one the two configs call for.
+                let health = |c: &Config| c.pools[0].health.clone();
+                let (h_old, h_new) = (health(&config), health(&next_config));
+                for key in before.keys().chain(after.keys()) {
+                    let want = match (plan.backends[key], &h_old, &h_new) {
+                        (BackendStep::Remove, Some(_), _) => Some(CheckerStep::Stop),
+                        (BackendStep::Remove, None, _) => None,
+                        (BackendStep::Add, _, Some(_)) => Some(CheckerStep::Start),
+                        (BackendStep::Replace, Some(_), Some(_)) => Some(CheckerStep::Restart),
+                        (BackendStep::Replace, Some(_), None) => Some(CheckerStep::Stop),
+                        (BackendStep::Keep { .. }, Some(_), None) => Some(CheckerStep::StopAndCountUp),
+                        (BackendStep::Keep { .. }, Some(o), Some(n)) if o != n => Some(CheckerStep::Restart),
+                        (_, None, Some(_)) => Some(CheckerStep::Start),
+                        _ => None,
+                    };
+                    prop_assert_eq!(plan.checkers.get(key).copied(), want, "{:?}", key);
+                }
                 // Checkers: apply the steps, compare with what should run.
                 for (key, step) in &plan.checkers {
                     match step {

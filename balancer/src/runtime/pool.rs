@@ -9,7 +9,7 @@ use http::HeaderValue;
 use crate::clock::Now;
 use crate::select::{BackendSelection, Members, SelectionContext};
 use crate::upstream::ejection::{self, Out};
-use crate::upstream::{Backend, UpstreamSettings};
+use crate::upstream::{Backend, Operator, UpstreamSettings};
 
 #[derive(Debug)]
 pub struct Pool {
@@ -128,27 +128,43 @@ impl Pool {
         self
     }
 
-    /// Backends out for failures at `now`: the ones `max_percent` counts
-    /// (a refused backend is out whatever the cap, and holds no slot).
-    fn ejected_for_failures(&self, now: &Now) -> usize {
-        self.backends
-            .iter()
-            .filter(|b| b.out(now, &self.ejection) == Some(Out::Failures))
-            .count()
+    /// What the ejection cap reads at `now`: the backends that could take
+    /// traffic but for an ejection for failures (up, enabled, not refusing
+    /// connections), and how many of those are out for failures. A backend
+    /// that refuses connections or that checks hold down is out whatever
+    /// the cap says, and is no share of it: otherwise a pool with one dead
+    /// backend could eject its last live one.
+    fn cap_counts(&self, now: &Now) -> (usize, usize) {
+        let (mut eligible, mut out) = (0, 0);
+        for b in &self.backends {
+            if !b.is_up() || b.operator() != Operator::Enabled {
+                continue;
+            }
+            match b.out(now, &self.ejection) {
+                Some(Out::Refused) => {}
+                Some(Out::Failures) => {
+                    eligible += 1;
+                    out += 1;
+                }
+                None => eligible += 1,
+            }
+        }
+        (eligible, out)
     }
 
     /// Whether one more backend may be ejected for failures at `now`
-    /// without passing `ejection.max_percent` of the pool.
+    /// without passing `ejection.max_percent` of the backends that could
+    /// take traffic.
     pub fn may_eject(&self, now: &Now) -> bool {
-        (self.ejected_for_failures(now) + 1) * 100
-            <= self.backends.len() * self.ejection.max_percent as usize
+        let (eligible, out) = self.cap_counts(now);
+        (out + 1) * 100 <= eligible * self.ejection.max_percent as usize
     }
 
-    /// Whether more than `ejection.max_percent` of the pool is out for
-    /// failures at `now` (two backends crossed the threshold at once).
+    /// Whether more than `ejection.max_percent` of them is out for failures
+    /// at `now` (two backends crossed the threshold at once).
     pub fn ejected_share_exceeded(&self, now: &Now) -> bool {
-        self.ejected_for_failures(now) * 100
-            > self.backends.len() * self.ejection.max_percent as usize
+        let (eligible, out) = self.cap_counts(now);
+        out * 100 > eligible * self.ejection.max_percent as usize
     }
 
     /// Picks a backend for a request, or `None` when the pool has none
@@ -284,6 +300,23 @@ mod tests {
         }
         assert!(pool.may_eject(&Now::at(22)));
         assert_ne!(fail(&pool, 3, Event::Failure, 22), Change::None);
+    }
+
+    /// One backend dead (refusing), the other failing: balancing over the
+    /// one left beats failing everyone, so it stays in.
+    #[tokio::test]
+    async fn the_last_backend_that_could_serve_is_not_ejected() {
+        let pool = pool_of(2, false);
+        assert!(matches!(
+            fail(&pool, 0, Event::Refused, 10),
+            Change::Ejected { .. }
+        ));
+        assert_eq!(fail(&pool, 1, Event::Failure, 11), Change::None);
+        assert!(pool.backends[1].is_usable(&Now::at(12), &pool.ejection));
+        // A backend held down by checks counts no more than a refusing one.
+        let pool = pool_of(2, true);
+        pool.backends[0].set_health(crate::upstream::Health::Down, 1);
+        assert_eq!(fail(&pool, 1, Event::Failure, 11), Change::None);
     }
 
     #[test]

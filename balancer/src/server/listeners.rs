@@ -120,11 +120,6 @@ impl ListenerSet {
         }
     }
 
-    /// The configured address of a serving listener.
-    pub fn configured(&self, name: &str) -> Option<SocketAddr> {
-        self.entries.get(name).map(|e| e.configured)
-    }
-
     /// Duplicates of every listening socket with its name and configured
     /// address, for a new process taking over.
     pub fn duplicates(&self) -> Vec<(String, SocketAddr, OwnedFd)> {

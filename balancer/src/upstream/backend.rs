@@ -1,7 +1,7 @@
 //! One backend process: its identity and the live state that must survive
 //! config reloads.
 //!
-//! A backend is its pool, its id and its address; nothing else. Settings
+//! A backend is known by its pool, its id and its address; nothing else. Settings
 //! (timeouts, pool sizes, ejection rules, health check settings) belong to
 //! the runtime snapshot and are passed in where they are used, so a reload
 //! that edits them keeps every live `Backend`: its health, counters,
@@ -155,11 +155,6 @@ impl Backend {
         state.out_at(now.get(), rules)
     }
 
-    /// The ejection state as stored (for status pages and tests).
-    pub fn ejection_state(&self) -> ejection::State {
-        self.ejection.load()
-    }
-
     /// Reports what traffic or a check saw (see [`ejection`]). `may_eject`
     /// is the pool's cap, asked only when failures would eject.
     pub fn report(
@@ -176,8 +171,8 @@ impl Backend {
         applied
     }
 
-    /// Takes back an ejection that broke the pool's cap (another backend
-    /// was ejected at the same moment).
+    /// Takes back an ejection that broke the pool's cap (other backends
+    /// were ejected at the same moment).
     pub fn undo(&self, applied: &Applied) {
         if self.ejection.undo(applied) {
             if let ejection::Change::Ejected { .. } = applied.change {

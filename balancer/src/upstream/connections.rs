@@ -50,8 +50,8 @@ pub struct ConnectionPool {
     connect_histogram: Option<prometheus::Histogram>,
     /// One list per worker thread (see [`crate::workers`]).
     idle: Box<[IdleList]>,
-    /// How often the reaper looks (ms): half the shortest idle time seen,
-    /// at most every second.
+    /// How often the reaper looks (ms): every second, or half the shortest
+    /// idle time seen if that is sooner (never under 100 ms).
     reap_every: AtomicU64,
 }
 
@@ -70,7 +70,8 @@ impl ConnectionPool {
             reap_every: AtomicU64::new(REAP_START_MS),
         });
         // Idle sockets close at their deadline even when no request comes
-        // to notice: a reaper that lives as long as the pool.
+        // to notice: a reaper that lives as long as the pool (also while
+        // `max_idle` is 0, since a reload may raise it).
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap(Arc::downgrade(&pool)));
         }

@@ -23,8 +23,9 @@
 //!   once for every pick, whatever `max_percent` says, and does not hold one
 //!   of the slots the cap counts.
 //! * With active checks the ejection ends with the first check that passes
-//!   (and that started after the ejection, so a probe in flight when the
-//!   backend died cannot end it), never with time alone. Without checks it
+//!   (and that started after the ejection, in a later millisecond, so a
+//!   probe in flight when the backend died cannot end it), never with time
+//!   alone. Without checks it
 //!   ends after `base`, doubling for each repeat within `max` of the last
 //!   return, up to `max`.
 //! * Failures and successes of requests already in flight when the backend
@@ -143,6 +144,11 @@ const SINCE_BITS: u32 = 40;
 const SINCE_MASK: u64 = (1 << SINCE_BITS) - 1;
 const MAX_SERIES: u8 = 31;
 
+/// A time as `since` keeps it (40 bits; later times stay at the last one).
+fn stamp(ms: u64) -> u64 {
+    ms.min(SINCE_MASK)
+}
+
 impl State {
     /// The state at `now`: an ejection whose time is over (no checks) has
     /// ended, and nothing is out while ejection is off.
@@ -161,7 +167,7 @@ impl State {
                     Self {
                         out: None,
                         failures: 0,
-                        since: end,
+                        since: stamp(end),
                         ..self
                     }
                 } else {
@@ -200,7 +206,9 @@ impl State {
     ) -> (Self, Change) {
         let s = self.settled(now, rules);
         if rules.off() {
-            return (s, Change::None);
+            // Nothing counts while off; a streak left from before a reload
+            // turned it off is dropped (and successes stay one load).
+            return (Self { failures: 0, ..s }, Change::None);
         }
         match (s.out, event) {
             (None, Event::Success) => (Self { failures: 0, ..s }, Change::None),
@@ -222,11 +230,13 @@ impl State {
                 },
                 Change::None,
             ),
-            (Some(_), Event::CheckPassed { started }) if rules.checked && started >= s.since => (
+            // Strictly after: a probe from the same millisecond may have
+            // started before the backend went out.
+            (Some(_), Event::CheckPassed { started }) if rules.checked && started > s.since => (
                 Self {
                     out: None,
                     failures: 0,
-                    since: now,
+                    since: stamp(now),
                     ..s
                 },
                 Change::Returned,
@@ -249,7 +259,7 @@ impl State {
             failures: 0,
             series,
             out: Some(cause),
-            since: now.min(SINCE_MASK),
+            since: stamp(now),
         };
         let for_ = (!rules.checked).then(|| Duration::from_millis(rules.ejection_ms(series)));
         (next, Change::Ejected { cause, for_ })
@@ -346,7 +356,9 @@ impl Ejection {
     }
 
     /// Takes back what `applied` did, if nothing changed the state since
-    /// (two backends crossed the cap at the same moment: one goes back in).
+    /// (backends crossed the threshold at the same moment and together broke
+    /// the cap: each that sees it goes back in, which may leave the pool one
+    /// ejection short of the cap until the next failure ejects again).
     pub fn undo(&self, applied: &Applied) -> bool {
         self.0
             .compare_exchange(
@@ -464,8 +476,11 @@ mod tests {
             (c, s2.out_at(1_200, &r)),
             (Change::None, Some(Out::Failures))
         );
+        // Nor one from the same millisecond: it may have started first.
+        let (s2, c) = s2.step(CheckPassed { started: 1_000 }, 1_250, &r, || true);
+        assert_eq!(c, Change::None);
         // The first check that started after it ends it at once.
-        let (s3, c) = s2.step(CheckPassed { started: 1_000 }, 1_300, &r, || true);
+        let (s3, c) = s2.step(CheckPassed { started: 1_001 }, 1_300, &r, || true);
         assert_eq!(c, Change::Returned);
         assert_eq!(s3.out_at(1_300, &r), None);
         assert_eq!(s3.returned_at(1_300, &r), 1_300);
@@ -551,26 +566,38 @@ mod tests {
             prop_assert_eq!(State::unpack(s.pack()), s);
         }
 
-        /// Over any sequence of events at non-decreasing times: with checks,
-        /// an ejection ends only with a passing check that started after it;
-        /// without, it ends only when its time is over; a refusal is always
-        /// out right after; nothing panics.
+        /// Over any sequence of events at non-decreasing times, with the
+        /// rules changing between events as reloads change them (checks on
+        /// or off, ejection off): under the rules of the moment, an
+        /// ejection ends only with a passing check that started after it
+        /// when checks are on, and only when its time is over when they
+        /// are off; a refusal is always out right after; nothing panics.
         #[test]
         fn any_sequence_obeys_the_rules(
-            checked in any::<bool>(),
-            steps in prop::collection::vec((0u64..5_000, any_event(), any::<bool>()), 1..60),
+            steps in prop::collection::vec(
+                (0u64..5_000, any_event(), any::<bool>(), any::<bool>(), 0u8..8),
+                1..60,
+            ),
         ) {
-            let r = rules(checked);
             let mut s = State::default();
             let mut now = 1u64;
-            for (dt, e, allow) in steps {
+            for (dt, e, allow, checked, off) in steps {
                 now += dt;
+                let mut r = rules(checked);
+                if off == 0 {
+                    r.consecutive_failures = 0;
+                }
                 let before = s.settled(now, &r);
                 let (next, change) = s.step(e, now, &r, || allow);
+                if r.consecutive_failures == 0 {
+                    prop_assert!(next.out.is_none() && change == Change::None);
+                    s = next;
+                    continue;
+                }
                 if let (Some(_), None) = (before.out, next.out) {
                     prop_assert!(checked, "only a check ends a settled ejection");
                     match e {
-                        CheckPassed { started } => prop_assert!(started >= before.since),
+                        CheckPassed { started } => prop_assert!(started > before.since),
                         other => prop_assert!(false, "{:?} ended an ejection", other),
                     }
                     prop_assert_eq!(change, Change::Returned);

@@ -8,8 +8,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reached {
     /// Nothing reached it: no connection, or the connection broke before
-    /// the request head was written. Sending it elsewhere is always safe,
-    /// and costs the backend nothing.
+    /// the request head was written. Sending it elsewhere is always safe.
     No,
     /// The head (and maybe the body) was sent: the backend may have acted
     /// on it.
