@@ -18,7 +18,8 @@
 //!   at start-up).
 //! * [`admin`] and [`metrics`]: what operators see.
 //! * [`app`]: start-up, the serve loop and shutdown; [`upgrade`]: binary
-//!   upgrade by handing over listening sockets.
+//!   upgrade by handing over listening sockets (the protocol, and the
+//!   running process's side).
 //! * [`socket`], [`clock`], [`workers`]: socket wrappers, the one clock,
 //!   the serving threads.
 //!

@@ -18,7 +18,7 @@ pub(super) fn backend_state(b: &Backend, pool: &Pool, now: &Now) -> &'static str
         Operator::Disabled => return "disabled",
         Operator::Enabled => {}
     }
-    if b.out(now, &pool.ejection).is_some() {
+    if b.ejection.out(now, &pool.ejection).is_some() {
         return "ejected";
     }
     match b.health() {
@@ -45,7 +45,7 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                         "id": &*b.id,
                         "address": b.address.to_string(),
                         "state": backend_state(b, p, &now),
-                        "ejected": b.out(&now, &p.ejection).map(|o| o.as_str()),
+                        "ejected": b.ejection.out(&now, &p.ejection).map(|o| o.as_str()),
                         "weight": w,
                         "open": b.open_connections(),
                         "in_flight": b.open_connections().saturating_sub(b.tunnels()),
@@ -111,7 +111,7 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
         up,
         in_flight: b.open_connections().saturating_sub(b.tunnels()),
         tunnels: b.tunnels(),
-        ejections: b.ejections_total(),
+        ejections: b.ejection.total(),
         health_changes: b.health_changes(),
     };
     let mut backends: Vec<BackendSample> = snap
@@ -126,7 +126,7 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
     // Removed backends still draining: they take nothing new. One replaced
     // by a new address shares its pool and id with its successor, whose
     // series it must not overwrite: it is left out until it is gone.
-    if let Ok(d) = state.draining.lock() {
+    if let Some(d) = state.draining.lock().ok().filter(|d| !d.is_empty()) {
         let live: std::collections::HashSet<(&str, &str)> = snap
             .pools
             .values()

@@ -5,12 +5,12 @@
 //! start cleanly). [`App::serve`] takes a shutdown future, like
 //! mini-redis's server: the binary passes SIGTERM/SIGINT, tests pass what
 //! they like. It hands reload triggers (file changes, SIGHUP, the admin
-//! API) to the [`Reloader`], and a takeover request to `handover.rs`.
+//! API) to the [`Reloader`], and a takeover request to
+//! [`upgrade::handover`].
 //! Shutdown: stop accepting at once, send WebSocket clients a Close frame,
 //! let in-flight requests finish for up to `timeouts.shutdown_grace`, then
 //! return.
 
-mod handover;
 mod signals;
 
 use std::collections::HashMap;
@@ -188,7 +188,8 @@ impl App {
                 Err(e) => tracing::warn!(error = %e, "could not tell the previous process to stop"),
             }
         }
-        let control = handover::listen(reloader.config().upgrade_socket.as_deref());
+        let control =
+            upgrade::handover::control_socket(reloader.config().upgrade_socket.as_deref());
 
         let (admin_tx, mut admin_rx) = mpsc::channel::<oneshot::Sender<ReloadOutcome>>(4);
         if let Some(listener) = admin {
@@ -262,7 +263,7 @@ impl App {
                         None => std::future::pending().await,
                     }
                 } => {
-                    if handover::hand_over(&reloader.listeners, stream).await {
+                    if upgrade::handover::answer_takeover(&reloader.listeners, stream).await {
                         tracing::info!("handed the listening sockets over to a new process");
                         break;
                     }

@@ -151,7 +151,7 @@ impl HealthChecker {
         let Some(pool) = snap.pools.get(&*self.pool) else {
             return;
         };
-        let applied = self.backend.report(
+        let applied = self.backend.ejection.apply(
             Event::CheckPassed { started },
             &Now::at(now),
             &pool.ejection,

@@ -1,5 +1,6 @@
 //! The steps of one request, in the order `Proxy::handle` runs them:
-//! [`route`], [`rewrite_request`], the body ([`ClientBody::read`]), the
+//! [`route`], the head rewritten ([`headers::rewrite_request`]), the body
+//! ([`ClientBody::read`]), the
 //! attempts on backends (`Proxy::attempts`, with [`super::retry`] deciding
 //! after each failure), and the response (`Proxy::respond`, or a tunnel
 //! after `101`).
@@ -80,29 +81,6 @@ impl Upgrade {
             client: asked.then(|| hyper::upgrade::on(req)),
             websocket,
         }
-    }
-}
-
-/// The request head as it goes upstream: hop-by-hop headers out (but an
-/// upgrade's), `Expect` answered already, `X-Forwarded-*` from the TCP
-/// peer, `Host` the authority the client named, and HTTP/2's split
-/// cookies joined. Pure.
-pub fn rewrite_request(
-    parts: &mut http::request::Parts,
-    peer: IpAddr,
-    host: Option<&HeaderValue>,
-    upgrade: bool,
-) {
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    // The balancer already answered any `Expect: 100-continue` itself.
-    parts.headers.remove(header::EXPECT);
-    let forwarded_host = host.and_then(|v| v.to_str().ok());
-    headers::add_forwarded(&mut parts.headers, peer, "http", forwarded_host);
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h.clone());
-    }
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut parts.headers);
     }
 }
 
@@ -258,20 +236,15 @@ impl Proxy {
             m.response_header.observe(log.start.elapsed().as_secs_f64());
         }
 
-        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-            (upgrade.client, resp.status())
-        {
-            let (mut parts, mut body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        let tunnel = upgrade.client.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        headers::rewrite_response(&mut parts, tunnel, &log.request_id, set_cookie);
+        if let (true, Some(client_upgrade)) = (tunnel, upgrade.client) {
             let Some(upstream_upgrade) = body.take_upgrade() else {
                 return Err(ProxyError::Upstream(UpstreamError::Protocol(
                     "101 without a socket".into(),
                 )));
             };
-            headers::strip_hop_by_hop(&mut parts.headers, true);
-            add_request_id(&mut parts.headers, &log.request_id);
-            if let Some(c) = &set_cookie {
-                parts.headers.append(header::SET_COOKIE, c.clone());
-            }
             let end = tunnel::TunnelEnd {
                 websocket: upgrade.websocket,
                 close_code: snap.drain_close_code,
@@ -291,12 +264,6 @@ impl Proxy {
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
 
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        add_request_id(&mut parts.headers, &log.request_id);
-        if let Some(c) = set_cookie {
-            parts.headers.append(header::SET_COOKIE, c);
-        }
         let log = log.take();
         Ok(Response::from_parts(
             parts,
@@ -311,12 +278,14 @@ impl Proxy {
 /// back: the pool stays under the cap, and the next failure ejects again.
 fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
     let now = Now::lazy();
-    let applied = backend.report(event, &now, &pool.ejection, || pool.may_eject(&now));
+    let applied = backend
+        .ejection
+        .apply(event, &now, &pool.ejection, || pool.may_eject(&now));
     let Change::Ejected { cause, for_ } = applied.change else {
         return;
     };
     if cause == Out::Failures && pool.ejected_share_exceeded(&now) {
-        backend.undo(&applied);
+        backend.ejection.undo(&applied);
         return;
     }
     tracing::warn!(
@@ -328,7 +297,7 @@ fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
             Some(d) => format!("{d:?} passed"),
             None => "a check passes".to_string(),
         },
-        ejections = backend.ejections_total(),
+        ejections = backend.ejection.total(),
         "backend ejected"
     );
 }
@@ -345,7 +314,7 @@ where
     F: std::future::Future<Output = Result<Response<UpstreamBody>, UpstreamError>>,
 {
     tokio::pin!(fut);
-    let limit = timeout.as_millis() as u64;
+    let limit = crate::clock::millis(timeout);
     loop {
         let waited = now_ms().saturating_sub(progress.get());
         let remaining = Duration::from_millis(limit.saturating_sub(waited));
@@ -356,26 +325,5 @@ where
             }
             Err(_) => continue,
         }
-    }
-}
-
-/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one (RFC 9113 8.2.3).
-fn join_cookies(headers: &mut http::HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().count() > 1 {
-        let joined = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if let Ok(v) = HeaderValue::from_str(&joined) {
-            headers.insert(header::COOKIE, v);
-        }
-    }
-}
-
-fn add_request_id(headers: &mut http::HeaderMap, id: &HeaderValue) {
-    if !headers.contains_key(&headers::X_REQUEST_ID) {
-        headers.insert(headers::X_REQUEST_ID.clone(), id.clone());
     }
 }

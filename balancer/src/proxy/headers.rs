@@ -1,5 +1,7 @@
 //! Header rewriting between client and backend: pure functions over a
-//! `HeaderMap`, tested without sockets.
+//! head, tested without sockets. [`rewrite_request`] and
+//! [`rewrite_response`] are what the request path calls; the rest are
+//! their parts.
 
 use std::net::IpAddr;
 
@@ -136,6 +138,64 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// The request head as it goes upstream: hop-by-hop headers out (but an
+/// upgrade's), `Expect` answered already, `X-Forwarded-*` from the TCP
+/// peer, `Host` the authority the client named, and HTTP/2's split
+/// cookies joined.
+pub fn rewrite_request(
+    parts: &mut http::request::Parts,
+    peer: IpAddr,
+    host: Option<&HeaderValue>,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    // The balancer already answered any `Expect: 100-continue` itself.
+    parts.headers.remove(header::EXPECT);
+    let forwarded_host = host.and_then(|v| v.to_str().ok());
+    add_forwarded(&mut parts.headers, peer, "http", forwarded_host);
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+}
+
+/// The response head as it goes back to the client: hop-by-hop headers out
+/// (but a tunnel's `Upgrade`), the request's `X-Request-Id` unless the
+/// backend set one, and the sticky cookie to (re)issue, if any.
+pub fn rewrite_response(
+    parts: &mut http::response::Parts,
+    tunnel: bool,
+    request_id: &HeaderValue,
+    set_cookie: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(&mut parts.headers, tunnel);
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 needs one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() > 1 {
+        let joined = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +285,39 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn the_response_head_keeps_the_backends_id_and_gets_the_cookie() {
+        let resp = http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade, x-hop")
+            .header("upgrade", "websocket")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-request-id", "from-backend")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = resp.into_parts();
+        let id = HeaderValue::from_static("from-balancer");
+        let cookie = HeaderValue::from_static("lb=t; Path=/");
+        rewrite_response(&mut parts, true, &id, Some(cookie.clone()));
+        let h = &parts.headers;
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!h.contains_key("x-hop") && !h.contains_key("keep-alive"));
+        assert_eq!(h["x-request-id"], "from-backend");
+        assert_eq!(h["set-cookie"], cookie);
+        // Not a tunnel: Upgrade goes too, and the balancer's id is added.
+        let (mut parts, ()) = http::Response::builder()
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap()
+            .into_parts();
+        rewrite_response(&mut parts, false, &id, None);
+        assert!(!parts.headers.contains_key("upgrade"));
+        assert_eq!(parts.headers["x-request-id"], "from-balancer");
+        assert!(!parts.headers.contains_key("set-cookie"));
     }
 
     mod rewriting_property {

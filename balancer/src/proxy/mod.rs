@@ -4,7 +4,7 @@
 //! Proxy::handle(request of any body type)
 //!   └─ the steps (forward.rs): route ─▶ rewrite ─▶ read body ─▶ attempts ─▶ respond
 //!        route         (listener, host, path) ─▶ pool            404 NoRoute
-//!        rewrite       headers.rs: hop-by-hop out, X-Forwarded-*, Host        (pure)
+//!        rewrite       headers::rewrite_request: hop-by-hop out, X-Forwarded-*, Host (pure)
 //!        read body     client_body.rs: buffer a small body, else stream
 //!        attempts      pick (select/) ─▶ upstream::ConnectionPool::send ─▶ head
 //!                        failed: retry.rs decides (pure): free, from the budget, or give up;
@@ -157,7 +157,7 @@ impl Proxy {
         log.client = client;
         let upgrade = Upgrade::of(&mut req);
         let (mut parts, body) = req.into_parts();
-        forward::rewrite_request(
+        headers::rewrite_request(
             &mut parts,
             conn.peer.ip(),
             host.as_ref(),

@@ -18,15 +18,9 @@ use super::{ConnInfo, Proxy};
 use crate::clock::Now;
 use crate::runtime::Snapshot;
 use crate::upstream::ejection::Out;
-use crate::upstream::testing::raw_backend;
+use crate::upstream::testing::{closed_port, raw_backend};
 
 const OK_A: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
-
-/// An address where nothing listens.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// A proxy for one pool `p` of `backends` (id, address) in this order,
 /// round robin, with `extra` TOML inside the pool.
@@ -102,7 +96,7 @@ async fn a_refused_connection_is_retried_free_and_takes_the_backend_out() {
     let pool = &snap.pools["p"];
     let dead = &pool.backends[0];
     let now = Now::lazy();
-    assert_eq!(dead.out(&now, &pool.ejection), Some(Out::Refused));
+    assert_eq!(dead.ejection.out(&now, &pool.ejection), Some(Out::Refused));
     assert_eq!(dead.requests_total(), 1, "out after the first refusal");
     let reserve = (0..100)
         .take_while(|_| pool.retry_budget.withdraw())
@@ -231,14 +225,17 @@ async fn with_checks_on_an_ejection_ends_with_a_passing_check_not_with_time() {
     let flaky = Arc::clone(&pool.backends[0]);
     let ejected_at = crate::clock::now_ms();
     assert_eq!(
-        flaky.out(&Now::at(ejected_at), &pool.ejection),
+        flaky.ejection.out(&Now::at(ejected_at), &pool.ejection),
         Some(Out::Refused)
     );
     // Far more than its ejection time later, and listening again: without
     // a passing check it stays out.
     let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
     let much_later = Now::at(ejected_at + 3_600_000);
-    assert_eq!(flaky.out(&much_later, &pool.ejection), Some(Out::Refused));
+    assert_eq!(
+        flaky.ejection.out(&much_later, &pool.ejection),
+        Some(Out::Refused)
+    );
     assert_eq!(get(&p, &conn).await.1, Bytes::from_static(b"a"));
     assert_eq!(flaky.requests_total(), 1, "no traffic while out");
     // The real checker (as a reload starts it): its first passing check

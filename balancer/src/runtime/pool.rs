@@ -103,7 +103,7 @@ impl Pool {
 
     /// Sets the slow-start window.
     pub fn with_slow_start(mut self, window: std::time::Duration) -> Self {
-        self.slow_start_ms = window.as_millis() as u64;
+        self.slow_start_ms = crate::clock::millis(window);
         self
     }
 
@@ -140,7 +140,7 @@ impl Pool {
             if !b.is_up() || b.operator() != Operator::Enabled {
                 continue;
             }
-            match b.out(now, &self.ejection) {
+            match b.ejection.out(now, &self.ejection) {
                 Some(Out::Refused) => {}
                 Some(Out::Failures) => {
                     eligible += 1;
@@ -259,7 +259,8 @@ mod tests {
     fn fail(pool: &Pool, i: usize, event: Event, now: u64) -> Change {
         let now = Now::at(now);
         pool.backends[i]
-            .report(event, &now, &pool.ejection, || pool.may_eject(&now))
+            .ejection
+            .apply(event, &now, &pool.ejection, || pool.may_eject(&now))
             .change
     }
 

@@ -39,7 +39,7 @@ impl Default for LastActivity {
 
 /// Resolves once nothing moved for `idle` while `busy` reads zero.
 pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
+    let idle_ms = crate::clock::millis(idle);
     loop {
         let due = last.get().saturating_add(idle_ms);
         tokio::time::sleep_until(instant_of(due).into()).await;

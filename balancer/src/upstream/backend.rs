@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::connections::ConnectionPool;
-use super::ejection::{self, Applied, Ejection, Event, Out, Rules};
+use super::ejection::{Ejection, Rules};
 use crate::clock::Now;
 
 /// See the module doc. Weight is not here: it belongs to the pool's
@@ -35,10 +35,9 @@ pub struct Backend {
     health: AtomicU8,
     /// Health state changes so far (logs and metrics).
     health_changes: AtomicU64,
-    /// Passive ejection: the one state machine (see [`ejection`]).
-    ejection: Ejection,
-    /// Ejections so far (logs and metrics).
-    ejections_total: AtomicU64,
+    /// Passive ejection: the one state machine (see
+    /// [`super::ejection`]); traffic and checks report into it.
+    pub ejection: Ejection,
     /// When the health checker last brought it up ([`crate::clock::now_ms`]);
     /// slow start ramps from here (or from the end of an ejection, whichever
     /// is later).
@@ -120,7 +119,6 @@ impl Backend {
             health: AtomicU8::new(health as u8),
             health_changes: AtomicU64::new(0),
             ejection: Ejection::default(),
-            ejections_total: AtomicU64::new(0),
             up_since: AtomicU64::new(0),
             drained: tokio_util::sync::CancellationToken::new(),
             operator: AtomicU8::new(Operator::Enabled as u8),
@@ -144,45 +142,9 @@ impl Backend {
     /// Whether picks may choose this backend at `now`: up, not out, and
     /// enabled by the operator.
     pub fn is_usable(&self, now: &Now, rules: &Rules) -> bool {
-        self.is_up() && self.operator() == Operator::Enabled && self.out(now, rules).is_none()
-    }
-
-    /// Why passive ejection has this backend out at `now`, if it does (the
-    /// clock is read only for a backend that went out).
-    pub fn out(&self, now: &Now, rules: &Rules) -> Option<Out> {
-        let state = self.ejection.load();
-        state.out?;
-        state.out_at(now.get(), rules)
-    }
-
-    /// Reports what traffic or a check saw (see [`ejection`]). `may_eject`
-    /// is the pool's cap, asked only when failures would eject.
-    pub fn report(
-        &self,
-        event: Event,
-        now: &Now,
-        rules: &Rules,
-        may_eject: impl Fn() -> bool,
-    ) -> Applied {
-        let applied = self.ejection.apply(event, now, rules, may_eject);
-        if let ejection::Change::Ejected { .. } = applied.change {
-            self.ejections_total.fetch_add(1, Ordering::Relaxed);
-        }
-        applied
-    }
-
-    /// Takes back an ejection that broke the pool's cap (other backends
-    /// were ejected at the same moment).
-    pub fn undo(&self, applied: &Applied) {
-        if self.ejection.undo(applied) {
-            if let ejection::Change::Ejected { .. } = applied.change {
-                self.ejections_total.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    pub fn ejections_total(&self) -> u64 {
-        self.ejections_total.load(Ordering::Relaxed)
+        self.is_up()
+            && self.operator() == Operator::Enabled
+            && self.ejection.out(now, rules).is_none()
     }
 
     /// Slow-start share of its weight (thousandths) at `now` for a ramp of
@@ -326,6 +288,7 @@ impl Drop for OpenGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::ejection::{Event, Out};
 
     fn rules(checked: bool) -> Rules {
         Rules::new(&config::EjectionConfig::default(), checked)
@@ -340,23 +303,15 @@ mod tests {
         b.set_operator(Operator::Draining);
         assert!(!b.is_usable(&at(1), &r));
         b.set_operator(Operator::Enabled);
-        let refused = b.report(Event::Refused, &at(10), &r, || false);
+        let refused = b.ejection.apply(Event::Refused, &at(10), &r, || false);
         assert_eq!(refused.after.out, Some(Out::Refused));
         assert!(!b.is_usable(&at(1_000_000), &r), "out until a check passes");
-        assert_eq!(b.ejections_total(), 1);
-        b.report(Event::CheckPassed { started: 20 }, &at(30), &r, || true);
+        assert_eq!(b.ejection.total(), 1);
+        b.ejection
+            .apply(Event::CheckPassed { started: 20 }, &at(30), &r, || true);
         assert!(b.is_usable(&at(31), &r));
         b.set_health(Health::Down, 40);
         assert!(!b.is_usable(&at(41), &r));
         assert_eq!(b.health_changes(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_undone_ejection_is_not_counted() {
-        let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None);
-        let r = rules(false);
-        let a = b.report(Event::Refused, &Now::at(10), &r, || true);
-        b.undo(&a);
-        assert_eq!((b.ejections_total(), b.out(&Now::at(11), &r)), (0, None));
     }
 }

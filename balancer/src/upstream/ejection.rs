@@ -71,7 +71,8 @@ pub enum Event {
     CheckPassed { started: u64 },
 }
 
-/// The pool's ejection settings, as the machine reads them.
+/// The pool's ejection settings: what the machine reads, and the cap
+/// (`max_percent`) the pool applies around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
     /// Failures in a row that eject; 0 turns passive ejection off.
@@ -291,9 +292,13 @@ impl State {
     }
 }
 
-/// A [`State`] shared by every thread that serves the backend.
+/// A backend's [`State`], shared by every thread that serves it, and how
+/// many times it was ejected (for logs and metrics).
 #[derive(Debug, Default)]
-pub struct Ejection(AtomicU64);
+pub struct Ejection {
+    state: AtomicU64,
+    total: AtomicU64,
+}
 
 /// What one [`Ejection::apply`] did: the states before and after, so a
 /// caller can take an ejection back ([`Ejection::undo`]).
@@ -306,7 +311,20 @@ pub struct Applied {
 
 impl Ejection {
     pub fn load(&self) -> State {
-        State::unpack(self.0.load(Ordering::Acquire))
+        State::unpack(self.state.load(Ordering::Acquire))
+    }
+
+    /// Why the backend is out at `now`, if it is (the clock is read only
+    /// for a backend that went out).
+    pub fn out(&self, now: &Now, rules: &Rules) -> Option<Out> {
+        let state = self.load();
+        state.out?;
+        state.out_at(now.get(), rules)
+    }
+
+    /// Ejections so far (taken-back ones not counted).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Steps the shared state; an event that changes nothing writes nothing
@@ -319,7 +337,7 @@ impl Ejection {
         rules: &Rules,
         may_eject: impl Fn() -> bool,
     ) -> Applied {
-        let mut word = self.0.load(Ordering::Acquire);
+        let mut word = self.state.load(Ordering::Acquire);
         loop {
             let before = State::unpack(word);
             if event == Event::Success && before.failures == 0 && before.out.is_none() {
@@ -332,23 +350,23 @@ impl Ejection {
             }
             let (after, change) = before.step(event, now.get(), rules, &may_eject);
             let next = after.pack();
+            let applied = Applied {
+                before,
+                after,
+                change,
+            };
             if next == word {
-                return Applied {
-                    before,
-                    after,
-                    change,
-                };
+                return applied;
             }
             match self
-                .0
+                .state
                 .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    return Applied {
-                        before,
-                        after,
-                        change,
+                    if let Change::Ejected { .. } = change {
+                        self.total.fetch_add(1, Ordering::Relaxed);
                     }
+                    return applied;
                 }
                 Err(current) => word = current,
             }
@@ -360,14 +378,21 @@ impl Ejection {
     /// the cap: each that sees it goes back in, which may leave the pool one
     /// ejection short of the cap until the next failure ejects again).
     pub fn undo(&self, applied: &Applied) -> bool {
-        self.0
+        let undone = self
+            .state
             .compare_exchange(
                 applied.after.pack(),
                 applied.before.pack(),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .is_ok();
+        if undone {
+            if let Change::Ejected { .. } = applied.change {
+                self.total.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        undone
     }
 }
 
@@ -540,9 +565,12 @@ mod tests {
         let a = cell.apply(Refused, &Now::at(1), &r, || true);
         assert_eq!(a.change, ejected(Out::Refused, Some(5)));
         assert_eq!(cell.load().out, Some(Out::Refused));
+        assert_eq!(cell.total(), 1);
+        assert_eq!(cell.out(&Now::at(2), &r), Some(Out::Refused));
         assert!(cell.undo(&a));
-        assert_eq!(cell.load(), State::default());
+        assert_eq!((cell.load(), cell.total()), (State::default(), 0));
         assert!(!cell.undo(&a), "only once");
+        assert_eq!(cell.total(), 0);
     }
 
     fn any_event() -> impl Strategy<Value = Event> {

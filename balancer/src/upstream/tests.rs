@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 
-use super::testing::raw_backend;
+use super::testing::{closed_port, raw_backend};
 use super::*;
 use crate::socket::LastActivity;
 
@@ -123,11 +123,7 @@ async fn a_pooled_socket_the_backend_closed_costs_a_retry_not_an_error() {
 #[tokio::test]
 async fn errors_say_how_far_the_request_got() {
     // Nothing listens: refused, nothing reached.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let e = failed_get(closed).await;
+    let e = failed_get(closed_port()).await;
     assert!(e.is_refused(), "{e}");
     assert_eq!(e.reached(), Reached::No);
     // A fresh connection reset after the request was read: maybe reached.

@@ -17,6 +17,13 @@
 //! closed, so no client sees a refused or reset connection. With no process
 //! answering on the socket, a new process simply binds its listeners.
 //! All of it in safe Rust: `rustix` passes the descriptors as `OwnedFd`s.
+//!
+//! This file is the protocol, both sides ([`take_over`] for the new
+//! process, [`hand_over`] for the running one); [`handover`] is the running
+//! process's part in its serve loop: the control socket and the listening
+//! sockets it hands over.
+
+pub mod handover;
 
 use std::io::{BufRead, BufReader, Write};
 use std::mem::MaybeUninit;

@@ -1,6 +1,6 @@
-//! The running side of a binary upgrade: listen on `upgrade_socket`, and
-//! hand every listening socket to a new process that asks (see
-//! [`crate::upgrade`] for the protocol).
+//! The running process's side of a binary upgrade, in its serve loop:
+//! listen on `upgrade_socket`, and hand every listening socket to a new
+//! process that asks (the protocol is in [`super`]).
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use crate::upgrade;
 
 /// The control socket a new process connects to; `None` when there is no
 /// `upgrade_socket` or it cannot be bound (binary upgrade is then off).
-pub(super) fn listen(path: Option<&Path>) -> Option<tokio::net::UnixListener> {
+pub fn control_socket(path: Option<&Path>) -> Option<tokio::net::UnixListener> {
     let p = path?;
     match upgrade::bind_control(p).and_then(|l| {
         l.set_nonblocking(true)?;
@@ -24,7 +24,7 @@ pub(super) fn listen(path: Option<&Path>) -> Option<tokio::net::UnixListener> {
 }
 
 /// Answers a takeover request; true when a new process took over.
-pub(super) async fn hand_over(listeners: &ListenerSet, stream: tokio::net::UnixStream) -> bool {
+pub async fn answer_takeover(listeners: &ListenerSet, stream: tokio::net::UnixStream) -> bool {
     let sockets: Vec<(upgrade::Described, std::os::fd::OwnedFd)> = listeners
         .duplicates()
         .into_iter()
