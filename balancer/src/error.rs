@@ -11,6 +11,9 @@ pub enum Error {
     /// The config file is invalid; every problem is listed.
     #[error("invalid config:\n{0}")]
     Config(#[from] config::ConfigErrors),
+    /// A TLS listener's certificates or keys could not be loaded.
+    #[error("TLS:\n{}", .0.join("\n"))]
+    Tls(Vec<String>),
     /// Taking over the sockets of a running balancer failed.
     #[error("binary upgrade: taking over from the running balancer failed: {0}")]
     Upgrade(std::io::Error),

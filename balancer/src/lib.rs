@@ -20,6 +20,8 @@
 //! * [`app`]: start-up, the serve loop and shutdown; [`upgrade`]: binary
 //!   upgrade by handing over listening sockets (the protocol, and the
 //!   running process's side).
+//! * [`certs`]: certificates and keys from PEM files, verified (used by
+//!   TLS listeners, TLS to backends and `balancer check`).
 //! * [`socket`], [`clock`], [`workers`]: socket wrappers, the one clock,
 //!   the serving threads.
 //!
@@ -28,6 +30,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod certs;
 pub mod clock;
 mod error;
 pub mod health;

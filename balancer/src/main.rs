@@ -60,6 +60,25 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
+        let report = balancer::reload::certificates::check(&config);
+        for line in &report.loaded {
+            println!("{line}");
+        }
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        if !report.errors.is_empty() {
+            eprintln!(
+                "error: {} names bad certificate files ({} problem{}):",
+                path.display(),
+                report.errors.len(),
+                if report.errors.len() == 1 { "" } else { "s" }
+            );
+            for e in &report.errors {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_INVALID);
+        }
         let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
         println!(
             "{}: OK ({} listeners, {} pools, {} backends, {} routes)",

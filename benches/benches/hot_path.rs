@@ -87,6 +87,7 @@ fn policy_picks(c: &mut Criterion) {
             sticky: None,
             hash_key: None,
             health: None,
+            tls: None,
             retry: config::RetryConfig::default(),
             slow_start: Duration::ZERO,
             ejection: config::EjectionConfig::default(),

@@ -23,10 +23,12 @@
 pub mod duration;
 mod error;
 pub mod raw;
+pub mod tls;
 mod types;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{
     AdminConfig, BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind,
     HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite,

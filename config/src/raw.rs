@@ -39,6 +39,13 @@ pub struct RawAdmin {
 pub struct RawListener {
     pub name: String,
     pub address: String,
+    /// One or more: the listener terminates TLS (see [`crate::tls`]).
+    #[serde(default)]
+    pub certificate: Vec<toml::Value>,
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawListenerTls>,
+    #[serde(default)]
+    pub https_redirect: Option<crate::tls::RawHttpsRedirect>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +78,9 @@ pub struct RawPool {
     /// Passive outlier detection.
     #[serde(default)]
     pub ejection: Option<RawEjection>,
+    /// TLS to the pool's backends.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawPoolTls>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,10 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
+    /// Set when the listener terminates TLS (it has `[[listener.certificate]]`).
+    pub tls: Option<crate::ListenerTls>,
+    /// A plaintext listener that answers with a redirect to `https://`.
+    pub https_redirect: Option<crate::HttpsRedirect>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +59,8 @@ pub struct PoolConfig {
     /// A backend that comes (back) up ramps from 10% to full weight over
     /// this long; zero: off.
     pub slow_start: Duration,
+    /// `[pool.tls]`: the balancer speaks TLS to this pool's backends.
+    pub tls: Option<crate::PoolTls>,
 }
 
 /// `[pool.retry]`: when a failed request is tried again on another backend.

@@ -51,9 +51,21 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                     ));
                 }
             }
+            let tls = crate::tls::listener_tls(e, &path, l.certificate, l.tls);
+            let https_redirect = l.https_redirect.map(|r| {
+                if tls.is_some() {
+                    e.push(ConfigError::new(
+                        format!("{path}.https_redirect"),
+                        "a TLS listener cannot redirect to https:// (it is https://): remove one of the two",
+                    ));
+                }
+                crate::tls::https_redirect(e, &format!("{path}.https_redirect"), r)
+            });
             listeners.push(ListenerConfig {
                 name: l.name,
                 address,
+                tls,
+                https_redirect,
             });
         }
     }
@@ -165,6 +177,9 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             },
             retry: retry_from(e, &format!("{path}.retry"), p.retry),
             ejection: ejection_from(e, &format!("{path}.ejection"), p.ejection),
+            tls: p
+                .tls
+                .map(|t| crate::tls::pool_tls(e, &format!("{path}.tls"), t)),
         });
     }
 

@@ -91,3 +91,27 @@ pub async fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `GET http://addr{path}`'s body (the admin API, metrics).
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
+    get(&h1(), &format!("http://{addr}{path}")).await.text()
+}
+
+/// [`get_text`] from a test without a runtime.
+pub fn blocking_get(addr: SocketAddr, path: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(get_text(addr, path))
+}
+
+/// The value of the first sample of `metrics` whose line starts with
+/// `series` (name and labels, as rendered).
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

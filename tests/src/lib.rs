@@ -12,6 +12,7 @@ pub mod browser;
 pub mod game;
 pub mod http;
 pub mod load;
+pub mod tls;
 pub mod ws;
 
 use std::collections::HashMap;

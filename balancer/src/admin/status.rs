@@ -93,11 +93,30 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
             })
         })
         .unwrap_or_default();
+    let now = crate::certs::now_unix();
+    let certificates = state
+        .reloads
+        .lock()
+        .map(|r| {
+            json!({
+                "served": r.certificates.iter().map(|c| json!({
+                    "listener": c.listener,
+                    "file": c.file,
+                    "names": c.names,
+                    "serial": c.serial,
+                    "not_after_unix": c.not_after_unix,
+                    "expires_in_seconds": c.not_after_unix - now,
+                })).collect::<Vec<_>>(),
+                "refused": r.certificate_errors,
+            })
+        })
+        .unwrap_or_default();
     json!({
         "generation": snap.generation,
         "pools": pools,
         "draining": draining,
         "reloads": reloads,
+        "certificates": certificates,
     })
 }
 
@@ -147,6 +166,16 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
         scrape.reloads_succeeded = r.succeeded;
         scrape.reloads_failed = r.failed;
         scrape.last_reload_unix = r.last_success_unix.unwrap_or(0);
+        let now = crate::certs::now_unix();
+        scrape.certificates = r
+            .certificates
+            .iter()
+            .map(|c| crate::metrics::CertificateSample {
+                listener: c.listener.clone(),
+                file: c.file.clone(),
+                expires_in: c.not_after_unix - now,
+            })
+            .collect();
     }
     scrape
 }

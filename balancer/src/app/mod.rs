@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{serve_admin, AdminState};
 use crate::proxy::Proxy;
-use crate::reload::{watch_file, ReloadOutcome, Reloader};
+use crate::reload::{certificates, watch_dirs, watch_file, ReloadOutcome, Reloader, TlsListeners};
 use crate::runtime::Snapshot;
 use crate::{upgrade, Error};
 
@@ -43,6 +43,8 @@ pub struct App {
     /// Sockets taken over from a previous process, which waits for "ready".
     inherited: Option<upgrade::Inherited>,
     admin: Option<TcpListener>,
+    /// TLS listeners, certificates loaded.
+    tls: TlsListeners,
 }
 
 impl App {
@@ -65,6 +67,12 @@ impl App {
         } else {
             None
         };
+        // Certificates first: a bad one stops the start before any bind.
+        let tls = certificates::build(&config, &HashMap::new(), metrics.as_deref())
+            .map_err(Error::Tls)?;
+        for w in certificates::warnings(&tls) {
+            tracing::warn!(warning = %w, "certificate expires soon");
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             &config,
             &HashMap::new(),
@@ -131,6 +139,7 @@ impl App {
             None => None,
         };
         Ok(Self {
+            tls,
             admin,
             inherited,
             config,
@@ -171,6 +180,7 @@ impl App {
             path,
             inherited,
             admin,
+            tls,
         } = self;
         let stop = CancellationToken::new();
         let last_text = path
@@ -178,8 +188,14 @@ impl App {
             .and_then(|p| std::fs::read_to_string(p).ok());
         let bound: HashMap<String, TcpListener> =
             bound.into_iter().map(|(l, name, _)| (name, l)).collect();
-        let mut reloader =
-            Reloader::start(config, Arc::clone(&proxy), stop.clone(), bound, last_text);
+        let mut reloader = Reloader::start(
+            config,
+            Arc::clone(&proxy),
+            stop.clone(),
+            bound,
+            last_text,
+            tls,
+        );
 
         // Listeners are serving: the previous process may stop accepting.
         if let Some(inherited) = inherited {
@@ -218,6 +234,13 @@ impl App {
                     None
                 }
             });
+        // Certificate files: their directories are watched, and polled in
+        // case the filesystem sends no events.
+        let (cert_tx, mut cert_rx) = mpsc::channel::<()>(1);
+        let mut cert_dirs = certificates::directories(reloader.config());
+        let mut _cert_watcher = watch_certificates(&cert_dirs, &cert_tx);
+        let mut cert_poll = tokio::time::interval(CERTIFICATE_POLL);
+        cert_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (hup_tx, mut hup_rx) = mpsc::channel::<()>(1);
         if path.is_some() {
             signals::forward_sighup(hup_tx, stop.clone());
@@ -233,8 +256,20 @@ impl App {
 
         tokio::pin!(shutdown);
         loop {
+            let dirs = certificates::directories(reloader.config());
+            if dirs != cert_dirs {
+                _cert_watcher = watch_certificates(&dirs, &cert_tx);
+                cert_dirs = dirs;
+            }
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(()) = cert_rx.recv() => {
+                    // certbot writes several files: let it finish.
+                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                    while cert_rx.try_recv().is_ok() {}
+                    reloader.refresh_certificates();
+                }
+                _ = cert_poll.tick() => reloader.refresh_certificates(),
                 Some(()) = reload_rx.recv() => {
                     // Editors write in bursts: let the burst settle.
                     tokio::time::sleep(RELOAD_DEBOUNCE).await;
@@ -297,6 +332,25 @@ impl App {
 
 /// Quiet time after a file event before reloading.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How often certificate files are re-read when no event says they changed.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(5);
+
+fn watch_certificates(
+    dirs: &[PathBuf],
+    tx: &mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    if dirs.is_empty() {
+        return None;
+    }
+    match watch_dirs(dirs, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the certificate directories; they are polled every 5 s");
+            None
+        }
+    }
+}
 
 /// Binds every listener, serves until `shutdown` resolves, then drains.
 pub async fn run(config: config::Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {

@@ -29,6 +29,18 @@ pub struct Scrape {
     pub reloads_failed: u64,
     /// Unix time of the last successful reload (0: none yet).
     pub last_reload_unix: u64,
+    /// Every certificate a TLS listener serves.
+    pub certificates: Vec<CertificateSample>,
+}
+
+/// One served certificate as a scrape sees it.
+#[derive(Debug)]
+pub struct CertificateSample {
+    pub listener: String,
+    /// The certificate file.
+    pub file: String,
+    /// Seconds until it expires (negative once it has).
+    pub expires_in: i64,
 }
 
 /// One backend as a scrape sees it.
@@ -51,8 +63,9 @@ pub const METHODS: [&str; 8] = [
 /// Status classes used as the `code` label.
 pub const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Error causes used as the `cause` label (see `ProxyError::cause`).
-pub const CAUSES: [&str; 10] = [
+pub const CAUSES: [&str; 11] = [
     "no_route",
+    "bad_host",
     "method",
     "no_backend",
     "connect",
@@ -63,6 +76,23 @@ pub const CAUSES: [&str; 10] = [
     "client_timeout",
     "client_closed",
 ];
+
+/// TLS handshake outcomes used as the `outcome` label.
+pub const HANDSHAKE_OUTCOMES: [&str; 10] = [
+    "ok",
+    "timeout",
+    "eof",
+    "plaintext_http",
+    "not_tls",
+    "unknown_name",
+    "incompatible",
+    "client_alert",
+    "bad_message",
+    "error",
+];
+/// Negotiated TLS versions (`version` label) and ALPN protocols (`alpn`).
+pub const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+pub const ALPN: [&str; 3] = ["h2", "http/1.1", "none"];
 
 /// Latency buckets from 0.5 ms to 60 s.
 const LATENCY: &[f64] = &[
@@ -90,7 +120,12 @@ pub struct Metrics {
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
+    tls_handshakes: IntCounterVec,
+    tls_negotiated: IntCounterVec,
+    tls_resumed: IntCounterVec,
+    tls_handshake_duration: HistogramVec,
     // Read at scrape time.
+    tls_certificate_expiry: IntGaugeVec,
     backend_up: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
@@ -180,6 +215,11 @@ impl Metrics {
             check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
             check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
             connect_duration: histogram_vec(&r, "balancer_upstream_connect_duration_seconds", "Time to open a new TCP connection to a backend (pooled connections are reused without one).", &["pool"], LATENCY)?,
+            tls_handshakes: counter_vec(&r, "balancer_tls_handshakes_total", "TLS handshakes by listener and outcome (ok, or why it failed).", &["listener", "outcome"])?,
+            tls_negotiated: counter_vec(&r, "balancer_tls_negotiated_total", "Completed TLS handshakes by protocol version and ALPN protocol.", &["listener", "version", "alpn"])?,
+            tls_resumed: counter_vec(&r, "balancer_tls_resumed_total", "Completed TLS handshakes that resumed a session (ticket or session id).", &["listener"])?,
+            tls_handshake_duration: histogram_vec(&r, "balancer_tls_handshake_duration_seconds", "Time from the first byte of a client to its completed TLS handshake.", &["listener"], LATENCY)?,
+            tls_certificate_expiry: gauge_vec(&r, "balancer_tls_certificate_expiry_seconds", "Seconds until each served certificate expires (negative once it has).", &["listener", "certificate"])?,
             backend_up: gauge_vec(&r, "balancer_backend_up", "1 when the backend takes new requests (healthy, not ejected, enabled), else 0.", &["pool", "backend"])?,
             backend_in_flight: gauge_vec(&r, "balancer_backend_in_flight_requests", "HTTP requests in flight to the backend.", &["pool", "backend"])?,
             backend_tunnels: gauge_vec(&r, "balancer_backend_websocket_tunnels", "Open WebSocket tunnels to the backend.", &["pool", "backend"])?,
@@ -235,6 +275,18 @@ impl Metrics {
         self.client_connections.with_label_values(&[name])
     }
 
+    /// Handshake handles for one TLS listener.
+    pub fn tls(&self, listener: &str) -> TlsMetrics {
+        TlsMetrics {
+            handshakes: HANDSHAKE_OUTCOMES
+                .map(|o| self.tls_handshakes.with_label_values(&[listener, o])),
+            negotiated: TLS_VERSIONS
+                .map(|v| ALPN.map(|a| self.tls_negotiated.with_label_values(&[listener, v, a]))),
+            resumed: self.tls_resumed.with_label_values(&[listener]),
+            duration: self.tls_handshake_duration.with_label_values(&[listener]),
+        }
+    }
+
     /// The text exposition, with the scrape-time families set from `scrape`.
     pub fn render(&self, scrape: &Scrape) -> String {
         let _one_at_a_time = self.scrape.lock();
@@ -272,9 +324,50 @@ impl Metrics {
             .with_label_values(&["failure"])
             .inc_by(scrape.reloads_failed);
         self.last_reload.set(scrape.last_reload_unix as i64);
+        self.tls_certificate_expiry.reset();
+        for c in &scrape.certificates {
+            self.tls_certificate_expiry
+                .with_label_values(&[c.listener.as_str(), c.file.as_str()])
+                .set(c.expires_in);
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Per-listener TLS handles, recorded once per handshake.
+#[derive(Debug, Clone)]
+pub struct TlsMetrics {
+    handshakes: [IntCounter; HANDSHAKE_OUTCOMES.len()],
+    negotiated: [[IntCounter; ALPN.len()]; TLS_VERSIONS.len()],
+    resumed: IntCounter,
+    duration: Histogram,
+}
+
+impl TlsMetrics {
+    /// A handshake ended with `outcome` (one of [`HANDSHAKE_OUTCOMES`]).
+    pub fn outcome(&self, outcome: &str) {
+        let i = HANDSHAKE_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(HANDSHAKE_OUTCOMES.len() - 1);
+        self.handshakes[i].inc();
+    }
+
+    /// A handshake completed: what it negotiated and how long it took.
+    pub fn completed(&self, version: &str, alpn: &str, resumed: bool, took: std::time::Duration) {
+        self.handshakes[0].inc();
+        let v = TLS_VERSIONS.iter().position(|x| *x == version).unwrap_or(0);
+        let a = ALPN
+            .iter()
+            .position(|x| *x == alpn)
+            .unwrap_or(ALPN.len() - 1);
+        self.negotiated[v][a].inc();
+        if resumed {
+            self.resumed.inc();
+        }
+        self.duration.observe(took.as_secs_f64());
     }
 }
 
@@ -337,7 +430,7 @@ pub struct PoolMetrics {
     pub response_header: Histogram,
     pub request_duration: Histogram,
     pub tunnel_duration: Histogram,
-    errors: [IntCounter; 10],
+    errors: [IntCounter; CAUSES.len()],
     pub retries: IntCounter,
     pub retries_refused: IntCounter,
 }

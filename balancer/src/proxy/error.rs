@@ -25,6 +25,9 @@ pub enum ProxyError {
     /// No route matches the listener, host and path.
     #[error("no route for this host and path")]
     NoRoute,
+    /// A request without a usable Host (or `:authority`) where one is needed.
+    #[error("missing or invalid Host")]
+    BadHost,
     /// A method the balancer does not proxy.
     #[error("method not supported")]
     MethodNotAllowed,
@@ -50,6 +53,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::NoRoute
+            | Self::BadHost
             | Self::MethodNotAllowed
             | Self::ClientBody(_)
             | Self::ClientTimeout(_) => Side::Downstream,
@@ -71,6 +75,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadHost => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -86,6 +91,7 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self {
             Self::NoRoute => "404 not found: no route\n",
+            Self::BadHost => "400 bad request: missing or invalid Host\n",
             Self::MethodNotAllowed => "405 method not allowed\n",
             Self::ClientBody(_) => "400 bad request: request body incomplete\n",
             Self::ClientTimeout(_) => "408 request timeout: request body too slow\n",
@@ -105,6 +111,7 @@ impl ProxyError {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
+            Self::BadHost => "bad_host",
             Self::MethodNotAllowed => "method",
             Self::ClientBody(_) => "client_body",
             Self::ClientTimeout(_) => "client_timeout",

@@ -147,12 +147,13 @@ pub fn rewrite_request(
     peer: IpAddr,
     host: Option<&HeaderValue>,
     upgrade: bool,
+    proto: &'static str,
 ) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     // The balancer already answered any `Expect: 100-continue` itself.
     parts.headers.remove(header::EXPECT);
     let forwarded_host = host.and_then(|v| v.to_str().ok());
-    add_forwarded(&mut parts.headers, peer, "http", forwarded_host);
+    add_forwarded(&mut parts.headers, peer, proto, forwarded_host);
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h.clone());
     }

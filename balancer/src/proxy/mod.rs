@@ -20,6 +20,7 @@
 mod body;
 mod client_body;
 pub mod client_ip;
+pub mod edge;
 pub mod error;
 mod forward;
 pub mod headers;
@@ -76,6 +77,10 @@ pub struct ConnInfo {
     /// HTTP/1.1: hyper is being stopped between requests; its shutdown of
     /// the socket must leave the socket open.
     pub parking: AtomicBool,
+    /// The listener's per-request settings, as the connection found them.
+    pub edge: Arc<edge::Edge>,
+    /// The TLS server name the client asked for (TLS listeners).
+    pub sni: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -88,7 +93,16 @@ impl ConnInfo {
             requests: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            edge: Arc::new(edge::Edge::default()),
+            sni: None,
         }
+    }
+
+    /// With the listener's settings and the TLS server name.
+    pub fn with_edge(mut self, edge: Arc<edge::Edge>, sni: Option<Arc<str>>) -> Self {
+        self.edge = edge;
+        self.sni = sni;
+        self
     }
 }
 
@@ -150,6 +164,22 @@ impl Proxy {
                 }
             };
         }
+        if let Some(redirect) = &conn.edge.redirect {
+            if redirect.redirects(req.uri().path()) {
+                let authority = match req.uri().authority() {
+                    Some(a) => Some(a.as_str()),
+                    None => req
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|v| v.to_str().ok()),
+                };
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                return match edge::redirect_location(redirect, authority, target) {
+                    Some(location) => edge::redirect_response(location, log),
+                    None => error_response(ProxyError::BadHost, log, request_id),
+                };
+            }
+        }
         let Routed { pool, host } = or_respond!(forward::route(&snap, &conn.listener, &req));
         log.pool = Some(Arc::clone(&pool.name));
         log.pool_metrics = pool.metrics.clone();
@@ -162,7 +192,10 @@ impl Proxy {
             conn.peer.ip(),
             host.as_ref(),
             upgrade.client.is_some(),
+            conn.edge.proto,
         );
+        conn.edge
+            .add_connection_facts(&mut parts.headers, conn.sni.as_deref());
         let mut body =
             or_respond!(ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await);
         // Lent, not moved: the attempts' future stays small.

@@ -7,6 +7,9 @@
 //! SIGHUP, POST /api/reload ────────┼─▶ Reloader::reload: read + config::parse (as `balancer check`)
 //!                                  │      │ invalid: log every error, keep the old config
 //!                                  │      ▼
+//!                                  │   TLS listeners: kept ones re-read their files, changed ones are
+//!                                  │      rebuilt (certificates.rs); a bad file refuses the reload
+//!                                  │      ▼
 //!                                  │   ReloadPlan::between(running, new)       (plan.rs: the one decision)
 //!                                  │      ▼
 //!                                  │   bind added or moved listeners (a failure refuses the reload)
@@ -16,8 +19,12 @@
 //!                                  └─  apply the plan: listeners started/stopped (kept ones never
 //!                                      re-bound), checkers started/restarted/stopped, leaving
 //!                                      backends drained (drain.rs); log plan.summary()
+//!
+//! certificate directory change (notify), poll ─▶ Reloader::refresh_certificates: re-read, swap
+//!                                               what loads, log and show what is refused
 //! ```
 
+pub mod certificates;
 mod drain;
 mod outcome;
 mod plan;
@@ -30,10 +37,11 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use certificates::TlsListeners;
 pub use drain::{DrainList, Draining};
 pub use outcome::{ReloadOutcome, ReloadStats};
 pub use plan::{BackendStep, CheckerStep, ListenerStep, ReloadPlan};
-pub use watch::watch_file;
+pub use watch::{watch_dirs, watch_file};
 
 use crate::clock::now_ms;
 use crate::health::Checkers;
@@ -57,6 +65,10 @@ pub struct Reloader {
     /// The text of the file last loaded, so a file event that changed
     /// nothing (touch, editor temp files) does not count as a reload.
     last_text: Option<String>,
+    /// TLS listeners by name (matches `config`).
+    tls: TlsListeners,
+    /// Certificate refusals already logged (each is logged once).
+    refusals_logged: std::collections::BTreeSet<String>,
 }
 
 impl Reloader {
@@ -68,6 +80,7 @@ impl Reloader {
         stop: CancellationToken,
         bound: HashMap<String, TcpListener>,
         last_text: Option<String>,
+        tls: TlsListeners,
     ) -> Self {
         let mut reloader = Self {
             listeners: ListenerSet::new(Arc::clone(&proxy), stop.clone()),
@@ -77,11 +90,23 @@ impl Reloader {
             draining: Arc::new(Mutex::new(Vec::new())),
             stats: Arc::new(Mutex::new(ReloadStats::default())),
             last_text,
+            tls: HashMap::new(),
+            refusals_logged: std::collections::BTreeSet::new(),
         };
         let plan = ReloadPlan::initial(&config);
         let snapshot = reloader.proxy.snapshot.load_full();
-        reloader.apply(&plan, config, &snapshot, bound, Vec::new());
+        reloader.apply(&plan, config, &snapshot, bound, Vec::new(), tls);
         reloader
+    }
+
+    /// Re-reads every TLS listener's certificate, key and ticket key files
+    /// (a watched directory changed, or the poll came round).
+    pub fn refresh_certificates(&mut self) {
+        let refused = certificates::refresh(&self.tls, &mut self.refusals_logged);
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.certificate_errors = refused;
+            stats.certificates = certificates::summaries(&self.tls);
+        }
     }
 
     /// The config in force.
@@ -147,6 +172,21 @@ impl Reloader {
                 };
             }
         };
+        let tls = match certificates::build(&new, &self.tls, self.proxy.metrics.as_deref()) {
+            Ok(t) => t,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(trigger, error = %e, "invalid certificate");
+                }
+                tracing::warn!(
+                    trigger,
+                    problems = errors.len(),
+                    "config reload failed: keeping the running config and certificates"
+                );
+                self.last_text = Some(text);
+                return ReloadOutcome::Rejected { errors };
+            }
+        };
         let plan = ReloadPlan::between(&self.config, &new);
 
         // Bind added and moved listeners first: a port that cannot be
@@ -184,7 +224,7 @@ impl Reloader {
             tracing::info!(listener = %name, address = %local, "listening");
             listeners.insert(name, listener);
         }
-        self.apply(&plan, new, &snapshot, listeners, leaving);
+        self.apply(&plan, new, &snapshot, listeners, leaving, tls);
         self.last_text = Some(text);
         let changes = plan.summary();
         tracing::info!(trigger, generation, changes = %changes, "config reloaded");
@@ -203,6 +243,7 @@ impl Reloader {
         snapshot: &Arc<Snapshot>,
         mut bound: HashMap<String, TcpListener>,
         leaving: Vec<(crate::runtime::BackendKey, Arc<crate::upstream::Backend>)>,
+        tls: TlsListeners,
     ) {
         self.proxy.snapshot.store(Arc::clone(snapshot));
 
@@ -210,11 +251,24 @@ impl Reloader {
             if let ListenerStep::Remove | ListenerStep::Move(_) = step {
                 self.listeners.stop(name);
             }
-            if let ListenerStep::Add(configured) | ListenerStep::Move(configured) = *step {
-                if let Some(listener) = bound.remove(name) {
-                    self.listeners.start(listener, name, configured);
+        }
+        for l in &config.listeners {
+            let listener_tls = tls.get(&l.name).cloned();
+            match plan.listeners.get(&l.name) {
+                Some(ListenerStep::Add(_) | ListenerStep::Move(_)) => {
+                    if let Some(listener) = bound.remove(&l.name) {
+                        self.listeners.start(listener, l, listener_tls);
+                    }
                 }
+                // Kept: new connections get the new settings.
+                _ => self.listeners.update(l, listener_tls),
             }
+        }
+        self.tls = tls;
+        self.refusals_logged.clear();
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.certificate_errors.clear();
+            stats.certificates = certificates::summaries(&self.tls);
         }
 
         let pools: HashMap<&str, &config::PoolConfig> =

@@ -25,6 +25,10 @@ pub struct ReloadStats {
     pub last_success_unix: Option<u64>,
     /// Every error of the last refused file (cleared by the next success).
     pub last_errors: Vec<String>,
+    /// Certificates served now.
+    pub certificates: Vec<super::certificates::CertificateSummary>,
+    /// Certificate files changed on disk but refused (the old ones serve).
+    pub certificate_errors: Vec<String>,
 }
 
 impl ReloadStats {

@@ -167,7 +167,14 @@ impl ReloadPlan {
                     plan.listeners
                         .insert(l.name.clone(), ListenerStep::Move(l.address));
                 }
-                Some(_) => {}
+                Some(_) => {
+                    let before = old.listeners.iter().find(|o| o.name == l.name);
+                    if before
+                        .is_some_and(|o| o.tls != l.tls || o.https_redirect != l.https_redirect)
+                    {
+                        plan.settings.push(format!("listener:{}", l.name));
+                    }
+                }
             }
         }
         for l in &old.listeners {

@@ -32,3 +32,22 @@ pub fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::R
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
+
+/// Sends `()` on `tx` whenever anything in one of `dirs` changes (the
+/// directories of certificate files: certbot writes new files and moves
+/// symlinks, Kubernetes swaps a `..data` symlink).
+pub fn watch_dirs(
+    dirs: &[PathBuf],
+    tx: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !matches!(event.kind, notify::EventKind::Access(_)) {
+            let _ = tx.try_send(());
+        }
+    })?;
+    for d in dirs {
+        watcher.watch(d, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::{ClientStream, ListenerSettings};
 use crate::clock::instant_of;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::socket::activity::{self, Activity, LastActivity};
@@ -119,6 +120,7 @@ pub async fn serve_listener(
     name: Arc<str>,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
+    settings: Arc<arc_swap::ArcSwap<ListenerSettings>>,
 ) {
     let open_gauge = proxy.metrics.as_ref().map(|m| m.listener(&name));
     let mut shared = Shared::new(
@@ -148,28 +150,64 @@ pub async fn serve_listener(
         if current != shared.settings {
             shared = Shared::new(&proxy, current, &shutdown, open_gauge.clone());
         }
-        let conn = Arc::new(ConnInfo::new(Arc::clone(&name), peer));
         // Spawned as is, not wrapped in another async block, which would
         // hold the future twice and double every connection's task size.
-        let served = serve_connection(stream, conn, Counted::new(&shared));
+        let served = serve_connection(
+            stream,
+            peer,
+            Arc::clone(&name),
+            settings.load_full(),
+            Counted::new(&shared),
+        );
         proxy.tasks.spawn(served);
     }
     tracing::info!(listener = &*name, "stopped accepting");
 }
 
 /// The client socket as hyper gets it.
-type ClientIo = Activity<TcpStream>;
+type ClientIo = Activity<ClientStream>;
 
-/// Serves one client connection until it closes.
+/// Serves one client connection until it closes: the TLS handshake first
+/// on a TLS listener, then HTTP.
 ///
 /// This future is the connection's task for its whole life, parked or not,
 /// so it is kept small: everything that lives only while a request is
-/// served (hyper's connection, the first-bytes timer) is boxed.
-async fn serve_connection(stream: TcpStream, conn: Arc<ConnInfo>, shared: Counted) {
+/// served (the handshake, hyper's connection, the first-bytes timer) is
+/// boxed.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    listener: Arc<str>,
+    settings: Arc<ListenerSettings>,
+    shared: Counted,
+) {
     let shared = &*shared.0;
+    let _ = stream.set_nodelay(true);
+    let (stream, sni, allow_h2) = match &settings.tls {
+        None => (ClientStream::Plain(stream), None, true),
+        Some(tls) => match Box::pin(tls.handshake(stream)).await {
+            Ok((s, facts)) => (
+                ClientStream::Tls(Box::new(s)),
+                facts.sni,
+                tls.settings.http2,
+            ),
+            Err(failed) => {
+                tracing::debug!(
+                    %peer,
+                    listener = &*listener,
+                    outcome = failed.outcome,
+                    error = failed.error.as_ref().map(|e| e.to_string()),
+                    "TLS handshake failed"
+                );
+                return;
+            }
+        },
+    };
+    let conn = Arc::new(ConnInfo::new(listener, peer).with_edge(Arc::clone(&settings.edge), sni));
+    drop(settings);
     let last = LastActivity::new();
     let Some((h2, mut prefix, mut io)) =
-        Box::pin(first_bytes(stream, last.clone(), &conn, shared)).await
+        Box::pin(first_bytes(stream, last.clone(), &conn, shared, allow_h2)).await
     else {
         return;
     };
@@ -232,15 +270,15 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnInfo>, shared: Counte
 /// awaited (the client may be about to send it), then served and the
 /// connection closed.
 async fn first_bytes(
-    stream: TcpStream,
+    stream: ClientStream,
     last: LastActivity,
     conn: &ConnInfo,
     shared: &Shared,
+    allow_h2: bool,
 ) -> Option<(bool, Bytes, ClientIo)> {
-    let _ = stream.set_nodelay(true);
     let mut io = Activity::new(stream, last);
     match tokio::time::timeout(shared.settings.request_header, sniff(&mut io)).await {
-        Ok(Ok((h2, prefix))) => Some((h2, prefix, io)),
+        Ok(Ok((h2, prefix))) => Some((h2 && allow_h2, prefix, io)),
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with error");
             None
@@ -269,7 +307,11 @@ fn service(
     service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+        async move {
+            let mut resp = proxy.handle(&conn, req).await;
+            conn.edge.finish_response(&mut resp);
+            Ok::<_, Infallible>(resp)
+        }
     })
 }
 
@@ -386,7 +428,7 @@ async fn serve_h1(
 
 /// Reads the first bytes until they are known to be (or not be) the HTTP/2
 /// preface; returns `(is_h2, bytes read)`.
-async fn sniff(io: &mut Activity<TcpStream>) -> io::Result<(bool, Bytes)> {
+async fn sniff(io: &mut ClientIo) -> io::Result<(bool, Bytes)> {
     let mut buf = [0u8; H2_PREFACE.len()];
     let mut n = 0;
     while n < buf.len() {

@@ -7,12 +7,32 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::serve_listener;
+use super::tls::TlsListener;
+use crate::proxy::edge::Edge;
 use crate::proxy::Proxy;
+
+/// A listener's behaviour: TLS or not, and what it adds to requests.
+/// Swapped whole on reload; each new connection loads it once.
+#[derive(Debug)]
+pub struct ListenerSettings {
+    pub tls: Option<Arc<TlsListener>>,
+    pub edge: Arc<Edge>,
+}
+
+impl ListenerSettings {
+    pub fn new(cfg: &config::ListenerConfig, tls: Option<Arc<TlsListener>>, port: u16) -> Self {
+        Self {
+            tls,
+            edge: Arc::new(Edge::new(cfg, port)),
+        }
+    }
+}
 
 /// One listening socket that is serving.
 #[derive(Debug)]
@@ -23,6 +43,9 @@ struct Entry {
     stop: CancellationToken,
     /// A duplicate of the listening socket, to hand over on upgrade.
     fd: Option<OwnedFd>,
+    /// The port it is bound to (for `X-Forwarded-Port`).
+    port: u16,
+    settings: Arc<ArcSwap<ListenerSettings>>,
 }
 
 /// See the module doc.
@@ -45,10 +68,20 @@ impl ListenerSet {
         }
     }
 
-    /// Serves `listener` as `name` (configured as `configured`): on every
-    /// worker, each on its own clone of the socket, or on this runtime
-    /// when there are no workers (tests, benches).
-    pub fn start(&mut self, listener: TcpListener, name: &str, configured: SocketAddr) {
+    /// Serves `listener` as `cfg` says, with `tls` if it terminates TLS:
+    /// on every worker, each on its own clone of the socket, or on this
+    /// runtime when there are no workers (tests, benches).
+    pub fn start(
+        &mut self,
+        listener: TcpListener,
+        cfg: &config::ListenerConfig,
+        tls: Option<Arc<TlsListener>>,
+    ) {
+        let (name, configured) = (cfg.name.as_str(), cfg.address);
+        let port = listener
+            .local_addr()
+            .map_or(configured.port(), |a| a.port());
+        let settings = Arc::new(ArcSwap::from_pointee(ListenerSettings::new(cfg, tls, port)));
         let stop = self.stop.child_token();
         let fd = {
             use std::os::fd::AsFd;
@@ -61,9 +94,10 @@ impl ListenerSet {
                 Arc::from(name),
                 Arc::clone(&self.proxy),
                 stop.clone(),
+                Arc::clone(&settings),
             ));
         } else {
-            self.spawn_on_workers(listener, name, &stop, workers);
+            self.spawn_on_workers(listener, name, &stop, workers, &settings);
         }
         self.entries.insert(
             name.to_string(),
@@ -71,8 +105,19 @@ impl ListenerSet {
                 configured,
                 stop,
                 fd,
+                port,
+                settings,
             },
         );
+    }
+
+    /// New settings for a listener that keeps its socket: its next
+    /// connections use them; open ones keep theirs.
+    pub fn update(&self, cfg: &config::ListenerConfig, tls: Option<Arc<TlsListener>>) {
+        if let Some(e) = self.entries.get(&cfg.name) {
+            e.settings
+                .store(Arc::new(ListenerSettings::new(cfg, tls, e.port)));
+        }
     }
 
     fn spawn_on_workers(
@@ -81,6 +126,7 @@ impl ListenerSet {
         name: &str,
         stop: &CancellationToken,
         workers: &[tokio::runtime::Handle],
+        settings: &Arc<ArcSwap<ListenerSettings>>,
     ) {
         let std = match listener.into_std() {
             Ok(std) => std,
@@ -98,11 +144,12 @@ impl ListenerSet {
                 }
             };
             let (name, proxy, stop) = (Arc::from(name), Arc::clone(&self.proxy), stop.clone());
+            let settings = Arc::clone(settings);
             self.tasks.spawn_on(
                 async move {
                     // Registered with the worker's own reactor.
                     match TcpListener::from_std(clone) {
-                        Ok(l) => serve_listener(l, name, proxy, stop).await,
+                        Ok(l) => serve_listener(l, name, proxy, stop, settings).await,
                         Err(e) => {
                             tracing::error!(listener = &*name, error = %e, "worker cannot accept")
                         }

@@ -1,9 +1,13 @@
 //! The client side: listening sockets ([`ListenerSet`]) and one task per
-//! client connection serving HTTP/1.1, HTTP/2 (h2c prior knowledge) and
-//! upgrades, with parking between requests and graceful shutdown.
+//! client connection serving HTTP/1.1, HTTP/2 (ALPN over TLS, prior
+//! knowledge in plaintext) and upgrades, with parking between requests and
+//! graceful shutdown; TLS termination ([`tls`]).
 
 mod listener;
 mod listeners;
+mod stream;
+pub mod tls;
 
 pub use listener::{serve_listener, ConnSettings};
-pub use listeners::ListenerSet;
+pub use listeners::{ListenerSet, ListenerSettings};
+pub use stream::ClientStream;
