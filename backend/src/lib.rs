@@ -38,6 +38,7 @@ pub mod play;
 pub mod protocol;
 pub mod rules;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

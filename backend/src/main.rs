@@ -56,6 +56,16 @@ struct Args {
     /// this many ms.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     drain_spread_ms: u64,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// With --tls-cert: require clients (the balancer) to present a
+    /// certificate signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -114,6 +124,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = backend::tls::server_config(cert, key, args.tls_client_ca.as_deref())?;
+        tracing::info!(%address, id = %args.id, game = args.redis.is_some(), tls = true, "listening");
+        backend::tls::serve(listener, Arc::new(state), tls, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     tracing::info!(%address, id = %args.id, game = args.redis.is_some(), "listening");
 
     backend::serve(listener, Arc::new(state), shutdown_signal()).await?;

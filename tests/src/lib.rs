@@ -300,6 +300,20 @@ impl Backend {
         Self::spawn(id, "127.0.0.1:0", &flags)
     }
 
+    /// Starts a backend that serves HTTPS only, with `extra` flags (e.g.
+    /// `--tls-client-ca FILE`).
+    pub fn start_tls(
+        id: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let mut flags = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        flags.extend_from_slice(extra);
+        Self::spawn(id, "127.0.0.1:0", &flags)
+    }
+
     fn spawn(id: &str, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("backend"));
         cmd.args(["--listen", listen, "--id", id, "--log-format", "json"])

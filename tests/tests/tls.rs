@@ -375,3 +375,190 @@ async fn a_plaintext_listener_redirects_to_https_except_acme_challenges() {
         "the challenge was proxied"
     );
 }
+
+#[tokio::test]
+async fn tls_to_backends_with_a_private_ca_pools_checks_and_refuses_what_does_not_verify() {
+    let s = Setup::new();
+    let issued = s.ca.issue(&["127.0.0.1", "backend.internal"]);
+    let (bcert, bkey) = issued.write(s.path(), "backend");
+    // The client certificate the balancer shows (mutual TLS).
+    let client = s.ca.issue(&["balancer.internal"]);
+    let (ccert, ckey) = client.write(s.path(), "client");
+    let plain = Backend::start_tls("tls-1", &bcert, &bkey, &[]);
+    let mutual = Backend::start_tls(
+        "mtls-1",
+        &bcert,
+        &bkey,
+        &["--tls-client-ca", s.ca_path.to_str().unwrap()],
+    );
+    // A CA the backends' certificate does not come from.
+    let stranger = TestCa::new();
+    let stranger_path = s.path().join("stranger.pem");
+    std::fs::write(&stranger_path, stranger.pem()).unwrap();
+    let ca = s.ca_path.display();
+    let config = format!(
+        r#"
+[admin]
+address = "127.0.0.1:0"
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:0"
+
+[[pool]]
+name = "tls"
+  [pool.tls]
+  ca = "{ca}"
+  [pool.health]
+  interval = "200ms"
+  [[pool.backend]]
+  id = "tls-1"
+  address = "{plain}"
+
+[[pool]]
+name = "named"
+  [pool.tls]
+  ca = "{ca}"
+  server_name = "backend.internal"
+  [[pool.backend]]
+  id = "tls-1"
+  address = "{plain}"
+
+[[pool]]
+name = "mutual"
+  [pool.tls]
+  ca = "{ca}"
+  cert = "{ccert}"
+  key = "{ckey}"
+  [[pool.backend]]
+  id = "mtls-1"
+  address = "{mutual}"
+
+[[pool]]
+name = "no-client-cert"
+  [pool.tls]
+  ca = "{ca}"
+  [[pool.backend]]
+  id = "mtls-1"
+  address = "{mutual}"
+
+[[pool]]
+name = "wrong-ca"
+  [pool.tls]
+  ca = "{stranger}"
+  [[pool.backend]]
+  id = "tls-1"
+  address = "{plain}"
+
+[[route]]
+listener = "public"
+host = "tls.test"
+pool = "tls"
+[[route]]
+listener = "public"
+host = "named.test"
+pool = "named"
+[[route]]
+listener = "public"
+host = "mutual.test"
+pool = "mutual"
+[[route]]
+listener = "public"
+host = "no-client-cert.test"
+pool = "no-client-cert"
+[[route]]
+listener = "public"
+host = "wrong-ca.test"
+pool = "wrong-ca"
+"#,
+        plain = plain.addr,
+        mutual = mutual.addr,
+        ccert = ccert.display(),
+        ckey = ckey.display(),
+        stranger = stranger_path.display(),
+    );
+    let lb = Balancer::start(&config);
+    let admin = lb.admin_addr();
+    // The health check speaks TLS too: the backend comes up.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = tests::http::get_text(admin, "/metrics").await;
+        if tests::http::metric(&m, "balancer_backend_up{backend=\"tls-1\",pool=\"tls\"}")
+            == Some(1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS backend never passed its check:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = tests::http::h1();
+    for prefix in ["tls", "named", "mutual"] {
+        for _ in 0..20 {
+            let r =
+                tests::http::get_host(&client, &lb.url("/whoami"), &format!("{prefix}.test")).await;
+            assert_eq!(r.status, 200, "{prefix}: {}", r.text());
+        }
+    }
+    // A streamed (chunked) upload over the TLS connection, echoed back.
+    let body: Vec<u8> = (0..300_000).map(|i| (i % 253) as u8).collect();
+    let upload = s.path().join("upload.bin");
+    std::fs::write(&upload, &body).unwrap();
+    let out_file = s.path().join("echoed.bin");
+    let out = curl(&[
+        "-H",
+        "Host: tls.test",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        "-o",
+        out_file.to_str().unwrap(),
+        "-w",
+        "%{response_code}",
+        &lb.url("/echo"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(std::fs::read(&out_file).unwrap(), body);
+    // Keep-alive pooling: 60 requests over a handful of TLS connections.
+    let m = tests::http::get_text(admin, "/metrics").await;
+    let connects = tests::http::metric(
+        &m,
+        "balancer_upstream_connect_duration_seconds_count{pool=\"tls\"}",
+    )
+    .unwrap();
+    assert!(
+        connects <= 4.0,
+        "{connects} TLS connections for 21 requests"
+    );
+
+    // Verification failures: a 502 at once and a log line, not a hang.
+    // The balancer refuses the backend's certificate during the handshake;
+    // a TLS 1.3 server refuses a missing client certificate only after it,
+    // with an alert the balancer reads in place of the response.
+    for (prefix, body, why) in [
+        (
+            "wrong-ca",
+            "TLS to the backend failed",
+            "invalid peer certificate",
+        ),
+        ("no-client-cert", "backend failed", "CertificateRequired"),
+    ] {
+        let start = Instant::now();
+        let r = tests::http::get_host(&client, &lb.url("/whoami"), &format!("{prefix}.test")).await;
+        assert_eq!(r.status, 502, "{prefix}");
+        assert!(r.text().contains(body), "{}", r.text());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        lb.proc.wait_log("the TLS failure logged", |v| {
+            v["message"] == "request failed"
+                && v["pool"] == prefix
+                && v["error"].as_str().is_some_and(|e| e.contains(why))
+        });
+    }
+}

@@ -73,11 +73,14 @@ impl App {
         for w in certificates::warnings(&tls) {
             tracing::warn!(warning = %w, "certificate expires soon");
         }
+        let upstream_tls =
+            certificates::build_upstream(&config, &HashMap::new()).map_err(Error::Tls)?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             &config,
             &HashMap::new(),
             1,
             metrics.as_deref(),
+            &upstream_tls,
         )));
         let proxy = Arc::new(Proxy {
             snapshot,

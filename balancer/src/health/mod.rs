@@ -24,7 +24,6 @@ use std::time::Duration;
 use config::{HealthConfig, HealthKind};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub use checkers::Checkers;
@@ -183,12 +182,15 @@ pub async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<String, Stri
 }
 
 async fn probe(backend: &Backend, cfg: &HealthConfig) -> Result<String, String> {
-    let stream = TcpStream::connect(backend.address)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-            _ => format!("connect failed: {e}"),
-        })?;
+    // With the pool's TLS settings when it has them: a check passes only
+    // if requests could get through.
+    let stream = backend.connections.open(cfg.timeout).await.map_err(|e| {
+        if e.is_refused() {
+            "connection refused".to_string()
+        } else {
+            e.to_string()
+        }
+    })?;
     if cfg.kind == HealthKind::Tcp {
         return Ok("connected".to_string());
     }
@@ -249,7 +251,13 @@ mod tests {
              [[route]]\nlistener = \"l\"\npool = \"p\"\n"
         ))
         .unwrap();
-        let snap = Snapshot::build(&config, &std::collections::HashMap::new(), 1, None);
+        let snap = Snapshot::build(
+            &config,
+            &std::collections::HashMap::new(),
+            1,
+            None,
+            &Default::default(),
+        );
         let backend = Arc::clone(&snap.pools["p"].backends[0]);
         let checker = HealthChecker {
             pool: Arc::from("p"),

@@ -63,13 +63,14 @@ pub const METHODS: [&str; 8] = [
 /// Status classes used as the `code` label.
 pub const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Error causes used as the `cause` label (see `ProxyError::cause`).
-pub const CAUSES: [&str; 11] = [
+pub const CAUSES: [&str; 12] = [
     "no_route",
     "bad_host",
     "method",
     "no_backend",
     "connect",
     "connect_timeout",
+    "upstream_tls",
     "response_timeout",
     "upstream",
     "client_body",

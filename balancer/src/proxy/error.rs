@@ -102,6 +102,9 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ConnectTimeout(_)) => {
                 "504 gateway timeout: backend connect timed out\n"
             }
+            Self::Upstream(UpstreamError::Tls { .. }) => {
+                "502 bad gateway: TLS to the backend failed\n"
+            }
             Self::Upstream(_) => "502 bad gateway: backend failed\n",
             Self::ResponseTimeout(_) => "504 gateway timeout: backend did not answer\n",
         }
@@ -118,6 +121,7 @@ impl ProxyError {
             Self::NoBackend { .. } => "no_backend",
             Self::Upstream(UpstreamError::Connect { .. }) => "connect",
             Self::Upstream(UpstreamError::ConnectTimeout(_)) => "connect_timeout",
+            Self::Upstream(UpstreamError::Tls { .. }) => "upstream_tls",
             Self::Upstream(_) => "upstream",
             Self::ResponseTimeout(_) => "response_timeout",
         }

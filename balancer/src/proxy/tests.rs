@@ -41,7 +41,7 @@ fn proxy_with(top: &str, backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy
     text.push_str(extra);
     text.push_str("\n[[route]]\nlistener = \"l\"\npool = \"p\"\n");
     let config = config::parse(&text).unwrap();
-    let snapshot = Snapshot::build(&config, &HashMap::new(), 1, None);
+    let snapshot = Snapshot::build(&config, &HashMap::new(), 1, None, &Default::default());
     let proxy = Proxy {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         tasks: TaskTracker::new(),

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::certs;
+use crate::runtime::UpstreamTlsByPool;
 use crate::server::tls::{Refresh, TlsListener};
+use crate::upstream::UpstreamTls;
 
 /// TLS listeners by name.
 pub type TlsListeners = HashMap<String, Arc<TlsListener>>;
@@ -175,6 +177,9 @@ pub struct CheckReport {
 /// config names, as start-up would.
 pub fn check(config: &config::Config) -> CheckReport {
     let mut report = CheckReport::default();
+    if let Err(es) = build_upstream(config, &HashMap::new()) {
+        report.errors.extend(es);
+    }
     match build(config, &HashMap::new(), None) {
         Ok(listeners) => {
             for c in summaries(&listeners) {
@@ -189,7 +194,35 @@ pub fn check(config: &config::Config) -> CheckReport {
             }
             report.warnings = warnings(&listeners);
         }
-        Err(errors) => report.errors = errors,
+        Err(errors) => report.errors.extend(errors),
     }
     report
+}
+
+/// Loads the `[pool.tls]` settings of every pool (CA bundle, client
+/// certificate), reusing `old`'s when nothing changed. `Err`: every problem.
+pub fn build_upstream(
+    config: &config::Config,
+    old: &UpstreamTlsByPool,
+) -> Result<UpstreamTlsByPool, Vec<String>> {
+    let mut built = HashMap::new();
+    let mut errors = Vec::new();
+    for p in &config.pools {
+        let Some(settings) = &p.tls else { continue };
+        match UpstreamTls::new(&p.name, settings) {
+            Ok(t) => {
+                let t = match old.get(&p.name) {
+                    Some(o) if o.fingerprint == t.fingerprint => Arc::clone(o),
+                    _ => Arc::new(t),
+                };
+                built.insert(p.name.clone(), t);
+            }
+            Err(es) => errors.extend(es),
+        }
+    }
+    if errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(errors)
+    }
 }

@@ -172,7 +172,12 @@ impl Reloader {
                 };
             }
         };
-        let tls = match certificates::build(&new, &self.tls, self.proxy.metrics.as_deref()) {
+        let built =
+            certificates::build(&new, &self.tls, self.proxy.metrics.as_deref()).and_then(|tls| {
+                let old = self.proxy.snapshot.load();
+                certificates::build_upstream(&new, &old.upstream_tls).map(|u| (tls, u))
+            });
+        let (tls, upstream_tls) = match built {
             Ok(t) => t,
             Err(errors) => {
                 for e in &errors {
@@ -216,6 +221,7 @@ impl Reloader {
             &plan.kept(&old),
             old.generation + 1,
             self.proxy.metrics.as_deref(),
+            &upstream_tls,
         ));
         let generation = snapshot.generation;
         let leaving = plan.leaving(&old);

@@ -430,7 +430,7 @@ mod tests {
             let _guard = rt.enter();
             let mut config = random_config(0x1f, 0, 0, 0);
             let plan = ReloadPlan::initial(&config);
-            let mut snap = Snapshot::build(&config, &HashMap::new(), 1, None);
+            let mut snap = Snapshot::build(&config, &HashMap::new(), 1, None, &Default::default());
             let mut checked: std::collections::BTreeSet<(String, String)> =
                 plan.checkers.keys().cloned().collect();
             let mut guards: Vec<_> = snap.pools["p"].backends.iter().map(|b| b.open()).collect();
@@ -439,7 +439,7 @@ mod tests {
                 let plan = ReloadPlan::between(&config, &next_config);
                 let kept = plan.kept(&snap);
                 let leaving = plan.leaving(&snap);
-                let next = Snapshot::build(&next_config, &kept, snap.generation + 1, None);
+                let next = Snapshot::build(&next_config, &kept, snap.generation + 1, None, &Default::default());
                 let (before, after) = (identities(&config), identities(&next_config));
                 let old_objects = snap.backends();
                 let new_objects = next.backends();

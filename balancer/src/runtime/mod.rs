@@ -13,4 +13,4 @@ mod snapshot;
 
 pub use pool::{Pool, RetryBudget};
 pub use route::{normalize_host, RouteTable};
-pub use snapshot::{BackendKey, Snapshot};
+pub use snapshot::{BackendKey, Snapshot, UpstreamTlsByPool};

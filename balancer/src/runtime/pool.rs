@@ -240,7 +240,7 @@ mod tests {
         let backends: Vec<Arc<Backend>> = (0..n)
             .map(|i| {
                 let addr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
-                Arc::new(Backend::new(&format!("b{i}"), addr, Health::Up, None))
+                Arc::new(Backend::new(&format!("b{i}"), addr, Health::Up, None, None))
             })
             .collect();
         let ejection = config::EjectionConfig {

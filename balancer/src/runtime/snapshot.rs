@@ -14,7 +14,10 @@ use config::{Config, Timeouts};
 
 use super::{Pool, RouteTable};
 use crate::select;
-use crate::upstream::{Backend, Health, UpstreamSettings};
+use crate::upstream::{Backend, Health, UpstreamSettings, UpstreamTls};
+
+/// Each `[pool.tls]` pool's client settings, files loaded, by pool name.
+pub type UpstreamTlsByPool = HashMap<String, Arc<UpstreamTls>>;
 
 /// A backend's identity across snapshots: its pool and id.
 pub type BackendKey = (Arc<str>, Arc<str>);
@@ -31,6 +34,9 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Close code sent to WebSocket clients whose tunnel the balancer ends.
     pub drain_close_code: u16,
+    /// What the pools with `[pool.tls]` connect with (kept across reloads
+    /// whose TLS settings and files did not change).
+    pub upstream_tls: UpstreamTlsByPool,
 }
 
 impl Snapshot {
@@ -38,12 +44,14 @@ impl Snapshot {
     /// reused with all its live state; every other one is new.
     /// `generation` is the previous snapshot's plus one (1 at start).
     /// Metric handles are resolved for new backends and every pool when
-    /// `metrics` is given.
+    /// `metrics` is given. `upstream_tls` has the loaded TLS settings of
+    /// every pool with `[pool.tls]` (see `reload::certificates::build_upstream`).
     pub fn build(
         config: &Config,
         keep: &HashMap<BackendKey, Arc<Backend>>,
         generation: u64,
         metrics: Option<&crate::metrics::Metrics>,
+        upstream_tls: &UpstreamTlsByPool,
     ) -> Self {
         let mut pools = HashMap::new();
         for p in &config.pools {
@@ -54,8 +62,16 @@ impl Snapshot {
                 .map(|b| {
                     let key = (Arc::clone(&name), Arc::from(b.id.as_str()));
                     match keep.get(&key) {
-                        Some(kept) => Arc::clone(kept),
-                        None => Arc::new(new_backend(p, b, metrics)),
+                        Some(kept) => {
+                            kept.connections.set_tls(upstream_tls.get(&p.name).cloned());
+                            Arc::clone(kept)
+                        }
+                        None => Arc::new(new_backend(
+                            p,
+                            b,
+                            metrics,
+                            upstream_tls.get(&p.name).cloned(),
+                        )),
                     }
                 })
                 .collect();
@@ -94,6 +110,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
             drain_close_code: config.drain_close_code,
+            upstream_tls: upstream_tls.clone(),
         }
     }
 
@@ -116,6 +133,7 @@ fn new_backend(
     pool: &config::PoolConfig,
     b: &config::BackendConfig,
     metrics: Option<&crate::metrics::Metrics>,
+    tls: Option<Arc<UpstreamTls>>,
 ) -> Backend {
     let initial = match &pool.health {
         Some(h) if !h.assume_up => Health::Unknown,
@@ -126,6 +144,7 @@ fn new_backend(
         b.address,
         initial,
         metrics.map(|m| m.connect(&pool.name)),
+        tls,
     );
     if let Some(m) = metrics {
         backend.set_metrics(m.backend(&pool.name, &b.id));
@@ -164,7 +183,13 @@ mod tests {
 
     #[tokio::test]
     async fn kept_backends_are_reused_and_settings_come_from_the_config() {
-        let first = Snapshot::build(&config("3s", 1), &HashMap::new(), 1, None);
+        let first = Snapshot::build(
+            &config("3s", 1),
+            &HashMap::new(),
+            1,
+            None,
+            &Default::default(),
+        );
         let a1 = Arc::clone(&first.pools["p"].backends[0]);
         let b1 = Arc::clone(&first.pools["p"].backends[1]);
         let _guard = a1.open();
@@ -174,7 +199,7 @@ mod tests {
             .into_iter()
             .filter(|((_, id), _)| &**id == "a")
             .collect();
-        let second = Snapshot::build(&config("1s", 5), &keep, 2, None);
+        let second = Snapshot::build(&config("1s", 5), &keep, 2, None, &Default::default());
         let p = &second.pools["p"];
         assert!(Arc::ptr_eq(&a1, &p.backends[0]));
         assert!(!Arc::ptr_eq(&b1, &p.backends[1]));
@@ -204,7 +229,7 @@ mod slow_start_tests {
              [[route]]\nlistener = \"l\"\npool = \"p\"\n",
         )
         .unwrap();
-        let snap = Snapshot::build(&config, &HashMap::new(), 1, None);
+        let snap = Snapshot::build(&config, &HashMap::new(), 1, None, &Default::default());
         let pool = &snap.pools["p"];
         assert_eq!(pool.slow_start_ms, 60_000);
         let b = &pool.backends[1];

@@ -103,6 +103,7 @@ impl Backend {
         address: SocketAddr,
         health: Health,
         connect: Option<prometheus::Histogram>,
+        tls: Option<Arc<super::UpstreamTls>>,
     ) -> Self {
         let authority = address
             .to_string()
@@ -113,7 +114,7 @@ impl Backend {
             id: id.into(),
             address,
             authority,
-            connections: ConnectionPool::new(address, connect),
+            connections: ConnectionPool::new(address, connect, tls),
             open: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),
@@ -296,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn usable_needs_up_enabled_and_in() {
-        let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None);
+        let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None, None);
         let r = rules(true);
         let at = Now::at;
         assert!(b.is_usable(&at(1), &r));

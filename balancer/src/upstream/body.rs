@@ -9,12 +9,12 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
 
 use super::chunked::{self, Chunk};
 use super::codec::Framing;
 use super::connections::{ConnectionPool, UpstreamSettings};
+use super::UpstreamStream;
 use crate::socket::Prefixed;
 use crate::BoxError;
 
@@ -36,17 +36,17 @@ pub struct UpstreamBody {
 
 /// The rest of a streamed upload, driven while the response is read.
 pub(super) type Upload =
-    Pin<Box<dyn std::future::Future<Output = Result<OwnedWriteHalf, String>> + Send>>;
+    Pin<Box<dyn std::future::Future<Output = Result<WriteHalf<UpstreamStream>, String>> + Send>>;
 
 /// The socket a response is read from.
 pub(super) enum Sock {
     /// Request sent whole (the common case).
-    Whole(TcpStream),
+    Whole(UpstreamStream),
     /// Request body streamed: read half here, write half back once the
     /// upload is done (`None` while it runs or after it failed).
     Split {
-        rd: OwnedReadHalf,
-        wr: Option<OwnedWriteHalf>,
+        rd: ReadHalf<UpstreamStream>,
+        wr: Option<WriteHalf<UpstreamStream>>,
         upload: Option<Upload>,
     },
 }
@@ -86,14 +86,14 @@ impl Sock {
     }
 
     /// The whole socket again, if the upload finished.
-    fn into_stream(self) -> Option<TcpStream> {
+    fn into_stream(self) -> Option<UpstreamStream> {
         match self {
             Self::Whole(io) => Some(io),
             Self::Split {
                 rd,
                 wr: Some(wr),
                 upload: None,
-            } => rd.reunite(wr).ok(),
+            } => rd.is_pair_of(&wr).then(|| rd.unsplit(wr)),
             Self::Split { .. } => None,
         }
     }
@@ -101,7 +101,7 @@ impl Sock {
 
 /// The backend side of a tunnel after `101 Switching Protocols`: its socket,
 /// with any bytes it sent right after the head put back in front.
-pub type UpstreamIo = Prefixed<TcpStream>;
+pub type UpstreamIo = Prefixed<UpstreamStream>;
 
 impl UpstreamBody {
     pub(super) fn new(
@@ -135,7 +135,7 @@ impl UpstreamBody {
         }
         let io = self.io.take()?.into_stream()?;
         // Copied out: the 8 KiB read buffer is not kept for the tunnel's life.
-        let prefix = Prefixed::<TcpStream>::owned(&self.buf);
+        let prefix = Prefixed::<UpstreamStream>::owned(&self.buf);
         self.buf = BytesMut::new();
         Some(Prefixed::new(prefix, io))
     }

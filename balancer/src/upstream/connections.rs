@@ -13,12 +13,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::UpstreamError;
+use super::{UpstreamError, UpstreamStream, UpstreamTls};
 use crate::clock::{millis, now_ms};
 
 /// What opening and keeping upstream connections follows; from the
@@ -41,13 +40,16 @@ impl UpstreamSettings {
 }
 
 /// Idle sockets with the time ([`now_ms`]) each expires, newest last.
-type IdleList = Mutex<Vec<(TcpStream, u64)>>;
+type IdleList = Mutex<Vec<(UpstreamStream, u64)>>;
 
 /// See the module doc.
 #[derive(Debug)]
 pub struct ConnectionPool {
     addr: SocketAddr,
     connect_histogram: Option<prometheus::Histogram>,
+    /// The pool's `[pool.tls]`: every new connection is TLS. Swapped when
+    /// a reload changes the settings or files (see [`Self::set_tls`]).
+    tls: arc_swap::ArcSwapOption<UpstreamTls>,
     /// One list per worker thread (see [`crate::workers`]).
     idle: Box<[IdleList]>,
     /// How often the reaper looks (ms): every second, or half the shortest
@@ -60,10 +62,15 @@ const REAP_START_MS: u64 = 1_000;
 const REAP_MIN_MS: u64 = 100;
 
 impl ConnectionPool {
-    pub fn new(addr: SocketAddr, connect_histogram: Option<prometheus::Histogram>) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        connect_histogram: Option<prometheus::Histogram>,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
             connect_histogram,
+            tls: arc_swap::ArcSwapOption::new(tls),
             idle: (0..crate::workers::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -92,10 +99,10 @@ impl ConnectionPool {
     }
 
     /// The newest idle socket that is still open and not expired, if any.
-    pub(super) fn checkout(&self, now: u64) -> Option<TcpStream> {
+    pub(super) fn checkout(&self, now: u64) -> Option<UpstreamStream> {
         loop {
-            let (io, expires) = self.mine().lock().ok()?.pop()?;
-            if now >= expires || !still_open(&io) {
+            let (mut io, expires) = self.mine().lock().ok()?.pop()?;
+            if now >= expires || !io.still_open() {
                 continue;
             }
             return Some(io);
@@ -103,7 +110,7 @@ impl ConnectionPool {
     }
 
     /// A socket whose exchange finished cleanly goes back for the next request.
-    pub(super) fn checkin(&self, io: TcpStream, settings: &UpstreamSettings) {
+    pub(super) fn checkin(&self, io: UpstreamStream, settings: &UpstreamSettings) {
         if settings.max_idle == 0 {
             return;
         }
@@ -126,7 +133,7 @@ impl ConnectionPool {
     /// Closes sockets whose idle time is over at `now`.
     fn reap_expired(&self, now: u64) {
         for list in self.idle.iter() {
-            let expired: Vec<(TcpStream, u64)> = match list.lock() {
+            let expired: Vec<(UpstreamStream, u64)> = match list.lock() {
                 Ok(mut idle) => {
                     let (gone, kept) = std::mem::take(&mut *idle)
                         .into_iter()
@@ -141,13 +148,48 @@ impl ConnectionPool {
         }
     }
 
-    /// Opens a new connection within `settings.connect_timeout`.
-    pub(super) async fn connect(
+    /// Whether connections to this backend are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.load().is_some()
+    }
+
+    /// New TLS settings from a reload that kept this backend. Idle
+    /// connections made with other settings are closed; connections in
+    /// use finish as they are.
+    pub fn set_tls(&self, tls: Option<Arc<UpstreamTls>>) {
+        let same = match (&*self.tls.load(), &tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.fingerprint == b.fingerprint,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        self.tls.store(tls);
+        for list in self.idle.iter() {
+            let closed = list.lock().map(|mut l| std::mem::take(&mut *l));
+            drop(closed);
+        }
+    }
+
+    /// Opens a new connection (and its TLS session) within
+    /// `settings.connect_timeout`, timed into the connect histogram.
+    pub async fn connect(
         &self,
         settings: &UpstreamSettings,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<UpstreamStream, UpstreamError> {
         let start = std::time::Instant::now();
-        let limit = settings.connect_timeout;
+        let io = self.open(settings.connect_timeout).await?;
+        if let Some(h) = &self.connect_histogram {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        Ok(io)
+    }
+
+    /// Opens a new connection (and its TLS session) within `limit`, as
+    /// requests and health checks do.
+    pub async fn open(&self, limit: Duration) -> Result<UpstreamStream, UpstreamError> {
+        let start = std::time::Instant::now();
         let io = match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
@@ -162,9 +204,23 @@ impl ConnectionPool {
             Err(_) => return Err(UpstreamError::ConnectTimeout(limit)),
         };
         let _ = io.set_nodelay(true);
-        if let Some(h) = &self.connect_histogram {
-            h.observe(start.elapsed().as_secs_f64());
-        }
+        let tls = self.tls.load_full();
+        let io = match &tls {
+            None => UpstreamStream::Plain(io),
+            Some(tls) => {
+                let left = limit.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, tls.handshake(io, self.addr)).await {
+                    Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
+                    Ok(Err(source)) => {
+                        return Err(UpstreamError::Tls {
+                            addr: self.addr,
+                            source,
+                        })
+                    }
+                    Err(_) => return Err(UpstreamError::ConnectTimeout(limit)),
+                }
+            }
+        };
         Ok(io)
     }
 }
@@ -181,20 +237,6 @@ async fn reap(pool: Weak<ConnectionPool>) {
         match pool.upgrade() {
             Some(p) => p.reap_expired(now_ms()),
             None => return,
-        }
-    }
-}
-
-/// An idle socket that the backend has not closed (and sent nothing on):
-/// a readiness check first, so the common case costs no system call.
-fn still_open(io: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match io.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }

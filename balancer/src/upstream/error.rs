@@ -24,6 +24,13 @@ pub enum UpstreamError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS handshake with the backend failed (its certificate did not
+    /// verify, no common protocol, ...).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The TCP connection did not open within `timeouts.connect`.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
@@ -50,7 +57,7 @@ impl UpstreamError {
     /// How far the request got (see [`Reached`]).
     pub fn reached(&self) -> Reached {
         match self {
-            Self::Connect { .. } | Self::ConnectTimeout(_) => Reached::No,
+            Self::Connect { .. } | Self::Tls { .. } | Self::ConnectTimeout(_) => Reached::No,
             Self::Write {
                 head_sent: false, ..
             } => Reached::No,

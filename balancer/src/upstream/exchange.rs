@@ -19,14 +19,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 
 use super::body::{Sock, Upload, UpstreamBody, READ_CHUNK};
 use super::codec::{self, Head, MAX_HEAD};
 use super::connections::{ConnectionPool, UpstreamSettings};
-use super::{RequestBody, UpstreamError};
+use super::{RequestBody, UpstreamError, UpstreamStream};
 use crate::clock::now_ms;
 
 impl ConnectionPool {
@@ -91,7 +89,7 @@ impl ConnectionPool {
     /// whoever waits on the backend: this call, then the response body.
     async fn send_stream(
         self: &Arc<Self>,
-        mut reused: Option<TcpStream>,
+        mut reused: Option<UpstreamStream>,
         head: &[u8],
         mut body: RequestBody,
         chunked: bool,
@@ -117,13 +115,13 @@ impl ConnectionPool {
                 }
             }
         };
-        let (mut rd, wr) = io.into_split();
+        let (mut rd, wr) = tokio::io::split(io);
         let mut upload: Upload = Box::pin(async move {
             let mut wr = wr;
             write_body(&mut wr, &mut body, chunked).await.map(|()| wr)
         });
         let mut buf = BytesMut::new();
-        let mut uploaded: Option<Result<OwnedWriteHalf, String>> = None;
+        let mut uploaded: Option<Result<WriteHalf<UpstreamStream>, String>> = None;
         let head = {
             let mut head_read = std::pin::pin!(read_head(&mut rd, &mut buf));
             loop {
@@ -190,11 +188,11 @@ impl ConnectionPool {
     }
 }
 
-type Exchanged = (TcpStream, BytesMut, Head);
+type Exchanged = (UpstreamStream, BytesMut, Head);
 
 /// Writes head and (buffered) body in one go, then reads the response head.
 async fn exchange_whole(
-    mut io: TcpStream,
+    mut io: UpstreamStream,
     head: &[u8],
     body: &Bytes,
 ) -> Result<Exchanged, UpstreamError> {
@@ -209,7 +207,12 @@ async fn exchange_whole(
 
 /// Writes `a` then `b` with vectored writes (one system call when both
 /// fit); `a_done` says whether all of `a` went out, also on failure.
-async fn write_two(io: &mut TcpStream, a: &[u8], b: &[u8], a_done: &mut bool) -> io::Result<()> {
+async fn write_two(
+    io: &mut UpstreamStream,
+    a: &[u8],
+    b: &[u8],
+    a_done: &mut bool,
+) -> io::Result<()> {
     let (mut a, mut b) = (a, b);
     while !a.is_empty() {
         let n = io

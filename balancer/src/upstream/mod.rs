@@ -1,6 +1,6 @@
 //! Everything about backends: who they are and what state they are in
 //! ([`Backend`], with passive [`ejection`]), the keep-alive connections to
-//! them ([`ConnectionPool`]), and the HTTP/1.1 spoken to them ([`codec`],
+//! them ([`ConnectionPool`], over TCP or [`tls`]), and the HTTP/1.1 spoken to them ([`codec`],
 //! [`chunked`], the exchange and the streamed [`UpstreamBody`]).
 //!
 //! ```text
@@ -30,6 +30,7 @@ mod request_body;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use backend::{Backend, Health, OpenGuard, Operator, TunnelCount};
 pub use body::{UpstreamBody, UpstreamIo};
@@ -37,3 +38,4 @@ pub use codec::is_idempotent;
 pub use connections::{ConnectionPool, UpstreamSettings};
 pub use error::{Reached, UpstreamError};
 pub use request_body::{AttemptBody, RequestBody, StreamBody, UploadProgress};
+pub use tls::{UpstreamStream, UpstreamTls};

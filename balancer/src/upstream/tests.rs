@@ -46,7 +46,7 @@ async fn request(
 }
 
 fn pool(addr: SocketAddr) -> Arc<ConnectionPool> {
-    ConnectionPool::new(addr, None)
+    ConnectionPool::new(addr, None, None)
 }
 
 /// A bodiless GET to `addr` that must fail before a response head.
