@@ -562,3 +562,127 @@ pool = "wrong-ca"
         });
     }
 }
+
+/// `balancer check --config FILE`: (exit code, stdout, stderr).
+fn check(config: &str, dir: &Path) -> (i32, String, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(tests::bin("balancer"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn balancer_check_verifies_every_certificate_and_warns_about_expiry() {
+    let s = Setup::new();
+    let backend: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let (good, good_key, serial) = s.cert("good", &["game.test"]);
+    let soon = s.ca.issue_for_days(&["soon.test"], 3);
+    let (soon_cert, soon_key) = soon.write(s.path(), "soon");
+    let (code, out, err) = check(
+        &tls_config(
+            backend,
+            &[(good.clone(), good_key.clone()), (soon_cert, soon_key)],
+            "",
+            "",
+        ),
+        s.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("good.pem: OK (game.test; serial {serial}")),
+        "{out}"
+    );
+    assert!(
+        err.contains("warning: listener \"public\":") && err.contains("soon.pem: expires in "),
+        "{err}"
+    );
+
+    // A key that belongs to another certificate, and a missing file: both
+    // reported, each with its file, exit 2.
+    let (_, other_key, _) = s.cert("other", &["other.test"]);
+    let missing = s.path().join("missing.pem");
+    let (code, _, err) = check(
+        &tls_config(
+            backend,
+            &[(good.clone(), other_key), (missing, good_key)],
+            "",
+            "",
+        ),
+        s.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("other.key: does not match the certificate in"),
+        "{err}"
+    );
+    assert!(err.contains("missing.pem: cannot read"), "{err}");
+    assert!(err.contains("(2 problems)"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reload_naming_a_bad_certificate_is_refused_and_the_old_one_keeps_serving() {
+    let s = Setup::new();
+    let (cert, key, serial) = s.cert("game", &["game.test"]);
+    let b = Backend::start("b1");
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let lb = Balancer::start(&tls_config(
+        b.addr,
+        &[(cert.clone(), key.clone())],
+        "",
+        admin,
+    ));
+    let client = s.ca.client(&[b"http/1.1"]);
+    let serial_now = || async {
+        let tls = tests::tls::connect(lb.addr(), "game.test", s.ca.client(&[b"http/1.1"]))
+            .await
+            .unwrap();
+        tests::tls::peer_serial(&tls)
+    };
+    assert_eq!(serial_now().await, serial);
+    // The new file adds a certificate whose key is wrong.
+    let (c2, _, _) = s.cert("second", &["second.test"]);
+    lb.rewrite_config(&tls_config(
+        b.addr,
+        &[(cert.clone(), key.clone()), (c2, key.clone())],
+        "",
+        admin,
+    ));
+    let refused = lb.proc.wait_log("the refusal", |v| {
+        v["message"] == "config reload failed: keeping the running config and certificates"
+    });
+    assert_eq!(refused["problems"], 1);
+    let status: serde_json::Value =
+        serde_json::from_str(&tests::http::get_text(lb.admin_addr(), "/api/status").await).unwrap();
+    let errors = status["reloads"]["last_errors"].as_array().unwrap();
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .contains("game.key: does not match the certificate in"),
+        "{status}"
+    );
+    assert_eq!(serial_now().await, serial);
+    drop(client);
+    // Fixed: the reload goes through and SNI serves the second name.
+    let second = s.ca.issue(&["second.test"]);
+    let (c2, k2) = second.write(s.path(), "second");
+    lb.rewrite_config(&tls_config(b.addr, &[(cert, key), (c2, k2)], "", admin));
+    lb.proc.wait_log("the reload", |v| {
+        v["message"] == "config reloaded"
+            && v["changes"]
+                .as_str()
+                .is_some_and(|c| c.contains("listener:public"))
+    });
+    let tls = tests::tls::connect(lb.addr(), "second.test", s.ca.client(&[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(tests::tls::peer_serial(&tls), second.serial);
+}
