@@ -94,4 +94,20 @@ mod documented_example {
             panic!("the example in docs/config.md is invalid:\n{e}");
         }
     }
+
+    /// The README's config example too.
+    #[test]
+    fn readme_example_is_valid() {
+        let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let text = std::fs::read_to_string(&readme).unwrap();
+        let toml = text
+            .split("## Config")
+            .nth(1)
+            .and_then(|t| t.split("```toml\n").nth(1))
+            .and_then(|t| t.split("```").next())
+            .expect("a toml block under ## Config");
+        if let Err(e) = crate::parse(toml) {
+            panic!("the example in README.md is invalid:\n{e}");
+        }
+    }
 }
