@@ -77,7 +77,13 @@ fn files() -> Files {
 async fn wss_echoes_through_tls_and_shutdown_sends_the_close_frame_over_it() {
     let f = files();
     let b = Backend::start("b1");
-    let lb = Balancer::start(&config(b.addr, &f.cert, &f.key, "", "drain_close_code = 1012"));
+    let lb = Balancer::start(&config(
+        b.addr,
+        &f.cert,
+        &f.key,
+        "",
+        "drain_close_code = 1012",
+    ));
     let mut ws = wss(lb.addr(), &f.ca).await;
     echo(&mut ws, "hello over wss").await;
     let big = "x".repeat(200_000);
@@ -86,13 +92,47 @@ async fn wss_echoes_through_tls_and_shutdown_sends_the_close_frame_over_it() {
     let deadline = Instant::now() + DEADLINE;
     let frame = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await.expect("a Close frame in time") {
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("a Close frame in time")
+        {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => {}
             other => panic!("expected a Close frame, got {other:?}"),
         }
     };
     assert_eq!(frame.expect("a close code").code, CloseCode::Restart);
+}
+
+#[tokio::test]
+async fn a_drained_backend_closes_its_wss_sessions_with_a_close_frame_over_tls() {
+    let f = files();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    let extra = "drain_timeout = \"300ms\"\ndrain_close_code = 1012";
+    let lb = Balancer::start(&config(b1.addr, &f.cert, &f.key, "", extra));
+    let mut ws = wss(lb.addr(), &f.ca).await;
+    echo(&mut ws, "before the reload").await;
+    // b1 leaves the pool: its tunnels drain, then get 1012 over TLS.
+    lb.rewrite_config(&config(b2.addr, &f.cert, &f.key, "", extra));
+    let deadline = Instant::now() + DEADLINE;
+    let frame = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("a Close frame in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(frame.expect("a close code").code, CloseCode::Restart);
+    lb.proc.wait_log("the drained tunnel", |v| {
+        v["outcome"] == "drained_close_sent"
+    });
+    // A new session goes to b2.
+    let mut again = wss(lb.addr(), &f.ca).await;
+    echo(&mut again, "after the reload").await;
 }
 
 /// One keep-alive HTTPS connection sending GETs until `stop`: counts
@@ -104,7 +144,9 @@ async fn https_load(
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
 ) {
-    let tls = tests::tls::connect(addr, "game.test", client).await.unwrap();
+    let tls = tests::tls::connect(addr, "game.test", client)
+        .await
+        .unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -146,7 +188,10 @@ async fn wait_serial(addr: SocketAddr, ca: &TestCa, serial: &str) {
         if served_serial(addr, ca).await == serial {
             return;
         }
-        assert!(Instant::now() < deadline, "new handshakes never saw serial {serial}");
+        assert!(
+            Instant::now() < deadline,
+            "new handshakes never saw serial {serial}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -169,7 +214,7 @@ async fn certificates_replaced_five_times_under_load_drop_nothing() {
         Arc::new(AtomicU64::new(0)),
     );
     let client = f.ca.client(&[b"http/1.1"]);
-    let load: Vec<_> = (0..8)
+    let load: Vec<_> = (0..64)
         .map(|_| {
             tokio::spawn(https_load(
                 lb.addr(),
@@ -202,38 +247,59 @@ async fn certificates_replaced_five_times_under_load_drop_nothing() {
 
     // A broken file: refused, shown in the status, the last good one serves.
     let tmp = f.cert.with_extension("tmp");
-    std::fs::write(&tmp, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-        .unwrap();
+    std::fs::write(
+        &tmp,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     std::fs::rename(&tmp, &f.cert).unwrap();
     let deadline = Instant::now() + DEADLINE;
     let refused = loop {
         let status: serde_json::Value =
             serde_json::from_str(&tests::http::get_text(admin, "/api/status").await).unwrap();
-        let refused = status["certificates"]["refused"].as_array().cloned().unwrap_or_default();
+        let refused = status["certificates"]["refused"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if !refused.is_empty() {
             break refused;
         }
-        assert!(Instant::now() < deadline, "the broken file was not refused: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was not refused: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let why = refused[0].as_str().unwrap();
     assert!(why.contains(f.cert.to_str().unwrap()), "{why}");
     assert_eq!(served_serial(lb.addr(), &f.ca).await, last);
-    let logged = lb.proc.wait_message("certificate refused: the old certificate keeps serving");
-    assert!(logged["error"].as_str().unwrap().contains("game.pem"), "{logged}");
+    let logged = lb
+        .proc
+        .wait_message("certificate refused: the old certificate keeps serving");
+    assert!(
+        logged["error"].as_str().unwrap().contains("game.pem"),
+        "{logged}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed HTTPS requests");
-    assert!(ok.load(Ordering::Relaxed) > 100);
+    assert!(
+        ok.load(Ordering::Relaxed) > 1000,
+        "{} requests",
+        ok.load(Ordering::Relaxed)
+    );
     for (i, ws) in sessions.iter_mut().enumerate() {
         echo(ws, &format!("after session {i}")).await;
     }
     let m = tests::http::get_text(admin, "/metrics").await;
     assert_eq!(
-        tests::http::metric(&m, "balancer_backend_websocket_tunnels{backend=\"b1\",pool=\"game\"}"),
+        tests::http::metric(
+            &m,
+            "balancer_backend_websocket_tunnels{backend=\"b1\",pool=\"game\"}"
+        ),
         Some(100.0),
         "every wss session is still open"
     );
@@ -245,14 +311,19 @@ async fn sessions_resume_on_another_balancer_that_shares_the_ticket_key_file() {
     let keys = f.dir.path().join("tickets.key");
     std::fs::write(&keys, format!("{}\n", "k".repeat(48))).unwrap();
     let b = Backend::start("b1");
-    let tls = format!("  ticket_key_file = \"{}\"\n  min_version = \"1.3\"", keys.display());
+    let tls = format!(
+        "  ticket_key_file = \"{}\"\n  min_version = \"1.3\"",
+        keys.display()
+    );
     let one = Balancer::start(&config(b.addr, &f.cert, &f.key, &tls, ""));
     let two = Balancer::start(&config(b.addr, &f.cert, &f.key, &tls, ""));
     let apart = Balancer::start(&config(b.addr, &f.cert, &f.key, "", ""));
     // One client config: its session store carries the ticket over.
     let client = f.ca.client(&[b"http/1.1"]);
     let resumed = |addr: SocketAddr, client: Arc<rustls::ClientConfig>| async move {
-        let mut tls = tests::tls::connect(addr, "game.test", client).await.unwrap();
+        let mut tls = tests::tls::connect(addr, "game.test", client)
+            .await
+            .unwrap();
         // TLS 1.3 tickets arrive after the handshake: read the response.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: game.test\r\nConnection: close\r\n\r\n")
@@ -260,13 +331,79 @@ async fn sessions_resume_on_another_balancer_that_shares_the_ticket_key_file() {
             .unwrap();
         let mut out = Vec::new();
         let _ = tls.read_to_end(&mut out).await;
-        assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
-        matches!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed))
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        matches!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        )
     };
-    assert!(!resumed(one.addr(), Arc::clone(&client)).await, "the first is a full handshake");
-    assert!(resumed(two.addr(), Arc::clone(&client)).await, "balancer two opens one's ticket");
+    assert!(
+        !resumed(one.addr(), Arc::clone(&client)).await,
+        "the first is a full handshake"
+    );
+    assert!(
+        resumed(two.addr(), Arc::clone(&client)).await,
+        "balancer two opens one's ticket"
+    );
     assert!(resumed(one.addr(), Arc::clone(&client)).await);
-    assert!(!resumed(apart.addr(), Arc::clone(&client)).await, "its own keys: a full handshake");
+    assert!(
+        !resumed(apart.addr(), Arc::clone(&client)).await,
+        "its own keys: a full handshake"
+    );
     let m = tests::http::get_text(two.admin_addr(), "/metrics").await;
-    assert_eq!(tests::http::metric(&m, "balancer_tls_resumed_total{listener=\"public\"}"), Some(1.0));
+    assert_eq!(
+        tests::http::metric(&m, "balancer_tls_resumed_total{listener=\"public\"}"),
+        Some(1.0)
+    );
+}
+
+/// TLS 1.2 resumes too: with tickets, and with session ids when they are off.
+#[tokio::test]
+async fn tls12_clients_resume_with_tickets_or_session_ids() {
+    let f = files();
+    let b = Backend::start("b1");
+    let with_tickets = Balancer::start(&config(b.addr, &f.cert, &f.key, "", ""));
+    let ids_only = Balancer::start(&config(
+        b.addr,
+        &f.cert,
+        &f.key,
+        "  session_tickets = false",
+        "",
+    ));
+    for lb in [&with_tickets, &ids_only] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(f.ca.der()).unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tls = tests::tls::connect(lb.addr(), "game.test", Arc::clone(&client))
+                .await
+                .unwrap();
+            let (_, conn) = tls.get_ref();
+            assert_eq!(
+                conn.protocol_version(),
+                Some(rustls::ProtocolVersion::TLSv1_2)
+            );
+            kinds.push(conn.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
+    }
 }
