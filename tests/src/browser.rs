@@ -47,6 +47,13 @@ impl Browser {
     /// Starts Chromium; `None` only when it is missing and
     /// `BROWSER_TESTS=skip` is set.
     pub fn start() -> Option<Self> {
+        Self::start_with_flags(&[])
+    }
+
+    /// Like [`Browser::start`], with `extra` Chromium flags after the usual
+    /// ones (e.g. `--ignore-certificate-errors-spki-list=HASH` to trust a
+    /// test certificate, `--host-resolver-rules=MAP game.test 127.0.0.1`).
+    pub fn start_with_flags(extra: &[&str]) -> Option<Self> {
         let Some(bin) = chromium() else {
             if std::env::var("BROWSER_TESTS").is_ok_and(|v| v == "skip") {
                 eprintln!("SKIPPED: chromium is not installed and BROWSER_TESTS=skip");
@@ -72,6 +79,7 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
