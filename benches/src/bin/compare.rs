@@ -2,10 +2,10 @@
 //! same backends, under the same load, on this machine.
 //!
 //! ```text
-//! cargo run -p benches --release --bin compare -- --smoke   # ~15 s: the balancer alone
+//! cargo run -p benches --release --bin compare -- --smoke   # ~25 s: the balancer alone
 //! cargo run -p benches --bin compare -- --smoke --debug-binaries  # the same on debug builds (CI)
-//! cargo run -p benches --release --bin compare -- --quick   # ~4.5 min: 3 rounds of 3 s
-//! cargo run -p benches --release --bin compare              # ~16 min: 5 rounds of 10 s
+//! cargo run -p benches --release --bin compare -- --quick   # ~9 min: 3 rounds of 3 s
+//! cargo run -p benches --release --bin compare              # ~30 min: 5 rounds of 10 s
 //! cargo run -p benches --release --bin compare -- --write-docs   # and update docs/
 //! ```
 //!
@@ -36,6 +36,20 @@
 //! * HAProxy with `nbthread 1` and `2` (master-worker `-W -db`, `mode
 //!   http`, `http-reuse always`, `timeout tunnel 1h`, no logging).
 //!
+//! Each proxy also has a second, TLS, port with the same routes. At start
+//! the harness generates one ECDSA P-256 certificate (self-signed, for
+//! `localhost` and `127.0.0.1`, with `rcgen`) into its temporary directory,
+//! and every proxy serves it: the balancer from a `[[listener.certificate]]`
+//! (`[listener.tls]`: `min_version = "1.2"`, `http2 = true`,
+//! `session_tickets = true`, `session_cache = 10000`), nginx with
+//! `listen ... ssl http2`, `ssl_protocols TLSv1.2 TLSv1.3`,
+//! `ssl_session_cache shared:SSL:10m`, `ssl_session_tickets on`, HAProxy
+//! with `bind ... ssl crt FILE alpn h2,http/1.1` (certificate and key in
+//! one file), `ssl-min-ver TLSv1.2`, `tune.ssl.cachesize 20000`, tickets
+//! on (its default). Ciphers and groups are each library's defaults. TLS
+//! ends at the proxy: the backends stay plaintext. Nothing of this is
+//! checked in; the certificate lives as long as the run.
+//!
 //! nginx and HAProxy get a port found by binding 127.0.0.1:0 and releasing
 //! it, retried if the bind then fails. Each process is stopped by its PID
 //! (SIGTERM, then SIGKILL after 5 s, then any worker it left) when the run
@@ -51,14 +65,28 @@
 //! * **WebSocket echo**: 100 sockets through the proxy to the backend's
 //!   `/ws`, each sending a small text message and waiting for its echo in a
 //!   closed loop: messages/s and the round trip's p50 and p99.
+//! * **TLS, full handshakes**: 50 clients of the harness (rustls with
+//!   resumption off, ALPN `http/1.1`), each connecting to the TLS port,
+//!   doing a full handshake, sending one `GET /healthz` with `Connection:
+//!   close` and waiting for the proxy to close, in a loop: handshakes/s,
+//!   p50 and p99 of the whole loop, CPU per handshake. A resumed handshake
+//!   would count as an error.
+//! * **TLS, `Connection: close` with wrk**: `wrk -H "Connection: close"
+//!   https://...`, 50 connections: wrk reconnects after every response,
+//!   but resumes its previous session each time (it keeps the OpenSSL
+//!   session across `SSL_clear`; checked with nginx's
+//!   `$ssl_session_reused`), so these are resumed handshakes.
+//! * **HTTPS keep-alive**: `wrk -c50` over `https://`.
+//! * **`wss://` echo**: the WebSocket echo through the TLS port.
 //! * **CPU per request / message**: utime + stime (+ reaped children's) of
 //!   the proxy's whole process tree (children found by scanning
 //!   `/proc/*/stat` for the parent PID), before and after the run, divided
 //!   by the requests or messages completed.
 //! * **Memory**: the summed `VmRSS` of the proxy's process tree before and
 //!   after opening 5,000 keep-alive connections that each did one GET and
-//!   stay idle, and (on another fresh proxy) 5,000 WebSocket tunnels that
-//!   each echoed one message; `(after - before) / 5000` KiB.
+//!   stay idle, and (on another fresh proxy each) 5,000 WebSocket tunnels
+//!   that each echoed one message, over `ws://` and over `wss://`;
+//!   `(after - before) / 5000` KiB.
 //! * **Reload under load**: 100 WebSocket sessions echoing every 200 ms and
 //!   16 keep-alive connections sending GETs in a loop, for 20 s (`--quick`:
 //!   10 s) with 10 (5) config changes 1.5 s apart: nginx's config
@@ -75,8 +103,9 @@
 //!
 //! `--smoke` runs the balancer alone for a few seconds with the harness's
 //! own HTTP client (no wrk, nginx or HAProxy needed): 50 keep-alive
-//! connections, the WebSocket echo and two config changes under load. It
-//! exits 1 if any request or session fails.
+//! connections, the WebSocket echo, the full handshakes, 50 keep-alive
+//! HTTPS connections, the `wss://` echo and two config changes under load.
+//! It exits 1 if any request or session fails.
 //!
 //! # Output
 //!
@@ -100,7 +129,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(about = "The balancer, nginx and HAProxy side by side on this machine (loopback only)")]
 struct Args {
-    /// 3 rounds of 3 s per run and a 10 s reload test (about 5 minutes).
+    /// 3 rounds of 3 s per run and a 10 s reload test (about 9 minutes).
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// A few seconds against the balancer alone, without wrk, nginx or

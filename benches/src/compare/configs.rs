@@ -5,10 +5,30 @@
 //! access log. Config generation `g` differs from `g - 1` in the first
 //! backend's weight (1 when even, 2 when odd) and, for nginx and HAProxy,
 //! the value of an `X-Gen` response header: the change of the reload test.
+//!
+//! Every proxy also listens on a second port that terminates TLS with the
+//! same certificate ([`TlsFiles`]) and serves the same routes; the backends
+//! stay plaintext. The TLS settings are each proxy's way of saying the
+//! same thing: TLS 1.2 and 1.3, the library's default ciphers and groups,
+//! ALPN `h2` and `http/1.1`, a server-side session cache and session
+//! tickets both on:
+//!
+//! | | balancer (rustls 0.23, ring) | nginx (OpenSSL) | HAProxy (OpenSSL) |
+//! |---|---|---|---|
+//! | versions | `min_version = "1.2"` | `ssl_protocols TLSv1.2 TLSv1.3` | `ssl-default-bind-options ssl-min-ver TLSv1.2` |
+//! | ALPN | `http2 = true` | `listen ... ssl http2` | `alpn h2,http/1.1` |
+//! | session cache | `session_cache = 10000` (entries) | `ssl_session_cache shared:SSL:10m` | `tune.ssl.cachesize 20000` (its default) |
+//! | tickets | `session_tickets = true` | `ssl_session_tickets on` | on (its default) |
+//! | ciphers | rustls's defaults | `ssl_ciphers` default (`HIGH:!aNULL:!MD5`) | its default |
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+
+use super::tls::TlsFiles;
+
+/// The name of the balancer's TLS listener (its log line gives the port).
+pub const BALANCER_TLS_LISTENER: &str = "bench-tls";
 
 /// The first backend's weight in config generation `generation`.
 fn weight(generation: u32, backend: usize) -> u32 {
@@ -20,12 +40,18 @@ fn weight(generation: u32, backend: usize) -> u32 {
 }
 
 /// The balancer's config file.
-pub fn balancer_config(upstreams: &[SocketAddr], generation: u32) -> String {
+pub fn balancer_config(upstreams: &[SocketAddr], tls: &TlsFiles, generation: u32) -> String {
     let mut s = format!(
         "# Written by benches' compare (generation {generation}).\n\
          [[listener]]\nname = \"bench\"\naddress = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"{BALANCER_TLS_LISTENER}\"\naddress = \"127.0.0.1:0\"\n\n\
+         \x20 [[listener.certificate]]\n  cert = {:?}\n  key = {:?}\n\n\
+         \x20 [listener.tls]\n  min_version = \"1.2\"\n  http2 = true\n\
+         \x20 session_tickets = true\n  session_cache = 10000\n\n\
          [[pool]]\nname = \"up\"\npolicy = \"round_robin\"\n\
          max_idle_per_backend = {}\n",
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
         1024 / upstreams.len().max(1)
     );
     for (i, a) in upstreams.iter().enumerate() {
@@ -38,21 +64,25 @@ pub fn balancer_config(upstreams: &[SocketAddr], generation: u32) -> String {
     }
     s.push_str(
         "\n[[route]]\nlistener = \"bench\"\npath_prefix = \"/\"\npool = \"up\"\n\n\
+         [[route]]\nlistener = \"bench-tls\"\npath_prefix = \"/\"\npool = \"up\"\n\n\
          [timeouts]\nrequest_header = \"120s\"\nclient_idle = \"120s\"\n\
          websocket_idle = \"none\"\nshutdown_grace = \"2s\"\n",
     );
     s
 }
 
-/// nginx's config file; every path in `dir`.
+/// nginx's config file; every path in `dir`; `ports` plaintext and TLS.
 pub fn nginx_config(
     dir: &Path,
-    port: u16,
+    ports: (u16, u16),
+    tls: &TlsFiles,
     workers: u8,
     upstreams: &[SocketAddr],
     generation: u32,
 ) -> String {
     let d = dir.display();
+    let (port, tls_port) = ports;
+    let (cert, key) = (tls.cert.display(), tls.key.display());
     let mut servers = String::new();
     for (i, a) in upstreams.iter().enumerate() {
         let _ = writeln!(
@@ -91,6 +121,12 @@ http {{
 
     server {{
         listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{tls_port} ssl http2 backlog=1024;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
 
         location / {{
             proxy_pass http://backends;
@@ -113,14 +149,17 @@ http {{
     )
 }
 
-/// HAProxy's config file (no `log` line: no logging).
+/// HAProxy's config file (no `log` line: no logging); `ports` plaintext
+/// and TLS.
 pub fn haproxy_config(
     dir: &Path,
-    port: u16,
+    ports: (u16, u16),
+    tls: &TlsFiles,
     threads: u8,
     upstreams: &[SocketAddr],
     generation: u32,
 ) -> String {
+    let (port, tls_port) = ports;
     let mut servers = String::new();
     for (i, a) in upstreams.iter().enumerate() {
         let _ = writeln!(
@@ -136,6 +175,8 @@ global
     nbthread {threads}
     maxconn 9000
     pidfile {d}/haproxy.pid
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    tune.ssl.cachesize 20000
 
 defaults
     mode http
@@ -151,13 +192,15 @@ defaults
 
 frontend bench
     bind 127.0.0.1:{port} backlog 1024
+    bind 127.0.0.1:{tls_port} ssl crt {bundle} alpn h2,http/1.1 backlog 1024
     http-response set-header X-Gen {generation}
     default_backend up
 
 backend up
     balance roundrobin
 {servers}",
-        d = dir.display()
+        d = dir.display(),
+        bundle = tls.bundle.display()
     )
 }
 
@@ -174,31 +217,43 @@ mod tests {
 
     #[test]
     fn balancer_config_is_valid_and_toggles_the_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsFiles::generate(dir.path()).unwrap();
         for generation in [0, 1] {
-            let text = balancer_config(&ups(), generation);
-            let dir = tempfile::tempdir().unwrap();
+            let text = balancer_config(&ups(), &tls, generation);
             let path = dir.path().join("b.toml");
             std::fs::write(&path, &text).unwrap();
             let c = config::load(&path).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
             assert_eq!(c.pools[0].backends.len(), 2);
             assert_eq!(c.pools[0].backends[0].weight, 1 + generation);
             assert_eq!(c.pools[0].backends[1].weight, 1);
+            assert_eq!(c.listeners.len(), 2);
+            assert_eq!(c.routes.len(), 2);
         }
     }
 
     #[test]
     fn proxy_configs_name_both_backends_and_the_port() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = TlsFiles::generate(tmp.path()).unwrap();
         let dir = Path::new("/tmp/x");
-        let n = nginx_config(dir, 18080, 2, &ups(), 3);
+        let n = nginx_config(dir, (18080, 18443), &tls, 2, &ups(), 3);
         assert!(n.contains("worker_processes 2;"));
         assert!(n.contains("listen 127.0.0.1:18080"));
+        assert!(n.contains("listen 127.0.0.1:18443 ssl http2"));
+        assert!(n.contains(&format!("ssl_certificate {};", tls.cert.display())));
+        assert!(n.contains("ssl_session_cache shared:SSL:10m;"));
         assert!(n.contains("server 127.0.0.1:9001 weight=2;"));
         assert!(n.contains("server 127.0.0.1:9002 weight=1;"));
         assert!(n.contains("keepalive 1024;"));
         assert!(n.contains("pid /tmp/x/nginx.pid;"));
-        let h = haproxy_config(dir, 18081, 1, &ups(), 2);
+        let h = haproxy_config(dir, (18081, 18444), &tls, 1, &ups(), 2);
         assert!(h.contains("nbthread 1"));
         assert!(h.contains("bind 127.0.0.1:18081"));
+        assert!(h.contains(&format!(
+            "bind 127.0.0.1:18444 ssl crt {} alpn h2,http/1.1",
+            tls.bundle.display()
+        )));
         assert!(h.contains("server up-1 127.0.0.1:9001 weight 1"));
         assert!(h.contains("http-reuse always"));
         assert!(h.contains("timeout tunnel 1h"));

@@ -1,7 +1,8 @@
 //! HTTP load: wrk for the measured runs, and a small keep-alive HTTP/1.1
-//! client of our own for readiness checks, the idle connections of the
-//! memory test, the load during reloads and `--smoke` (which must run
-//! where wrk is not installed).
+//! client of our own (over plaintext or TLS, see [`super::endpoint`]) for
+//! readiness checks, the idle connections of the memory test, the new
+//! connections of the handshake load, the load during reloads and
+//! `--smoke` (which must run where wrk is not installed).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::endpoint::{ClientStream, Endpoint};
 
 /// What one wrk run reports.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,11 +48,18 @@ impl WrkResult {
     }
 }
 
-/// Runs `wrk -t2 -c{conns} -d{secs}s --timeout 10s --latency
-/// http://{addr}/healthz` and parses its report.
+/// `http://addr/healthz`, or `https://` for a TLS port (wrk sends the
+/// URL's host, `127.0.0.1`, in SNI; the certificate names it).
+pub fn healthz_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}/healthz", if tls { "https" } else { "http" })
+}
+
+/// Runs `wrk -t2 -c{conns} -d{secs}s --timeout 10s --latency [-H
+/// header]... {url}` and parses its report.
 pub async fn run_wrk(
     wrk: &Path,
-    addr: SocketAddr,
+    url: &str,
+    headers: &[&str],
     conns: usize,
     run: Duration,
 ) -> anyhow::Result<WrkResult> {
@@ -63,10 +72,11 @@ pub async fn run_wrk(
         "--timeout".to_string(),
         "10s".to_string(),
         "--latency".to_string(),
-        format!("http://{addr}/healthz"),
-    ])
-    .kill_on_drop(true)
-    .process_group(0);
+    ]);
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    cmd.arg(url).kill_on_drop(true).process_group(0);
     let out = tokio::time::timeout(Duration::from_secs(secs + 30), cmd.output())
         .await
         .context("wrk did not finish in time")?
@@ -140,7 +150,7 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
 /// time and reads each response whole (Content-Length or chunked).
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: Vec<u8>,
     host: String,
 }
@@ -157,19 +167,38 @@ fn bad(msg: &str) -> io::Error {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    /// Connects (and, on a TLS port, completes the handshake).
+    pub async fn open(endpoint: &Endpoint) -> io::Result<Conn> {
+        let stream = endpoint.connect().await?;
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(512),
-            host: addr.to_string(),
+            host: endpoint.addr.to_string(),
         })
+    }
+
+    /// Whether the TLS handshake resumed a session.
+    pub fn resumed(&self) -> bool {
+        self.stream.resumed()
     }
 
     /// Sends `GET path` and reads the whole response.
     pub async fn get(&mut self, path: &str) -> io::Result<Response> {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.request(path, false).await
+    }
+
+    /// Sends `GET path` with `Connection: close` and reads the whole
+    /// response; the server then closes (see [`Conn::wait_closed`]).
+    pub async fn get_closing(&mut self, path: &str) -> io::Result<Response> {
+        self.request(path, true).await
+    }
+
+    async fn request(&mut self, path: &str, close: bool) -> io::Result<Response> {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{connection}\r\n",
+            self.host
+        );
         self.stream.write_all(req.as_bytes()).await?;
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
@@ -202,6 +231,21 @@ impl Conn {
             });
         }
         Ok(Response { status, close })
+    }
+
+    /// Reads until the server closes (a TLS close_notify or a bare FIN
+    /// both count), so the server, not the client, is left with the
+    /// connection's TIME_WAIT, as with wrk's reconnects.
+    pub async fn wait_closed(mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 512];
+        loop {
+            match self.stream.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn read_more(&mut self) -> io::Result<()> {
@@ -293,7 +337,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn fail(&mut self, why: String) {
+    pub fn fail(&mut self, why: String) {
         self.failed += 1;
         *self.reasons.entry(why).or_default() += 1;
     }
@@ -330,9 +374,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// is replaced by a new one; every request that does not get a 200
 /// (connect error, reset, early close, other status, time-out) counts as
 /// failed. Requests still in flight at `until` are waited for.
-pub async fn keepalive_load(addr: SocketAddr, conns: usize, until: Instant) -> Counts {
+pub async fn keepalive_load(endpoint: &Endpoint, conns: usize, until: Instant) -> Counts {
     let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(one_connection(addr, until)))
+        .map(|_| tokio::spawn(one_connection(endpoint.clone(), until)))
         .collect();
     let mut total = Counts::default();
     for t in tasks {
@@ -344,13 +388,13 @@ pub async fn keepalive_load(addr: SocketAddr, conns: usize, until: Instant) -> C
     total
 }
 
-async fn one_connection(addr: SocketAddr, until: Instant) -> Counts {
+async fn one_connection(endpoint: Endpoint, until: Instant) -> Counts {
     let mut counts = Counts::default();
     let mut conn: Option<Conn> = None;
     while Instant::now() < until {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr)).await {
+            None => match tokio::time::timeout(REQUEST_TIMEOUT, Conn::open(&endpoint)).await {
                 Ok(Ok(c)) => conn.insert(c),
                 Ok(Err(e)) => {
                     counts.fail(format!("connect: {}", e.kind()));
@@ -474,7 +518,7 @@ Transfer/sec:     11.89MB
                 s.write_all(reply).await.unwrap();
             }
         });
-        let mut c = Conn::connect(addr).await.unwrap();
+        let mut c = Conn::open(&Endpoint::plain(addr)).await.unwrap();
         assert_eq!(c.get("/healthz").await.unwrap().status, 200);
         assert_eq!(c.get("/healthz").await.unwrap().status, 503);
         assert!(c.get("/healthz").await.is_err());

@@ -1,6 +1,8 @@
 //! Memory per idle connection: the RSS of the proxy's whole process tree
 //! before and after opening N client connections that each did one
-//! exchange and then stay idle; `(after - before) / N`.
+//! exchange and then stay idle; `(after - before) / N`. Tunnels are
+//! measured both as `ws://` and as `wss://` (the proxy then also holds
+//! each client's TLS session; the tunnel to the backend stays plaintext).
 //!
 //! Each measurement runs on a freshly started proxy (the caller's job), so
 //! memory freed by an earlier test and kept by the allocator cannot hide
@@ -49,9 +51,10 @@ async fn get_ok(c: &mut Conn) -> anyhow::Result<()> {
 pub async fn idle_http(target: &mut Target, n: usize) -> anyhow::Result<Memory> {
     use futures_util::StreamExt;
     let addr = target.addr;
+    let plain = target.plain();
     // Warm up: the first requests allocate the proxy's lasting state (and
     // its upstream pool).
-    let mut warm = Conn::connect(addr).await?;
+    let mut warm = Conn::open(&plain).await?;
     for _ in 0..20 {
         get_ok(&mut warm).await?;
     }
@@ -59,8 +62,8 @@ pub async fn idle_http(target: &mut Target, n: usize) -> anyhow::Result<Memory> 
     tokio::time::sleep(SETTLE).await;
     let before = procfs::tree_rss_kib(target.pid());
     let results: Vec<anyhow::Result<Conn>> = futures_util::stream::iter(0..n)
-        .map(|_| async move {
-            let mut c = tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(addr))
+        .map(|_| async {
+            let mut c = tokio::time::timeout(REQUEST_TIMEOUT, Conn::open(&plain))
                 .await
                 .context("connect timed out")??;
             get_ok(&mut c).await?;
@@ -84,13 +87,15 @@ pub async fn idle_http(target: &mut Target, n: usize) -> anyhow::Result<Memory> 
     })
 }
 
-/// `n` WebSocket tunnels to `/ws`, each after one echoed message.
-pub async fn idle_ws(target: &mut Target, n: usize) -> anyhow::Result<Memory> {
-    let warm = ws::open_many(target.addr, 8, 8).await?;
+/// `n` WebSocket tunnels to `/ws`, each after one echoed message; through
+/// the TLS port (`wss://`) if `tls`.
+pub async fn idle_ws(target: &mut Target, n: usize, tls: bool) -> anyhow::Result<Memory> {
+    let endpoint = if tls { target.tls() } else { target.plain() };
+    let warm = ws::open_many(&endpoint, 8, 8).await?;
     ws::close_all(warm).await;
     tokio::time::sleep(SETTLE).await;
     let before = procfs::tree_rss_kib(target.pid());
-    let sockets = ws::open_many(target.addr, n, PARALLEL).await?;
+    let sockets = ws::open_many(&endpoint, n, PARALLEL).await?;
     tokio::time::sleep(SETTLE).await;
     target.check_running()?;
     let after = procfs::tree_rss_kib(target.pid());

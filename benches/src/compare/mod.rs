@@ -11,11 +11,18 @@
 //! * [`targets`]: the two upstream backends, and each proxy's start-up
 //!   (free port, readiness) and config reload; [`configs`] their config
 //!   files.
+//! * [`tls`]: the certificate every proxy serves on its TLS port
+//!   (generated at start) and the client config that trusts it;
+//!   [`endpoint`] a port to connect to, plaintext or TLS, and the socket
+//!   type of both.
 //! * [`http`]: wrk (run and parse) and a small keep-alive HTTP/1.1 client.
+//! * [`handshakes`]: new TLS connections in a closed loop, each a full
+//!   handshake and one request.
 //! * [`ws`]: the WebSocket clients (closed-loop echo, idle tunnels, paced
-//!   sessions).
+//!   sessions), over `ws://` or `wss://`.
 //! * [`load`]: one timed load run against one target with its CPU cost.
-//! * [`memory`]: RSS per idle keep-alive connection and per idle tunnel.
+//! * [`memory`]: RSS per idle keep-alive connection and per idle tunnel
+//!   (`ws://` and `wss://`).
 //! * [`reload`]: config changes under load.
 //! * [`plan`]: the order of it all: phases, rounds, interleaving.
 //! * [`report`]: medians, the Markdown tables and the machine description;
@@ -25,6 +32,8 @@
 pub mod child;
 pub mod configs;
 pub mod docs;
+pub mod endpoint;
+pub mod handshakes;
 pub mod http;
 pub mod load;
 pub mod memory;
@@ -34,6 +43,7 @@ pub mod reload;
 pub mod report;
 pub mod svg;
 pub mod targets;
+pub mod tls;
 pub mod ws;
 
 use std::time::Duration;
@@ -113,9 +123,27 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `q` quantile of sorted samples (nearest rank); NaN for none.
+pub fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, percentile};
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 
     #[test]
     fn median_odd_even_empty() {

@@ -1,11 +1,14 @@
-//! The order of a run: start the upstreams, then three phases.
+//! The order of a run: generate the certificate, start the upstreams, then
+//! three phases.
 //!
 //! 1. **Memory** (not in `--smoke`): per target, a fresh proxy holds N idle
-//!    keep-alive connections; another fresh one holds N idle tunnels.
+//!    keep-alive connections; another fresh one holds N idle `ws://`
+//!    tunnels, a third N idle `wss://` tunnels.
 //! 2. **Load**: every target runs at once (idle while not measured); a
-//!    1 s warm-up each, then `rounds` rounds, and in each round every
-//!    scenario runs against every target in turn (A B C D E for 50
-//!    connections, then A B C D E for 1,000, then the echo), 0.5 s apart.
+//!    1 s warm-up per client kind each, then `rounds` rounds, and in each
+//!    round every scenario runs against every target in turn (A B C D E
+//!    for 50 connections, then A B C D E for 1,000, then the echo, then
+//!    the TLS scenarios in the order of [`Scenario::ALL`]), 0.5 s apart.
 //! 3. **Reload**: per target, a fresh proxy through the reload test.
 //!
 //! A target that fails (does not start, errors under load) is reported and
@@ -22,6 +25,7 @@ use super::memory::{self, Memory};
 use super::reload::{self, ReloadResult};
 use super::report::latency;
 use super::targets::{Kind, Programs, Target, Upstreams};
+use super::tls::TlsFiles;
 use super::{Mode, Settings};
 
 /// Pause between two load runs.
@@ -34,6 +38,7 @@ pub struct TargetResults {
     pub runs: BTreeMap<Scenario, Vec<Sample>>,
     pub idle_http: Option<Memory>,
     pub idle_ws: Option<Memory>,
+    pub idle_wss: Option<Memory>,
     pub reload: Option<ReloadResult>,
 }
 
@@ -82,6 +87,7 @@ pub async fn run(
                 runs: BTreeMap::new(),
                 idle_http: None,
                 idle_ws: None,
+                idle_wss: None,
                 reload: None,
             })
             .collect(),
@@ -91,16 +97,29 @@ pub async fn run(
         started: SystemTime::now(),
         elapsed: Duration::ZERO,
     };
+    let tls = TlsFiles::generate(dir)?;
+    p.say(&format!(
+        "TLS: ECDSA P-256 certificate for localhost and 127.0.0.1 in {}",
+        tls.cert.display()
+    ));
     let mut upstreams = Upstreams::start(programs, dir).await?;
     p.say(&format!("upstream backends on {:?}", upstreams.addrs));
+    // A copy: `upstreams` is checked (mutably) between the phases.
+    let addrs = upstreams.addrs.clone();
+    let env = Env {
+        programs,
+        upstreams: &addrs,
+        tls: &tls,
+        dir,
+    };
 
     if settings.idle > 0 {
-        memory_phase(&p, settings, programs, &upstreams, dir, &mut r).await;
+        memory_phase(&p, settings, &env, &mut r).await;
         upstreams.check_running()?;
     }
-    load_phase(&p, settings, programs, &upstreams, dir, &mut r).await;
+    load_phase(&p, settings, &env, &mut r).await;
     upstreams.check_running()?;
-    reload_phase(&p, settings, programs, &upstreams, dir, &mut r).await;
+    reload_phase(&p, settings, &env, &mut r).await;
     upstreams.check_running()?;
     r.elapsed = p.t0.elapsed();
     Ok(r)
@@ -111,43 +130,62 @@ fn fail(p: &Progress, r: &mut Results, msg: String) {
     r.failures.push(msg);
 }
 
-async fn memory_phase(
-    p: &Progress,
-    settings: &Settings,
-    programs: &Programs,
-    upstreams: &Upstreams,
-    dir: &Path,
-    r: &mut Results,
-) {
+/// What every phase starts its targets with.
+#[derive(Debug, Clone, Copy)]
+struct Env<'a> {
+    programs: &'a Programs,
+    upstreams: &'a [std::net::SocketAddr],
+    tls: &'a TlsFiles,
+    dir: &'a Path,
+}
+
+impl Env<'_> {
+    async fn start(&self, kind: Kind) -> anyhow::Result<Target> {
+        Target::start(kind, self.programs, self.upstreams, self.tls, self.dir).await
+    }
+}
+
+/// The three idle-memory measurements.
+#[derive(Debug, Clone, Copy)]
+enum Idle {
+    Http,
+    Ws,
+    Wss,
+}
+
+async fn memory_phase(p: &Progress, settings: &Settings, env: &Env<'_>, r: &mut Results) {
     let n = settings.idle;
     for i in 0..r.targets.len() {
         let kind = r.targets[i].kind;
         let label = kind.label();
-        p.say(&format!("memory: {label}: {n} idle keep-alive connections"));
-        let http = async {
-            let mut t = Target::start(kind, programs, &upstreams.addrs, dir).await?;
-            memory::idle_http(&mut t, n).await
-        }
-        .await;
-        match http {
-            Ok(m) => {
-                p.say(&format!("  {:.2} KiB per connection", m.per_conn_kib()));
-                r.targets[i].idle_http = Some(m);
+        for idle in [Idle::Http, Idle::Ws, Idle::Wss] {
+            let (what, each) = match idle {
+                Idle::Http => ("idle keep-alive connections", "connection"),
+                Idle::Ws => ("idle WebSocket tunnels", "tunnel"),
+                Idle::Wss => ("idle wss:// tunnels", "wss:// tunnel"),
+            };
+            p.say(&format!("memory: {label}: {n} {what}"));
+            let measured = async {
+                let mut t = env.start(kind).await?;
+                match idle {
+                    Idle::Http => memory::idle_http(&mut t, n).await,
+                    Idle::Ws => memory::idle_ws(&mut t, n, false).await,
+                    Idle::Wss => memory::idle_ws(&mut t, n, true).await,
+                }
             }
-            Err(e) => fail(p, r, format!("{label}: idle keep-alive memory: {e:#}")),
-        }
-        p.say(&format!("memory: {label}: {n} idle WebSocket tunnels"));
-        let tunnels = async {
-            let mut t = Target::start(kind, programs, &upstreams.addrs, dir).await?;
-            memory::idle_ws(&mut t, n).await
-        }
-        .await;
-        match tunnels {
-            Ok(m) => {
-                p.say(&format!("  {:.2} KiB per tunnel", m.per_conn_kib()));
-                r.targets[i].idle_ws = Some(m);
+            .await;
+            match measured {
+                Ok(m) => {
+                    p.say(&format!("  {:.2} KiB per {each}", m.per_conn_kib()));
+                    let slot = match idle {
+                        Idle::Http => &mut r.targets[i].idle_http,
+                        Idle::Ws => &mut r.targets[i].idle_ws,
+                        Idle::Wss => &mut r.targets[i].idle_wss,
+                    };
+                    *slot = Some(m);
+                }
+                Err(e) => fail(p, r, format!("{label}: {what}: {e:#}")),
             }
-            Err(e) => fail(p, r, format!("{label}: idle tunnel memory: {e:#}")),
         }
     }
 }
@@ -160,40 +198,55 @@ async fn one_run(
     scenario: Scenario,
     run: Duration,
 ) -> anyhow::Result<Sample> {
+    let conns = scenario.connections();
+    let endpoint = if scenario.is_tls() {
+        t.tls()
+    } else {
+        t.plain()
+    };
     match (scenario, &programs.wrk, settings.mode) {
-        (Scenario::WsEcho, _, _) => load::ws_echo(t, load::WS_SOCKETS, run).await,
-        (_, _, Mode::Smoke) => load::rust_http(t, scenario.connections(), run).await,
-        (_, Some(wrk), _) => load::wrk(t, wrk, scenario.connections(), run).await,
+        (Scenario::WsEcho | Scenario::WssEcho, _, _) => {
+            load::ws_echo(t, &endpoint, conns, run).await
+        }
+        (Scenario::TlsHandshake, _, _) => load::tls_handshakes(t, conns, run).await,
+        (Scenario::HttpsClose, Some(wrk), _) => load::wrk(t, wrk, scenario, run).await,
+        (Scenario::HttpsClose, None, _) => anyhow::bail!("{} needs wrk", scenario.label()),
+        (_, _, Mode::Smoke) => load::rust_http(t, &endpoint, conns, run).await,
+        (_, Some(wrk), _) => load::wrk(t, wrk, scenario, run).await,
         (_, None, _) => anyhow::bail!("wrk is not installed"),
     }
 }
 
-async fn load_phase(
-    p: &Progress,
-    settings: &Settings,
-    programs: &Programs,
-    upstreams: &Upstreams,
-    dir: &Path,
-    r: &mut Results,
-) {
+async fn load_phase(p: &Progress, settings: &Settings, env: &Env<'_>, r: &mut Results) {
+    let programs = env.programs;
     r.scenarios = match (settings.mode, programs.wrk.is_some()) {
-        (Mode::Smoke, _) => vec![Scenario::Http50, Scenario::WsEcho],
+        (Mode::Smoke, _) => vec![
+            Scenario::Http50,
+            Scenario::WsEcho,
+            Scenario::TlsHandshake,
+            Scenario::Https50,
+            Scenario::WssEcho,
+        ],
         (_, true) => Scenario::ALL.to_vec(),
         (_, false) => {
             r.notes
-                .push("HTTP load left out: wrk is not installed".to_string());
-            vec![Scenario::WsEcho]
+                .push("HTTP and HTTPS load with wrk left out: wrk is not installed".to_string());
+            Scenario::ALL
+                .into_iter()
+                .filter(|s| !s.needs_wrk())
+                .collect()
         }
     };
     let mut running: Vec<Option<Target>> = Vec::new();
     for i in 0..r.targets.len() {
         let kind = r.targets[i].kind;
-        match Target::start(kind, programs, &upstreams.addrs, dir).await {
+        match env.start(kind).await {
             Ok(t) => {
                 p.say(&format!(
-                    "load: {} on {} (pid {})",
+                    "load: {} on {} and {} (TLS) (pid {})",
                     kind.label(),
                     t.addr,
+                    t.tls_addr,
                     t.pid()
                 ));
                 running.push(Some(t));
@@ -209,9 +262,10 @@ async fn load_phase(
             p.say(&format!("warm-up: {}", t.kind.label()));
             let secs = Duration::from_secs(1);
             if let Some(wrk) = &programs.wrk {
-                let _ = load::wrk(t, wrk, 50, secs).await;
+                let _ = load::wrk(t, wrk, Scenario::Http50, secs).await;
             }
-            let _ = load::ws_echo(t, 10, secs).await;
+            let _ = load::ws_echo(t, &t.plain(), 10, secs).await;
+            let _ = load::tls_handshakes(t, 10, secs).await;
         }
     }
     let scenarios = r.scenarios.clone();
@@ -268,14 +322,7 @@ async fn load_phase(
     }
 }
 
-async fn reload_phase(
-    p: &Progress,
-    settings: &Settings,
-    programs: &Programs,
-    upstreams: &Upstreams,
-    dir: &Path,
-    r: &mut Results,
-) {
+async fn reload_phase(p: &Progress, settings: &Settings, env: &Env<'_>, r: &mut Results) {
     for i in 0..r.targets.len() {
         let kind = r.targets[i].kind;
         let label = kind.label();
@@ -284,7 +331,7 @@ async fn reload_phase(
             settings.reload_changes, settings.reload_for
         ));
         let outcome = async {
-            let mut t = Target::start(kind, programs, &upstreams.addrs, dir).await?;
+            let mut t = env.start(kind).await?;
             reload::run(&mut t, settings.reload_for, settings.reload_changes).await
         }
         .await;

@@ -62,7 +62,7 @@ pub async fn run(
     if length < needed {
         bail!("{changes} changes need a test of at least {needed:?}, not {length:?}");
     }
-    let addr = target.addr;
+    let plain = target.plain();
     let pid = target.pid();
     let procs_start = procfs::tree_size(pid);
     let t0 = Instant::now();
@@ -71,10 +71,10 @@ pub async fn run(
     let sessions: Vec<_> = (0..SESSIONS)
         .map(|i| {
             let offset = PERIOD * i as u32 / SESSIONS as u32;
-            tokio::spawn(ws::paced_session(addr, offset, PERIOD, until))
+            tokio::spawn(ws::paced_session(plain.clone(), offset, PERIOD, until))
         })
         .collect();
-    let load = tokio::spawn(http::keepalive_load(addr, HTTP_CONNS, until));
+    let load = tokio::spawn(async move { http::keepalive_load(&plain, HTTP_CONNS, until).await });
 
     let mut made = 0;
     for k in 1..=changes {

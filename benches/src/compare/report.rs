@@ -1,5 +1,6 @@
 //! The report: the machine, the command, and Markdown tables of medians per
-//! target and scenario, the memory figures and the reload results.
+//! target and scenario, the memory figures, the TLS figures with their
+//! ratios to nginx and HAProxy, and the reload results.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,7 +11,7 @@ use super::load::{Sample, Scenario};
 use super::memory::Memory;
 use super::plan::{Results, TargetResults};
 use super::reload::{self, ReloadResult};
-use super::targets::Programs;
+use super::targets::{Kind, Programs};
 use super::{median, Mode};
 
 /// Where and with what the numbers were taken.
@@ -245,6 +246,179 @@ fn reload_row(label: &str, r: &ReloadResult) -> String {
     )
 }
 
+/// One table with a group of columns (rate, p50, p99, CPU) per scenario
+/// run; nothing if none of them was.
+fn scenario_table(md: &mut String, r: &Results, groups: &[(Scenario, &str, &str)]) {
+    let groups: Vec<_> = groups
+        .iter()
+        .filter(|(s, _, _)| r.scenarios.contains(s))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let mut head = String::from("| target |");
+    let mut rule = String::from("|---|");
+    for (_, rate, cpu) in &groups {
+        let _ = write!(head, " {rate} | p50 | p99 | {cpu} |");
+        rule.push_str("---:|---:|---:|---:|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for t in &r.targets {
+        let mut row = format!("| {} |", t.kind.label());
+        for (s, _, _) in &groups {
+            let _ = write!(row, " {} |", load_cells(t, *s));
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    md.push('\n');
+}
+
+/// `balancer / other`, `0.93x`; `–` when either is missing.
+fn ratio(balancer: Option<f64>, other: Option<f64>) -> String {
+    match (balancer, other) {
+        (Some(b), Some(o)) if b.is_finite() && o.is_finite() && o != 0.0 => {
+            format!("{:.2}x", b / o)
+        }
+        _ => "–".to_string(),
+    }
+}
+
+/// Reads one figure from a target's results.
+type Getter = Box<dyn Fn(&TargetResults) -> Option<f64>>;
+
+/// One figure of the ratio table: its name, how to format it, and how to
+/// read it.
+type Figure<'a> = (&'a str, fn(f64) -> String, Getter);
+
+/// The TLS tables: new connections, established connections, and every
+/// TLS figure of the balancer divided by the same figure of each other
+/// target.
+fn tls_section(md: &mut String, r: &Results) {
+    let _ = writeln!(
+        md,
+        "### TLS termination\n\n\
+         Every proxy also listens on a TLS port with the same routes and the same ECDSA \
+         P-256 certificate, generated when the run starts; the backends stay plaintext. \
+         Settings: TLS 1.2 and 1.3, default ciphers, ALPN `h2` and `http/1.1`, session \
+         cache and tickets on (balancer: `min_version = \"1.2\"`, `session_cache = 10000`, \
+         `session_tickets = true`; nginx: `ssl_protocols TLSv1.2 TLSv1.3`, \
+         `ssl_session_cache shared:SSL:10m`, `ssl_session_tickets on`; HAProxy: \
+         `ssl-min-ver TLSv1.2`, `tune.ssl.cachesize 20000`, tickets on by default). Full \
+         handshakes: {} clients of the harness (rustls, resumption off, ALPN `http/1.1`), \
+         each opening a connection, doing a full handshake, sending one `GET /healthz` \
+         with `Connection: close` and waiting for the proxy to close, in a loop; p50 and \
+         p99 are of that whole loop. `Connection: close` with wrk: a new connection per \
+         request too, but wrk (OpenSSL) resumes its previous session on each reconnect. \
+         HTTPS keep-alive: wrk over `https://`. `wss://` echo: the WebSocket echo above \
+         through the TLS port. CPU per handshake, request or message as above.\n",
+        super::load::HANDSHAKE_CLIENTS
+    );
+    let _ = writeln!(md, "#### New connections, one request each\n");
+    scenario_table(
+        md,
+        r,
+        &[
+            (
+                Scenario::TlsHandshake,
+                "full handshakes/s",
+                "CPU µs/handshake",
+            ),
+            (
+                Scenario::HttpsClose,
+                "wrk `Connection: close` conns/s (resumed)",
+                "CPU µs/conn",
+            ),
+        ],
+    );
+    let _ = writeln!(md, "#### Established connections\n");
+    scenario_table(
+        md,
+        r,
+        &[
+            (Scenario::Https50, "HTTPS req/s, 50 conns", "CPU µs/req"),
+            (
+                Scenario::WssEcho,
+                "wss:// msgs/s, 100 sockets",
+                "CPU µs/msg",
+            ),
+        ],
+    );
+    let Some(balancer) = r.targets.iter().find(|t| t.kind == Kind::Balancer) else {
+        return;
+    };
+    let others: Vec<&TargetResults> = r
+        .targets
+        .iter()
+        .filter(|t| t.kind != Kind::Balancer)
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "#### The balancer against each, same run\n\n\
+         The balancer's figure divided by the other target's: above 1x is better for a \
+         rate, below 1x is better for CPU and memory.\n"
+    );
+    let mut head = String::from("| figure | balancer |");
+    let mut rule = String::from("|---|---:|");
+    for t in &others {
+        let _ = write!(head, " / {} |", t.kind.label());
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    let rate = |s: Scenario| -> Getter { Box::new(move |t| medians(t, s).map(|m| m.rate)) };
+    let cpu = |s: Scenario| -> Getter { Box::new(move |t| medians(t, s).map(|m| m.cpu_us)) };
+    let kib = |x: f64| format!("{x:.1} KiB");
+    let figures: Vec<Figure> = vec![
+        ("full handshakes/s", thousands, rate(Scenario::TlsHandshake)),
+        (
+            "CPU µs per full handshake",
+            one_decimal,
+            cpu(Scenario::TlsHandshake),
+        ),
+        (
+            "wrk `Connection: close` conns/s (resumed)",
+            thousands,
+            rate(Scenario::HttpsClose),
+        ),
+        (
+            "CPU µs per resumed connection",
+            one_decimal,
+            cpu(Scenario::HttpsClose),
+        ),
+        ("HTTPS keep-alive req/s", thousands, rate(Scenario::Https50)),
+        (
+            "CPU µs per HTTPS request",
+            one_decimal,
+            cpu(Scenario::Https50),
+        ),
+        ("wss:// echo msgs/s", thousands, rate(Scenario::WssEcho)),
+        (
+            "CPU µs per wss:// message",
+            one_decimal,
+            cpu(Scenario::WssEcho),
+        ),
+        (
+            "memory per idle wss:// tunnel",
+            kib,
+            Box::new(|t: &TargetResults| t.idle_wss.map(|m| m.per_conn_kib())),
+        ),
+    ];
+    for (name, format, get) in &figures {
+        let b = get(balancer);
+        if b.is_none() {
+            continue;
+        }
+        let mut row = format!("| {name} | {} |", b.map_or_else(|| "–".to_string(), format));
+        for t in &others {
+            let _ = write!(row, " {} |", ratio(b, get(t)));
+        }
+        let _ = writeln!(md, "{row}");
+    }
+    md.push('\n');
+}
+
 /// The whole report in Markdown (`###` headings, to sit under a `##`
 /// section of docs/benchmarks.md).
 pub fn markdown(r: &Results, machine: &Machine, command: &str) -> String {
@@ -281,7 +455,7 @@ pub fn markdown(r: &Results, machine: &Machine, command: &str) -> String {
         .scenarios
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::WsEcho)
+        .filter(|s| matches!(s, Scenario::Http50 | Scenario::Http1000))
         .collect();
     if !http.is_empty() {
         let client = if st.mode == Mode::Smoke {
@@ -341,8 +515,8 @@ pub fn markdown(r: &Results, machine: &Machine, command: &str) -> String {
         );
         let _ = writeln!(
             md,
-            "| target | RSS at rest | per idle keep-alive connection | per idle WebSocket tunnel |\n\
-             |---|---:|---:|---:|"
+            "| target | RSS at rest | per idle keep-alive connection | per idle WebSocket tunnel \
+             | per idle wss:// tunnel |\n|---|---:|---:|---:|---:|"
         );
         for t in &r.targets {
             let rest = t.idle_http.map_or_else(
@@ -351,13 +525,18 @@ pub fn markdown(r: &Results, machine: &Machine, command: &str) -> String {
             );
             let _ = writeln!(
                 md,
-                "| {} | {rest} | {} | {} |",
+                "| {} | {rest} | {} | {} | {} |",
                 t.kind.label(),
                 memory_cell(t.idle_http.as_ref()),
-                memory_cell(t.idle_ws.as_ref())
+                memory_cell(t.idle_ws.as_ref()),
+                memory_cell(t.idle_wss.as_ref())
             );
         }
         md.push('\n');
+    }
+
+    if r.scenarios.iter().any(|s| s.is_tls()) {
+        tls_section(&mut md, r);
     }
 
     if r.targets.iter().any(|t| t.reload.is_some()) {
@@ -489,6 +668,7 @@ mod tests {
                 runs,
                 idle_http: Some(mem),
                 idle_ws: None,
+                idle_wss: None,
                 reload: Some(reload),
             }],
             scenarios: vec![Scenario::Http50, Scenario::WsEcho],
@@ -523,6 +703,68 @@ mod tests {
         assert!(md.contains("- nginx, 1 worker: HTTP 3x request: connection reset"));
         assert!(md.contains("- x failed badly"));
         assert!(md.contains("took 1 min 15 s"));
+    }
+
+    #[test]
+    fn tls_tables_and_ratios() {
+        use super::super::targets::Kind;
+        let mut r = fake_results();
+        let tls_sample = |rate: f64, cpu_us: f64| Sample {
+            rate,
+            p50_us: 1000.0,
+            p99_us: 3000.0,
+            cpu_us,
+            ops: 100,
+            errors: 0,
+            error: None,
+        };
+        let mut balancer = r.targets[0].clone();
+        balancer.kind = Kind::Balancer;
+        for (t, rate, cpu) in [
+            (&mut balancer, 1500.0, 400.0),
+            (&mut r.targets[0], 1000.0, 500.0),
+        ] {
+            t.runs
+                .insert(Scenario::TlsHandshake, vec![tls_sample(rate, cpu)]);
+            t.idle_wss = Some(Memory {
+                n: 100,
+                before_kib: 0,
+                after_kib: rate as u64,
+            });
+        }
+        r.targets.insert(0, balancer);
+        r.scenarios.push(Scenario::TlsHandshake);
+        let md = markdown(&r, &Machine::default(), "compare --quick");
+        assert!(md.contains("### TLS termination"), "{md}");
+        assert!(
+            md.contains("| balancer | 1,500 | 1.00 ms | 3.00 ms | 400.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| figure | balancer | / nginx, 1 worker |"),
+            "{md}"
+        );
+        assert!(md.contains("| full handshakes/s | 1,500 | 1.50x |"), "{md}");
+        assert!(
+            md.contains("| CPU µs per full handshake | 400.0 | 0.80x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| memory per idle wss:// tunnel | 15.0 KiB | 1.50x |"),
+            "{md}"
+        );
+        // Figures not measured get no row; the HTTPS table none at all.
+        assert!(!md.contains("HTTPS keep-alive req/s"), "{md}");
+        assert!(!md.contains("HTTPS req/s, 50 conns"), "{md}");
+        let mut columns = None;
+        for line in md.lines() {
+            if line.starts_with('|') {
+                let n = line.matches('|').count();
+                assert_eq!(*columns.get_or_insert(n), n, "row {line:?} in\n{md}");
+            } else {
+                columns = None;
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What is measured: two upstream `backend` processes and the proxies in
 //! front of them (the balancer, nginx with 1 and 2 workers, HAProxy with 1
 //! and 2 threads), each with its config file, started on
-//! 127.0.0.1, checked ready with `GET /healthz`, reloaded on demand and
-//! stopped (by [`Child`]'s drop).
+//! 127.0.0.1, checked ready with `GET /healthz` on both of its ports (one
+//! plaintext, one TLS with the certificate of [`super::tls`]), reloaded on
+//! demand and stopped (by [`Child`]'s drop).
 //!
 //! The config files themselves are in [`super::configs`].
 
@@ -16,8 +17,10 @@ use rustix::process::Signal;
 use tokio::time::Instant;
 
 use super::child::{find_program, Child};
-use super::configs::{balancer_config, haproxy_config, nginx_config};
+use super::configs::{balancer_config, haproxy_config, nginx_config, BALANCER_TLS_LISTENER};
+use super::endpoint::Endpoint;
 use super::http::Conn;
+use super::tls::TlsFiles;
 
 /// How long a process gets to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -135,15 +138,16 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Waits until `GET /healthz` on `addr` answers 200, failing early if the
-/// process exits.
-pub async fn wait_ready(child: &mut Child, addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits until `GET /healthz` on `endpoint` answers 200, failing early if
+/// the process exits.
+pub async fn wait_ready(child: &mut Child, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let addr = endpoint.addr;
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
         child.check_running()?;
         let attempt = async {
-            let mut c = Conn::connect(addr).await?;
+            let mut c = Conn::open(endpoint).await?;
             c.get("/healthz").await
         };
         match tokio::time::timeout(Duration::from_secs(1), attempt).await {
@@ -155,18 +159,20 @@ pub async fn wait_ready(child: &mut Child, addr: SocketAddr) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!(
-        "{} not ready on {addr} after {START_TIMEOUT:?} ({last})",
-        child.name()
+        "{} not ready on {addr}{} after {START_TIMEOUT:?} ({last})",
+        child.name(),
+        if endpoint.is_tls() { " (TLS)" } else { "" }
     )
 }
 
-/// Waits for the JSON log line `"message":"listening"` and returns its
-/// `address` (the balancer and the backend both log one).
-async fn wait_listening(child: &mut Child) -> anyhow::Result<SocketAddr> {
+/// Waits for the JSON log line `"message":"listening"` (of `listener`, if
+/// named) and returns its `address` (the balancer logs one per listener,
+/// the backend one).
+async fn wait_listening(child: &mut Child, listener: Option<&str>) -> anyhow::Result<SocketAddr> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         child.check_running()?;
-        if let Some(a) = listening_address(&child.log_text()) {
+        if let Some(a) = listening_address(&child.log_text(), listener) {
             return Ok(a);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -178,11 +184,12 @@ async fn wait_listening(child: &mut Child) -> anyhow::Result<SocketAddr> {
     )
 }
 
-/// The `address` of the first JSON line whose message is `listening`.
-pub fn listening_address(log: &str) -> Option<SocketAddr> {
+/// The `address` of the first JSON line whose message is `listening` (and
+/// whose `listener` is `listener`, if given).
+pub fn listening_address(log: &str, listener: Option<&str>) -> Option<SocketAddr> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"] == "listening")
+        .find(|v| v["message"] == "listening" && listener.is_none_or(|name| v["listener"] == name))
         .and_then(|v| v["address"].as_str()?.parse().ok())
 }
 
@@ -213,8 +220,8 @@ impl Upstreams {
             ])
             .env("RUST_LOG", "warn,backend=info");
             let mut child = Child::spawn(&id, cmd, &dir.join(format!("{id}.log")))?;
-            let addr = wait_listening(&mut child).await?;
-            wait_ready(&mut child, addr).await?;
+            let addr = wait_listening(&mut child, None).await?;
+            wait_ready(&mut child, &Endpoint::plain(addr)).await?;
             up.addrs.push(addr);
             up.procs.push(child);
         }
@@ -240,7 +247,13 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct Target {
     pub kind: Kind,
+    /// The plaintext port.
     pub addr: SocketAddr,
+    /// The TLS port: the same routes behind the generated certificate.
+    pub tls_addr: SocketAddr,
+    /// The certificate's files (the configs name them) and the client
+    /// config that trusts it.
+    tls: TlsFiles,
     child: Child,
     /// Directory of the config file (the balancer watches it).
     conf_dir: PathBuf,
@@ -252,22 +265,24 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts `kind` with its files in a new directory under `parent`.
+    /// Starts `kind` with its files in a new directory under `parent`,
+    /// serving `tls`'s certificate on its TLS port.
     pub async fn start(
         kind: Kind,
         programs: &Programs,
         upstreams: &[SocketAddr],
+        tls: &TlsFiles,
         parent: &Path,
     ) -> anyhow::Result<Target> {
         let dir = unique_dir(parent, &kind.slug())?;
         match kind {
-            Kind::Balancer => Self::start_balancer(programs, upstreams, &dir).await,
+            Kind::Balancer => Self::start_balancer(programs, upstreams, tls, &dir).await,
             _ => {
                 // A port picked by binding and releasing can be taken in
                 // between: retry with a new one when the bind fails.
                 let mut last = anyhow!("not started");
                 for _ in 0..5 {
-                    match Self::start_other(kind, programs, upstreams, &dir).await {
+                    match Self::start_other(kind, programs, upstreams, tls, &dir).await {
                         Ok(t) => return Ok(t),
                         Err(e) if is_bind_error(&format!("{e:#}")) => last = e,
                         Err(e) => return Err(e),
@@ -281,12 +296,13 @@ impl Target {
     async fn start_balancer(
         programs: &Programs,
         upstreams: &[SocketAddr],
+        tls: &TlsFiles,
         dir: &Path,
     ) -> anyhow::Result<Target> {
         let conf_dir = dir.join("conf");
         std::fs::create_dir_all(&conf_dir)?;
         let config = conf_dir.join("balancer.toml");
-        write_atomically(&config, &balancer_config(upstreams, 0))?;
+        write_atomically(&config, &balancer_config(upstreams, tls, 0))?;
         let log = dir.join("balancer.log");
         let mut cmd = Command::new(&programs.balancer);
         cmd.arg("--config")
@@ -294,11 +310,15 @@ impl Target {
             .args(["--log-format", "json"])
             .env("RUST_LOG", "warn,balancer=info");
         let mut child = Child::spawn("balancer", cmd, &log)?;
-        let addr = wait_listening(&mut child).await?;
-        wait_ready(&mut child, addr).await?;
+        let addr = wait_listening(&mut child, Some("bench")).await?;
+        let tls_addr = wait_listening(&mut child, Some(BALANCER_TLS_LISTENER)).await?;
+        wait_ready(&mut child, &Endpoint::plain(addr)).await?;
+        wait_ready(&mut child, &Endpoint::tls(tls_addr, tls.client())).await?;
         Ok(Target {
             kind: Kind::Balancer,
             addr,
+            tls_addr,
+            tls: tls.clone(),
             child,
             conf_dir,
             config,
@@ -312,10 +332,13 @@ impl Target {
         kind: Kind,
         programs: &Programs,
         upstreams: &[SocketAddr],
+        tls: &TlsFiles,
         dir: &Path,
     ) -> anyhow::Result<Target> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let tls_port = free_port()?;
+        let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
         let (name, program, config, events_log, cmd) = match kind {
             Kind::Nginx { .. } => {
                 let program = programs.nginx.clone().context("nginx is not installed")?;
@@ -348,11 +371,18 @@ impl Target {
             kind,
             dir: dir.to_path_buf(),
             port,
+            tls_port,
+            tls,
         };
         write_atomically(&config, &target_files.render(upstreams, 0))?;
         let log = dir.join(format!("{name}.log"));
         let mut child = Child::spawn(name, cmd, &log)?;
-        if let Err(e) = wait_ready(&mut child, addr).await {
+        let ready = async {
+            wait_ready(&mut child, &Endpoint::plain(addr)).await?;
+            wait_ready(&mut child, &Endpoint::tls(tls_addr, tls.client())).await
+        }
+        .await;
+        if let Err(e) = ready {
             let mut text = child.log_text();
             if events_log != log {
                 text.push_str(&std::fs::read_to_string(&events_log).unwrap_or_default());
@@ -368,6 +398,8 @@ impl Target {
         Ok(Target {
             kind,
             addr,
+            tls_addr,
+            tls: tls.clone(),
             child,
             conf_dir: dir.to_path_buf(),
             config,
@@ -375,6 +407,16 @@ impl Target {
             upstreams: upstreams.to_vec(),
             generation: 0,
         })
+    }
+
+    /// The plaintext port, for the harness's clients.
+    pub fn plain(&self) -> Endpoint {
+        Endpoint::plain(self.addr)
+    }
+
+    /// The TLS port, for the harness's clients.
+    pub fn tls(&self) -> Endpoint {
+        Endpoint::tls(self.tls_addr, self.tls.client())
     }
 
     /// PID of the proxy (nginx's or HAProxy's master).
@@ -396,6 +438,8 @@ impl Target {
             kind: self.kind,
             dir: self.conf_dir.clone(),
             port: self.addr.port(),
+            tls_port: self.tls_addr.port(),
+            tls: &self.tls,
         };
         write_atomically(
             &self.config,
@@ -424,23 +468,27 @@ impl Target {
     }
 }
 
-/// The files of nginx and HAProxy (the balancer's config needs no paths).
+/// What a proxy's config file names: its directory and ports (nginx and
+/// HAProxy; the balancer's listeners take port 0) and the certificate.
 #[derive(Debug)]
-struct TargetFiles {
+struct TargetFiles<'a> {
     kind: Kind,
     dir: PathBuf,
     port: u16,
+    tls_port: u16,
+    tls: &'a TlsFiles,
 }
 
-impl TargetFiles {
+impl TargetFiles<'_> {
     fn render(&self, upstreams: &[SocketAddr], generation: u32) -> String {
+        let ports = (self.port, self.tls_port);
         match self.kind {
-            Kind::Balancer => balancer_config(upstreams, generation),
+            Kind::Balancer => balancer_config(upstreams, self.tls, generation),
             Kind::Nginx { workers } => {
-                nginx_config(&self.dir, self.port, workers, upstreams, generation)
+                nginx_config(&self.dir, ports, self.tls, workers, upstreams, generation)
             }
             Kind::Haproxy { threads } => {
-                haproxy_config(&self.dir, self.port, threads, upstreams, generation)
+                haproxy_config(&self.dir, ports, self.tls, threads, upstreams, generation)
             }
         }
     }
@@ -482,12 +530,14 @@ mod tests {
     fn reads_the_listening_line() {
         let log = "{\"message\":\"admin listening\",\"address\":\"127.0.0.1:1\"}\n\
                    not json\n\
-                   {\"level\":\"INFO\",\"message\":\"listening\",\"address\":\"127.0.0.1:4567\"}\n";
-        assert_eq!(
-            listening_address(log),
-            Some("127.0.0.1:4567".parse().unwrap())
-        );
-        assert_eq!(listening_address("{}"), None);
+                   {\"level\":\"INFO\",\"message\":\"listening\",\"listener\":\"bench\",\"address\":\"127.0.0.1:4567\"}\n\
+                   {\"level\":\"INFO\",\"message\":\"listening\",\"listener\":\"bench-tls\",\"address\":\"127.0.0.1:4568\"}\n";
+        let at = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(listening_address(log, None), at(4567));
+        assert_eq!(listening_address(log, Some("bench")), at(4567));
+        assert_eq!(listening_address(log, Some("bench-tls")), at(4568));
+        assert_eq!(listening_address(log, Some("other")), None);
+        assert_eq!(listening_address("{}", None), None);
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! The WebSocket clients, all against the backend's echo at `/ws` through
-//! the proxy: open many sockets (each exchanges one message), run a
-//! closed-loop echo on them, and the paced sessions of the reload test.
+//! the proxy (`ws://` to its plaintext port or `wss://` to its TLS port,
+//! see [`super::endpoint`]): open many sockets (each exchanges one
+//! message), run a closed-loop echo on them, and the paced sessions of the
+//! reload test.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// One client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+use super::endpoint::{ClientStream, Endpoint};
+use super::percentile;
 
-/// Time limit of a connect (TCP + upgrade) and of one echo.
+/// One client WebSocket.
+pub type Ws = WebSocketStream<ClientStream>;
+
+/// Time limit of a connect (TCP, TLS handshake, upgrade) and of one echo.
 const STEP: Duration = Duration::from_secs(10);
 
 /// Small buffers: the harness holds thousands of sockets carrying tiny
@@ -29,12 +32,11 @@ fn config() -> WebSocketConfig {
         .max_frame_size(Some(1 << 16))
 }
 
-/// Opens `ws://addr/ws`.
-pub async fn connect(addr: SocketAddr) -> anyhow::Result<Ws> {
+/// Opens `ws://addr/ws` or `wss://localhost:port/ws`.
+pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<Ws> {
     let open = async {
-        let stream = TcpStream::connect(addr).await.context("connect")?;
-        stream.set_nodelay(true)?;
-        let url = format!("ws://{addr}/ws");
+        let stream = endpoint.connect().await.context("connect")?;
+        let url = endpoint.ws_url();
         let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
             .await
             .context("upgrade")?;
@@ -86,10 +88,10 @@ pub async fn close_all(sockets: Vec<Ws>) {
 
 /// Opens `n` sockets, `parallel` at a time; each exchanges one message.
 /// Fails on the first socket that cannot.
-pub async fn open_many(addr: SocketAddr, n: usize, parallel: usize) -> anyhow::Result<Vec<Ws>> {
+pub async fn open_many(endpoint: &Endpoint, n: usize, parallel: usize) -> anyhow::Result<Vec<Ws>> {
     let results: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..n)
         .map(|i| async move {
-            let mut ws = connect(addr).await?;
+            let mut ws = connect(endpoint).await?;
             echo(&mut ws, &format!("hello {i}")).await?;
             Ok(ws)
         })
@@ -102,7 +104,7 @@ pub async fn open_many(addr: SocketAddr, n: usize, parallel: usize) -> anyhow::R
             Ok(ws) => out.push(ws),
             Err(e) => {
                 close_all(out).await;
-                return Err(e.context(format!("WebSocket {i} of {n} through {addr}")));
+                return Err(e.context(format!("WebSocket {i} of {n} to {}", endpoint.ws_url())));
             }
         }
     }
@@ -167,15 +169,6 @@ pub async fn echo_load(sockets: Vec<Ws>, until: Instant) -> (EchoResult, Vec<Ws>
     (result, alive)
 }
 
-/// The `q` quantile of sorted samples (nearest rank); NaN for none.
-pub fn percentile(sorted: &[u32], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 /// How one paced session of the reload test ended.
 #[derive(Debug, Clone, Default)]
 pub struct Session {
@@ -187,13 +180,13 @@ pub struct Session {
 /// Opens a socket, then sends a message every `period` (first one after
 /// `offset`) and waits for its echo, until `until`; then closes cleanly.
 pub async fn paced_session(
-    addr: SocketAddr,
+    endpoint: Endpoint,
     offset: Duration,
     period: Duration,
     until: Instant,
 ) -> Session {
     let mut s = Session::default();
-    let mut ws = match connect(addr).await {
+    let mut ws = match connect(&endpoint).await {
         Ok(ws) => ws,
         Err(e) => {
             s.broken = Some(format!("{e:#}"));
@@ -215,18 +208,4 @@ pub async fn paced_session(
     }
     close(ws).await;
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_nearest_rank() {
-        let v: Vec<u32> = (1..=100).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[7], 0.99), 7.0);
-        assert!(percentile(&[], 0.5).is_nan());
-    }
 }
