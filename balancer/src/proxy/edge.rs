@@ -106,10 +106,12 @@ pub fn redirect_location(
     } else {
         format!(":{}", redirect.port)
     };
-    let path = if path_and_query.is_empty() {
-        "/"
-    } else {
+    // Origin-form targets start with `/`; anything else (`OPTIONS *`)
+    // redirects to the root rather than gluing onto the host.
+    let path = if path_and_query.starts_with('/') {
         path_and_query
+    } else {
+        "/"
     };
     HeaderValue::from_str(&format!("https://{host}{port}{path}")).ok()
 }
@@ -155,8 +157,31 @@ mod tests {
             "https://[::1]/"
         );
         assert!(redirect_location(&r, None, "/").is_none());
+        // Found by fuzz/https_redirect: a target that is not origin-form.
+        assert_eq!(
+            redirect_location(&r, Some("k"), "?[").unwrap(),
+            "https://k/"
+        );
+        assert_eq!(redirect_location(&r, Some("k"), "*").unwrap(), "https://k/");
         assert!(redirect_location(&r, Some("evil.com/x"), "/").is_none());
         assert!(redirect_location(&r, Some("a b"), "/").is_none());
+    }
+
+    proptest::proptest! {
+        /// The fuzz target's invariant (fuzz/https_redirect), on every test run.
+        #[test]
+        fn any_host_and_target_redirect_to_https_on_the_same_authority_or_nowhere(
+            host in ".{0,40}",
+            target in ".{0,40}",
+        ) {
+            if let Some(loc) = redirect_location(&redirect(8443), Some(&host), &target) {
+                let loc = loc.to_str().unwrap();
+                proptest::prop_assert!(loc.starts_with("https://"));
+                let authority = &loc["https://".len()..];
+                let end = authority.find('/').unwrap_or(authority.len());
+                proptest::prop_assert!(!authority[..end].contains(['@', '?', '#', '\\']), "{}", loc);
+            }
+        }
     }
 
     #[test]
