@@ -118,7 +118,17 @@ impl ConnectionPool {
         let (mut rd, wr) = tokio::io::split(io);
         let mut upload: Upload = Box::pin(async move {
             let mut wr = wr;
-            write_body(&mut wr, &mut body, chunked).await.map(|()| wr)
+            match write_body(&mut wr, &mut body, chunked).await {
+                Ok(()) => Ok(wr),
+                Err(e) => {
+                    // The backend must learn the body will not come: a
+                    // half-close (TLS: close_notify first), so it answers
+                    // or gives up now instead of waiting for the rest.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wr.shutdown())
+                        .await;
+                    Err(e)
+                }
+            }
         });
         let mut buf = BytesMut::new();
         let mut uploaded: Option<Result<WriteHalf<UpstreamStream>, String>> = None;
