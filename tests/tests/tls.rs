@@ -686,3 +686,73 @@ async fn a_reload_naming_a_bad_certificate_is_refused_and_the_old_one_keeps_serv
         .unwrap();
     assert_eq!(tests::tls::peer_serial(&tls), second.serial);
 }
+
+#[test]
+fn http2_can_be_turned_off_and_tls12_refused() {
+    let s = Setup::new();
+    let (cert, key, _) = s.cert("game", &["game.test"]);
+    let b = Backend::start("b1");
+    let lb = Balancer::start(&tls_config(
+        b.addr,
+        &[(cert, key)],
+        "  http2 = false\n  min_version = \"1.3\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+    ));
+    let resolve = resolve("game.test", lb.addr());
+    let url = format!("https://game.test:{}/whoami", lb.addr().port());
+    let ca = s.ca_path.to_str().unwrap();
+    // curl asks for h2 and gets HTTP/1.1.
+    let out = curl(&[
+        "--http2",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1.1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A TLS 1.2-only client is refused; TLS 1.3 gets through.
+    let out = curl(&[
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    assert!(!out.status.success(), "TLS 1.2 was accepted");
+    let out = curl(&["--tlsv1.3", "--cacert", ca, "--resolve", &resolve, &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = tests::http::blocking_get(lb.admin_addr(), "/metrics");
+    assert_eq!(
+        tests::http::metric(
+            &m,
+            "balancer_tls_handshakes_total{listener=\"public\",outcome=\"incompatible\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        tests::http::metric(
+            &m,
+            "balancer_tls_negotiated_total{alpn=\"http/1.1\",listener=\"public\",version=\"1.3\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}
