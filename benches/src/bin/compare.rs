@@ -5,7 +5,7 @@
 //! cargo run -p benches --release --bin compare -- --smoke   # ~25 s: the balancer alone
 //! cargo run -p benches --bin compare -- --smoke --debug-binaries  # the same on debug builds (CI)
 //! cargo run -p benches --release --bin compare -- --quick   # ~9 min: 3 rounds of 3 s
-//! cargo run -p benches --release --bin compare              # ~30 min: 5 rounds of 10 s
+//! cargo run -p benches --release --bin compare              # ~35 min: 5 rounds of 10 s
 //! cargo run -p benches --release --bin compare -- --write-docs   # and update docs/
 //! ```
 //!
