@@ -319,3 +319,59 @@ async fn no_route_and_no_backend_are_answered_by_the_balancer() {
     ));
     assert_eq!(get(&p, &other).await.0, StatusCode::NOT_FOUND);
 }
+
+/// A backend that sends both `Transfer-Encoding: chunked` and
+/// `Content-Length`: the client gets the de-chunked body whole, without
+/// the backend's length (which would cut it short), and the backend's
+/// connection is not reused.
+#[tokio::test]
+async fn chunked_with_a_content_length_loses_the_length_and_the_connection() {
+    let (addr, seen) = raw_backend(vec![
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        OK_A,
+    ])
+    .await;
+    let (p, conn) = proxy(&[("a", addr)], "");
+    let req = Request::get("/x")
+        .header("host", "game.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = p.handle(&conn, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!resp.headers().contains_key("content-length"));
+    assert!(!resp.headers().contains_key("transfer-encoding"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(
+        get(&p, &conn).await,
+        (StatusCode::OK, Bytes::from_static(b"a"))
+    );
+    assert_eq!(seen.connections(), 2, "the first connection was not reused");
+}
+
+/// Signed lengths and chunk sizes are not numbers in HTTP: 502 for a bad
+/// head; a bad chunk size breaks the body off (never a body that looks whole).
+#[tokio::test]
+async fn signed_lengths_and_chunk_sizes_are_refused() {
+    let (addr, _) = raw_backend(vec![
+        "HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\na<close>",
+    ])
+    .await;
+    let (p, conn) = proxy(&[("a", addr)], "[pool.retry]\nattempts = 0\n");
+    assert_eq!(get(&p, &conn).await.0, StatusCode::BAD_GATEWAY);
+    let (addr, _) = raw_backend(vec![
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+a\r\n0123456789\r\n0\r\n\r\n",
+    ])
+    .await;
+    let (p, conn) = proxy(&[("a", addr)], "[pool.retry]\nattempts = 0\n");
+    let req = Request::get("/x")
+        .header("host", "game.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = p.handle(&conn, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "the body must fail, not end"
+    );
+}

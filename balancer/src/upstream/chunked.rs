@@ -46,7 +46,10 @@ pub fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Bytes>, St
                     .map_or(line, |i| &line[..i]);
                 let size = std::str::from_utf8(digits)
                     .ok()
-                    .filter(|s| !s.is_empty() && s.len() <= 16)
+                    // Hex digits only: `u64::from_str_radix` would take `+a`.
+                    .filter(|s| {
+                        !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .ok_or_else(|| "invalid chunk size".to_string())?;
                 buf.advance(end + 2);
@@ -161,6 +164,9 @@ mod tests {
             b"5\r\nhelloXX",
             b"\r\n",
             b"11111111111111111\r\n",
+            // Signs: Rust's integer parser takes them, HTTP does not.
+            b"+a\r\n",
+            b"-0\r\n",
         ] {
             assert!(feed(bad, &[]).is_err(), "{bad:?}");
         }

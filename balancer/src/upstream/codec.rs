@@ -150,10 +150,14 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
             .map_err(|_| format!("invalid response header name {:?}", f.name))?;
         let value = std::str::from_utf8(f.value).unwrap_or("");
         if name == header::CONTENT_LENGTH {
-            let n = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| "invalid content-length from the backend".to_string())?;
+            // Digits only (RFC 9110 8.6): Rust's parser would take `+5`.
+            let digits = value.trim();
+            let n = digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| "invalid content-length from the backend".to_string())?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting content-length from the backend".into());
             }
@@ -188,6 +192,17 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     }
     if version == Version::HTTP_10 && keep_alive_10 {
         close = false;
+    }
+    if chunked || other_coding {
+        // Transfer-Encoding overrides Content-Length, and a proxy must not
+        // pass the length on (RFC 9112 6.3): the client would frame the
+        // de-chunked body by it and get it cut short or hanging.
+        headers.remove(header::CONTENT_LENGTH);
+        // Such a response may be a smuggling attempt: its connection is not
+        // reused (RFC 9112 6.3 says to close it).
+        if length.is_some() {
+            close = true;
+        }
     }
     let framing = if other_coding {
         Framing::Close
@@ -237,6 +252,21 @@ mod tests {
     }
 
     #[test]
+    fn content_length_is_digits_only() {
+        for bad in ["+5", "-0", "5 5", "0x5", "", "5,5", "١"] {
+            let mut buf = BytesMut::from(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n").as_bytes(),
+            );
+            assert!(parse_head(&mut buf).is_err(), "{bad:?} accepted");
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length:  7 \r\n\r\n"[..]);
+        assert_eq!(
+            parse_head(&mut buf).unwrap().unwrap().framing,
+            Framing::Length(7)
+        );
+    }
+
+    #[test]
     fn framing_follows_the_status_and_the_request() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..]);
         let h = parse_head(&mut buf).unwrap().unwrap();
@@ -250,6 +280,11 @@ mod tests {
         );
         let h = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size), "chunked wins");
+        assert!(
+            !h.headers.contains_key(header::CONTENT_LENGTH),
+            "and the length is not passed on"
+        );
+        assert!(!h.keep_alive, "nor the connection reused");
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"[..]);
         assert_eq!(
@@ -340,7 +375,14 @@ mod tests {
             prop_assert_eq!(second.version, head.version);
             prop_assert_eq!(&second.headers, &head.headers);
             prop_assert_eq!(second.framing, head.framing);
-            prop_assert_eq!(second.keep_alive, head.keep_alive);
+            let both = lines.iter().any(|l| l.starts_with("Content-Length"))
+                && lines.iter().any(|l| l.starts_with("Transfer-Encoding"));
+            if both {
+                // The length was dropped, and the connection with it.
+                prop_assert!(!head.keep_alive);
+            } else {
+                prop_assert_eq!(second.keep_alive, head.keep_alive);
+            }
         }
     }
 }
