@@ -114,6 +114,9 @@ impl Drop for AccessLog {
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
+    /// The backend's body failed; the error waits one poll (see
+    /// `ProxyBody::poll_frame`).
+    Failed(Option<BoxError>),
     Local(Option<Bytes>),
 }
 
@@ -184,8 +187,21 @@ impl Body for ProxyBody {
         let polled = match &mut this.inner {
             Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    // hyper writes the response head together with the first
+                    // body bytes and drops what it holds when the body fails:
+                    // a backend dying early would leave the client without
+                    // even a status line. One Pending first lets hyper flush
+                    // the head and what came; then the error closes the
+                    // connection, so the client sees a short body, never a
+                    // complete-looking one. (The socket it came from is gone.)
+                    this.inner = Inner::Failed(Some(e));
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Ready(r) => r,
             },
+            Inner::Failed(e) => e.take().map(Err),
             Inner::Local(b) => b.take().map(|b| Ok(Frame::data(b))),
         };
         match &polled {
@@ -203,6 +219,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Failed(_) => false,
             Inner::Local(b) => b.is_none(),
         }
     }
@@ -210,6 +227,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Failed(_) => SizeHint::default(),
             Inner::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Local(None) => SizeHint::with_exact(0),
         }

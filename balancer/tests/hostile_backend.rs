@@ -1,0 +1,105 @@
+//! What a client sees when a backend misbehaves, over real sockets: the
+//! balancer's `App` on 127.0.0.1:0 in front of a raw backend that writes
+//! exactly the bytes each test gives it.
+
+// Test code: a failed unwrap is a failed test, with the reason in the panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use balancer::app::App;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A backend that reads one request head, writes `answer`, then closes.
+async fn raw_backend(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn balancer(backend: std::net::SocketAddr) -> std::net::SocketAddr {
+    let config = config::parse(&format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
+         [pool.retry]\nattempts = 0\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n"
+    ))
+    .unwrap();
+    let app = App::bind_with(config, false).await.unwrap();
+    let addr = app.local_addr("public").unwrap();
+    tokio::spawn(app.serve(std::future::pending()));
+    addr
+}
+
+/// Sends `request` on a new connection and reads until the balancer closes it.
+async fn exchange(lb: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the balancer closes the connection")
+        .ok();
+    out
+}
+
+/// The backend promises 100 bytes, sends 5 and closes: the client gets
+/// the head and what came, then the connection closes, so it can tell the
+/// body is incomplete (never a body that looks complete, never nothing).
+#[tokio::test]
+async fn a_backend_dying_mid_body_gives_the_head_then_a_close() {
+    let backend = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let lb = balancer(backend).await;
+    let out = exchange(lb, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-length: 100\r\n"),
+        "{text:?}"
+    );
+    let body = &out[out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert!(
+        body.len() < 100,
+        "the body must not look complete: {body:?}"
+    );
+}
+
+/// Chunked with a Content-Length: the client gets the whole de-chunked
+/// body, framed by the balancer, without the backend's length.
+#[tokio::test]
+async fn chunked_beside_a_content_length_reaches_the_client_whole() {
+    let backend = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let lb = balancer(backend).await;
+    let out = exchange(
+        lb,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text:?}");
+    assert!(!text.contains("content-length: 3"), "{text:?}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        body, "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        "re-chunked by the balancer"
+    );
+}
