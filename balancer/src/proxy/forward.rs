@@ -42,11 +42,27 @@ pub(super) fn route<B>(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    // HTTP/2 puts the host in the URI (:authority); HTTP/1.1 in Host.
+    // HTTP/2 puts the host in the URI (:authority); HTTP/1.1 in Host. An
+    // HTTP/1.1 request has exactly one Host (RFC 9112 3.2), even with an
+    // absolute-form target, whose authority then wins.
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        if hosts.next().is_none() || hosts.next().is_some() {
+            return Err(ProxyError::BadHost);
+        }
+    }
     let host: Option<HeaderValue> = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(header::HOST).cloned(),
     };
+    // What routes is what the backend is sent: one validated authority,
+    // so `game.example.com:1@evil.example` cannot route as one host and
+    // arrive as another.
+    if let Some(h) = &host {
+        if !valid_authority(h.as_bytes()) {
+            return Err(ProxyError::BadHost);
+        }
+    }
     let normalized = host
         .as_ref()
         .and_then(|v| v.to_str().ok())
@@ -59,6 +75,58 @@ pub(super) fn route<B>(
         pool: Arc::clone(pool),
         host,
     })
+}
+
+/// `host[:port]` as RFC 9110 4.2.3 allows it in Host: a reg-name (no
+/// userinfo, no `@`), an IPv4 address or a bracketed IPv6 literal, and an
+/// optional port of digits.
+pub(super) fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = if a.first() == Some(&b'[') {
+        let Some(end) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &a[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &a[end + 1..] {
+            [] => (&a[..0], None),
+            [b':', port @ ..] => (&a[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        }
+    };
+    let host_ok = host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            )
+    });
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok && (a.first() == Some(&b'[') || !host.is_empty())
 }
 
 /// The client's side of an upgrade it asked for.
@@ -324,6 +392,41 @@ where
                 return Err(ProxyError::ResponseTimeout(timeout))
             }
             Err(_) => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_authority;
+
+    #[test]
+    fn authorities_that_route_are_the_ones_forwarded() {
+        for ok in [
+            "game.example.com",
+            "game.example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "under_score.example",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "game.example.com:1@evil.example",
+            "user@game.example.com",
+            "game.example.com:80:80",
+            "game.example.com:http",
+            "game.example.com:123456",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "a b",
+            "",
+            ":80",
+            "game.example.com/x",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
         }
     }
 }
