@@ -103,3 +103,59 @@ async fn chunked_beside_a_content_length_reaches_the_client_whole() {
         "re-chunked by the balancer"
     );
 }
+
+/// A backend that answers with a 101 whatever was asked: a client that
+/// asked for no upgrade, or for h2c, or whose 101 carries a wrong
+/// Sec-WebSocket-Accept, gets a 502, never a raw socket to the backend.
+#[tokio::test]
+async fn a_101_that_answers_no_websocket_handshake_is_a_502() {
+    let backend = raw_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n",
+    )
+    .await;
+    let lb = balancer(backend).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    ] {
+        let out = exchange(lb, request).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 502"), "{:?} got {text:?}", String::from_utf8_lossy(request));
+    }
+}
+
+/// h2c upgrade headers never reach the backend: the request goes on as a
+/// plain one without Upgrade, HTTP2-Settings or Connection.
+#[tokio::test]
+async fn an_h2c_upgrade_is_passed_on_as_a_plain_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            head.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    });
+    let lb = balancer(backend).await;
+    let out = exchange(
+        lb,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{out:?}"
+    );
+    let head = seen.await.unwrap();
+    for gone in ["upgrade:", "http2-settings:", "connection: upgrade"] {
+        assert!(!head.contains(gone), "{gone} reached the backend: {head}");
+    }
+}

@@ -129,26 +129,69 @@ pub(super) fn valid_authority(a: &[u8]) -> bool {
     host_ok && port_ok && (a.first() == Some(&b'[') || !host.is_empty())
 }
 
-/// The client's side of an upgrade it asked for.
+/// The client's side of an upgrade it asked for. Only WebSocket upgrades
+/// are honoured: any other `Upgrade` (h2c, a custom protocol) is stripped
+/// with the other hop-by-hop headers and the request goes on as a plain
+/// one, so nothing but a WebSocket handshake can become a raw tunnel.
 pub(super) struct Upgrade {
     /// Resolves to the client's socket once the 101 is sent.
     pub client: Option<OnUpgrade>,
     /// The upgrade is to `websocket` (the tunnel may send Close frames).
     pub websocket: bool,
+    /// The `Sec-WebSocket-Accept` a genuine 101 to this request carries.
+    pub accept: Option<HeaderValue>,
+}
+
+/// RFC 6455 4.2.2: base64(SHA-1(key + this GUID)).
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn websocket_accept(key: &[u8]) -> Option<HeaderValue> {
+    use base64::Engine;
+    use sha1::Digest;
+    let digest = sha1::Sha1::new()
+        .chain_update(key)
+        .chain_update(WEBSOCKET_GUID)
+        .finalize();
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(digest)).ok()
 }
 
 impl Upgrade {
     pub(super) fn of<B>(req: &mut Request<B>) -> Self {
-        let asked = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
-        let websocket = asked
+        let accept = (req.version() == Version::HTTP_11
+            && headers::is_upgrade_request(req.headers())
             && req
                 .headers()
                 .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")))
+        .then(|| req.headers().get(header::SEC_WEBSOCKET_KEY))
+        .flatten()
+        .and_then(|k| websocket_accept(k.as_bytes()));
+        let asked = accept.is_some();
         Self {
             client: asked.then(|| hyper::upgrade::on(req)),
-            websocket,
+            websocket: asked,
+            accept,
         }
+    }
+
+    /// Whether a backend's `101` really answers this handshake: the
+    /// request asked for a WebSocket, and the 101 names it and carries the
+    /// matching `Sec-WebSocket-Accept`.
+    pub(super) fn accepts(&self, head: &http::response::Parts) -> Result<(), &'static str> {
+        let Some(expected) = &self.accept else {
+            return Err("101 to a request that asked for no upgrade");
+        };
+        let upgrade_ok = head
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if !upgrade_ok {
+            return Err("101 without Upgrade: websocket");
+        }
+        if head.headers.get(header::SEC_WEBSOCKET_ACCEPT) != Some(expected) {
+            return Err("101 with a wrong Sec-WebSocket-Accept");
+        }
+        Ok(())
     }
 }
 
@@ -305,6 +348,14 @@ impl Proxy {
         }
 
         let (mut parts, mut body) = resp.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only a genuine answer to the client's own WebSocket handshake
+            // becomes a tunnel; anything else would hand the client a raw
+            // socket to the backend.
+            upgrade
+                .accepts(&parts)
+                .map_err(|why| ProxyError::Upstream(UpstreamError::Protocol(why.to_string())))?;
+        }
         let tunnel = upgrade.client.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
         headers::rewrite_response(&mut parts, tunnel, &log.request_id, set_cookie);
         if let (true, Some(client_upgrade)) = (tunnel, upgrade.client) {
@@ -398,7 +449,15 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::valid_authority;
+    use super::{valid_authority, websocket_accept};
+
+    #[test]
+    fn the_accept_of_rfc_6455s_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ==").unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 
     #[test]
     fn authorities_that_route_are_the_ones_forwarded() {
