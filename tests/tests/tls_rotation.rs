@@ -51,6 +51,22 @@ async fn echo(ws: &mut Wss, text: &str) {
     assert_eq!(reply, Message::text(text));
 }
 
+/// The code of the Close frame the session gets next (other frames skipped).
+async fn close_code(ws: &mut Wss) -> CloseCode {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("a Close frame in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close code").code,
+            Some(Ok(_)) => {}
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+    }
+}
+
 struct Files {
     dir: tempfile::TempDir,
     ca: TestCa,
@@ -89,19 +105,7 @@ async fn wss_echoes_through_tls_and_shutdown_sends_the_close_frame_over_it() {
     let big = "x".repeat(200_000);
     echo(&mut ws, &big).await;
     lb.proc.signal("TERM");
-    let deadline = Instant::now() + DEADLINE;
-    let frame = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("a Close frame in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a Close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(frame.expect("a close code").code, CloseCode::Restart);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Restart);
 }
 
 #[tokio::test]
@@ -114,19 +118,7 @@ async fn a_drained_backend_closes_its_wss_sessions_with_a_close_frame_over_tls()
     echo(&mut ws, "before the reload").await;
     // b1 leaves the pool: its tunnels drain, then get 1012 over TLS.
     lb.rewrite_config(&config(b2.addr, &f.cert, &f.key, "", extra));
-    let deadline = Instant::now() + DEADLINE;
-    let frame = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("a Close frame in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a Close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(frame.expect("a close code").code, CloseCode::Restart);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Restart);
     lb.proc.wait_log("the drained tunnel", |v| {
         v["outcome"] == "drained_close_sent"
     });

@@ -6,13 +6,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -70,82 +67,17 @@ impl Endpoint {
     }
 }
 
-/// A client socket, plaintext or TLS.
-#[derive(Debug)]
-pub enum ClientStream {
-    Plain(TcpStream),
-    /// Boxed: a rustls connection is large, and most sockets are plain.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A client socket, plaintext or TLS: the balancer's own type for it.
+pub type ClientStream = balancer::socket::MaybeTls<TlsStream<TcpStream>>;
 
-impl ClientStream {
-    /// Whether the handshake resumed a session (never, for the harness's
-    /// clients; checked by the handshake load).
-    pub fn resumed(&self) -> bool {
-        match self {
-            ClientStream::Plain(_) => false,
-            ClientStream::Tls(s) => matches!(
-                s.get_ref().1.handshake_kind(),
-                Some(rustls::HandshakeKind::Resumed)
-            ),
-        }
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-        }
+/// Whether the handshake resumed a session (never, for the harness's
+/// clients; checked by the handshake load).
+pub fn resumed(stream: &ClientStream) -> bool {
+    match stream {
+        ClientStream::Plain(_) => false,
+        ClientStream::Tls(s) => matches!(
+            s.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        ),
     }
 }

@@ -179,7 +179,7 @@ impl Conn {
 
     /// Whether the TLS handshake resumed a session.
     pub fn resumed(&self) -> bool {
-        self.stream.resumed()
+        super::endpoint::resumed(&self.stream)
     }
 
     /// Sends `GET path` and reads the whole response.
