@@ -77,6 +77,10 @@ pub struct ConnInfo {
     /// HTTP/1.1: hyper is being stopped between requests; its shutdown of
     /// the socket must leave the socket open.
     pub parking: AtomicBool,
+    /// The latest request's body has not reached its end (see
+    /// `server::body_end`): until it does the connection is never parked,
+    /// and a response done first closes the connection.
+    pub body_open: AtomicBool,
     /// The listener's per-request settings, as the connection found them.
     pub edge: Arc<edge::Edge>,
     /// The TLS server name the client asked for (TLS listeners).
@@ -93,6 +97,7 @@ impl ConnInfo {
             requests: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            body_open: AtomicBool::new(false),
             edge: Arc::new(edge::Edge::default()),
             sni: None,
         }

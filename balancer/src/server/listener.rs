@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::body_end::BodyEnd;
 use super::{ClientStream, ListenerSettings};
 use crate::clock::instant_of;
 use crate::proxy::{ConnInfo, Proxy};
@@ -308,6 +309,7 @@ fn service(
         let proxy = Arc::clone(&proxy);
         let conn = Arc::clone(&conn);
         async move {
+            let req = req.map(|body| BodyEnd::new(body, &conn));
             let mut resp = proxy.handle(&conn, req).await;
             conn.edge.finish_response(&mut resp);
             Ok::<_, Infallible>(resp)
@@ -403,6 +405,16 @@ async fn serve_h1(
             return Poll::Ready(r);
         }
         if !parking && !closing && park.between_requests(conn) {
+            if conn.body_open.load(Ordering::Relaxed) {
+                // The response is done but the body never reached its end
+                // (the backend answered early, or the balancer itself): its
+                // unread rest must not be taken for the next request. The
+                // connection closes, for real.
+                tracing::debug!(peer = %conn.peer, "response done before the request body: closing");
+                closing = true;
+                Pin::new(&mut http).graceful_shutdown();
+                return Pin::new(&mut http).poll(cx);
+            }
             parking = true;
             conn.parking.store(true, Ordering::Relaxed);
             // hyper closes an idle connection at once (leaving the socket
@@ -543,9 +555,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.conn.parking.load(Ordering::Relaxed) {
+        if self.conn.parking.load(Ordering::Relaxed) && !self.conn.body_open.load(Ordering::Relaxed)
+        {
             // hyper closes an idle connection by shutting it down; a parking
-            // connection stays open for the client's next request.
+            // connection stays open for the client's next request. Never
+            // while a request body is unfinished: that close is real.
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)

@@ -3,6 +3,7 @@
 //! knowledge in plaintext) and upgrades, with parking between requests and
 //! graceful shutdown; TLS termination ([`tls`]).
 
+mod body_end;
 mod listener;
 mod listeners;
 mod stream;
