@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use balancer::proxy::headers::{add_forwarded, ensure_request_id, strip_hop_by_hop};
+use balancer::proxy::headers::{add_forwarded, ensure_request_id, strip_hop_by_hop, Forwarding};
 use balancer::runtime::{normalize_host, Pool, RouteTable};
 use balancer::select::{
     BackendSelection, SelectionContext, SmoothWeightedRoundRobin, StaticMembers,
@@ -283,12 +283,20 @@ fn browser_request_headers() -> HeaderMap {
 fn header_rewrite(c: &mut Criterion) {
     let headers = browser_request_headers();
     let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let real_ip = http::HeaderName::from_static("x-real-ip");
+    let fwd = Forwarding {
+        peer: client,
+        trusted: false,
+        client,
+        client_header: Some(&real_ip),
+        proto: "http",
+    };
     c.bench_function("headers/rewrite_browser_request", |b| {
         b.iter_batched(
             || headers.clone(),
             |mut h| {
                 strip_hop_by_hop(&mut h, false);
-                add_forwarded(&mut h, black_box(client), "http", Some("game.example.com"));
+                add_forwarded(&mut h, black_box(&fwd), Some("game.example.com"));
                 let id = ensure_request_id(&mut h);
                 // Returned, so dropping them is outside the measurement too.
                 (h, id)

@@ -17,6 +17,7 @@ pub struct RawFile {
     pub route: Vec<(usize, RawRoute)>,
     pub timeouts: RawTimeouts,
     pub trusted_proxies: Vec<String>,
+    pub client_ip_header: Option<String>,
     pub drain_timeout: Option<String>,
     pub upgrade_socket: Option<String>,
     pub admin: Option<RawAdmin>,
@@ -192,13 +193,14 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
                     file.trusted_proxies = t;
                 }
             }
+            "client_ip_header" => file.client_ip_header = one(&key, value, &mut file.errors),
             "drain_timeout" => file.drain_timeout = one(&key, value, &mut file.errors),
             "upgrade_socket" => file.upgrade_socket = one(&key, value, &mut file.errors),
             "admin" => file.admin = one(&key, value, &mut file.errors),
             "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, drain_timeout, drain_close_code, upgrade_socket, admin)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, admin)",
             )),
         }
     }

@@ -12,6 +12,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The request header that carries the client address the balancer
+    /// computed (lower-case); `None`: not sent.
+    pub client_ip_header: Option<String>,
     /// How long a removed backend's WebSocket tunnels may stay open.
     pub drain_timeout: Duration,
     /// The WebSocket close code sent to clients whose tunnel the balancer
@@ -302,6 +305,9 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// `client_ip_header` when the file leaves it out.
+pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-real-ip";
 
 /// `admin.address` when the `[admin]` table leaves it out: loopback only.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9900";

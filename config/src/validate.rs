@@ -21,6 +21,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         route,
         timeouts,
         trusted_proxies,
+        client_ip_header,
         drain_timeout,
         drain_close_code,
         upgrade_socket,
@@ -231,6 +232,12 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         .filter_map(|(i, t)| ip_net(e, &format!("trusted_proxies[{i}]"), t))
         .collect();
 
+    let client_ip_header = match client_ip_header {
+        None => Some(crate::types::DEFAULT_CLIENT_IP_HEADER.to_string()),
+        Some(h) if h.is_empty() => None,
+        Some(h) => header_name(e, "client_ip_header", &h),
+    };
+
     let drain_timeout = drain_timeout
         .and_then(|v| positive_duration(e, "drain_timeout", &v))
         .unwrap_or(Duration::from_secs(300));
@@ -293,6 +300,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             routes,
             timeouts,
             trusted_proxies,
+            client_ip_header,
             drain_timeout,
             drain_close_code,
             upgrade_socket,
@@ -655,6 +663,42 @@ fn ip_net(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<ipnet::IpN
     None
 }
 
+/// A request header the balancer may set: a token of letters, digits and
+/// `-`, not one that frames or routes the request. Stored lower-case.
+fn header_name(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    if lower.len() > 64
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        e.push(ConfigError::new(
+            path,
+            format!("{text:?} is not a header name (letters, digits and '-', at most 64)"),
+        ));
+        return None;
+    }
+    const RESERVED: [&str; 9] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    if RESERVED.contains(&lower.as_str()) {
+        e.push(ConfigError::new(
+            path,
+            format!("{text:?} is set by the balancer or frames the request: pick another name"),
+        ));
+        return None;
+    }
+    Some(lower)
+}
+
 fn positive_duration(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d.is_zero() => {
@@ -767,6 +811,28 @@ mod tests {
         connect = "250ms"
         websocket_idle = "5m"
     "#;
+
+    #[test]
+    fn client_ip_header_defaults_turns_off_and_refuses_framing_headers() {
+        assert_eq!(
+            parse(GOOD).unwrap().client_ip_header.as_deref(),
+            Some("x-real-ip")
+        );
+        let with = |v: &str| format!("client_ip_header = {v:?}\n{GOOD}");
+        assert_eq!(
+            parse(&with("CF-Connecting-IP"))
+                .unwrap()
+                .client_ip_header
+                .as_deref(),
+            Some("cf-connecting-ip")
+        );
+        assert_eq!(parse(&with("")).unwrap().client_ip_header, None);
+        for bad in ["Host", "x-forwarded-for", "bad header", "x:y"] {
+            let errs = errors(&with(bad));
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].starts_with("client_ip_header:"), "{bad}: {errs:?}");
+        }
+    }
 
     #[test]
     fn accepts_a_good_file() {

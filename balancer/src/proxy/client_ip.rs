@@ -12,6 +12,12 @@ use ipnet::IpNet;
 
 use super::headers::X_FORWARDED_FOR;
 
+/// Whether `peer` is one of the trusted proxies (its forwarding headers
+/// are believed and appended to).
+pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    !trusted.is_empty() && trusted.iter().any(|n| n.contains(&canonical(peer)))
+}
+
 /// The client address for routing and logs. Pure; any header content is safe.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&canonical(*ip)));

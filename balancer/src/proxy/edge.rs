@@ -56,9 +56,15 @@ impl Edge {
     }
 
     /// Sets the headers that describe the client connection (after
-    /// `X-Forwarded-For` and `-Proto`, which [`super::headers`] sets).
-    pub fn add_connection_facts(&self, headers: &mut HeaderMap, sni: Option<&str>) {
+    /// `X-Forwarded-For` and `-Proto`, which [`super::headers`] sets). A
+    /// trusted proxy's own `X-Forwarded-Port` (digits) stands.
+    pub fn add_connection_facts(&self, headers: &mut HeaderMap, sni: Option<&str>, trusted: bool) {
+        let theirs = trusted
+            && headers.get(&X_FORWARDED_PORT).is_some_and(|v| {
+                !v.is_empty() && v.len() <= 5 && v.as_bytes().iter().all(u8::is_ascii_digit)
+            });
         match &self.port {
+            _ if theirs => {}
             Some(p) => {
                 headers.insert(X_FORWARDED_PORT.clone(), p.clone());
             }
@@ -196,11 +202,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_PORT, HeaderValue::from_static("1"));
         h.insert(&X_FORWARDED_SNI, HeaderValue::from_static("forged"));
-        edge.add_connection_facts(&mut h, Some("game.example.com"));
+        edge.add_connection_facts(&mut h, Some("game.example.com"), false);
         assert_eq!(h[&X_FORWARDED_PORT], "443");
         assert_eq!(h[&X_FORWARDED_SNI], "game.example.com");
         let off = Edge::default();
-        off.add_connection_facts(&mut h, Some("game.example.com"));
+        off.add_connection_facts(&mut h, Some("game.example.com"), false);
         assert!(!h.contains_key(&X_FORWARDED_PORT));
         assert!(!h.contains_key(&X_FORWARDED_SNI));
     }

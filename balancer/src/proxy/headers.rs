@@ -77,15 +77,104 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` (earlier hops are kept, folded into
-/// one header), and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-) {
-    let client = client.to_string();
+/// Headers in which a client names its own address or scheme, beside
+/// `X-Forwarded-*`. From a peer that is not a trusted proxy they are lies
+/// or accidents, and backends tend to believe them: they are removed.
+static CLIENT_CLAIMS: [&str; 7] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Who sent a request, and what the balancer made of it: the input of the
+/// forwarding-header policy ([`add_forwarded`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The peer is one of `trusted_proxies`.
+    pub trusted: bool,
+    /// The client address the balancer computed (see `client_ip`).
+    pub client: IpAddr,
+    /// `client_ip_header`: where the computed client address goes.
+    pub client_header: Option<&'a HeaderName>,
+    /// The listener's scheme: `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// The forwarding headers, by who sent the request:
+///
+/// * From an untrusted peer (any client, when `trusted_proxies` is empty)
+///   everything it claimed is replaced: `X-Forwarded-For` is the peer
+///   alone; `X-Forwarded-Proto` and `X-Forwarded-Host` are the balancer's;
+///   `Forwarded`, `X-Real-IP` and the other client-address headers of
+///   [`CLIENT_CLAIMS`] are removed.
+/// * From a trusted proxy they are kept and appended to: the peer joins
+///   `X-Forwarded-For` (earlier hops kept, folded into one header), and the
+///   proxy's own `X-Forwarded-Proto` (when it is `http` or `https`) and
+///   `X-Forwarded-Host` stand, so a TLS-terminating balancer in front is
+///   not overruled by this plaintext hop.
+/// * Either way the computed client address goes in `client_header`.
+pub fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarding<'_>, host: Option<&str>) {
+    let peer = HeaderValue::from_str(&fwd.peer.to_string()).ok();
+    if fwd.trusted {
+        append_forwarded_for(headers, fwd.peer);
+    } else {
+        if let Some(v) = &peer {
+            headers.insert(X_FORWARDED_FOR.clone(), v.clone());
+        }
+        // One pass over the names; the common request has none of these.
+        if headers.keys().any(|k| CLIENT_CLAIMS.contains(&k.as_str())) {
+            for name in CLIENT_CLAIMS {
+                headers.remove(name);
+            }
+        }
+    }
+    let keep_proto = fwd.trusted
+        && {
+            let mut all = headers.get_all(&X_FORWARDED_PROTO).iter();
+            matches!((all.next(), all.next()), (Some(v), None)
+            if v.as_bytes().eq_ignore_ascii_case(b"http") || v.as_bytes().eq_ignore_ascii_case(b"https"))
+        };
+    if !keep_proto {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(fwd.proto),
+        );
+    }
+    if !(fwd.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if let Some(name) = fwd.client_header {
+        let client = if fwd.client == fwd.peer {
+            peer
+        } else {
+            HeaderValue::from_str(&fwd.client.to_string()).ok()
+        };
+        match client {
+            Some(v) => {
+                headers.insert(name.clone(), v);
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// `X-Forwarded-For` from a trusted proxy, with `peer` appended.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -96,18 +185,9 @@ pub fn add_forwarded(
             }
         }
     }
-    xff.push_str(&client);
+    xff.push_str(&peer.to_string());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
     }
 }
 
@@ -139,21 +219,20 @@ pub fn new_request_id() -> HeaderValue {
 }
 
 /// The request head as it goes upstream: hop-by-hop headers out (but an
-/// upgrade's), `Expect` answered already, `X-Forwarded-*` from the TCP
-/// peer, `Host` the authority the client named, and HTTP/2's split
-/// cookies joined.
+/// upgrade's), `Expect` answered already, the forwarding headers by the
+/// policy of [`add_forwarded`], `Host` the authority the client named, and
+/// HTTP/2's split cookies joined.
 pub fn rewrite_request(
     parts: &mut http::request::Parts,
-    peer: IpAddr,
+    fwd: &Forwarding<'_>,
     host: Option<&HeaderValue>,
     upgrade: bool,
-    proto: &'static str,
 ) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     // The balancer already answered any `Expect: 100-continue` itself.
     parts.headers.remove(header::EXPECT);
     let forwarded_host = host.and_then(|v| v.to_str().ok());
-    add_forwarded(&mut parts.headers, peer, proto, forwarded_host);
+    add_forwarded(&mut parts.headers, fwd, forwarded_host);
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h.clone());
     }
@@ -250,31 +329,79 @@ mod tests {
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
     }
 
-    #[test]
-    fn appends_forwarded_for() {
-        let mut h = map(&[
+    fn fwd(peer: &str, trusted: bool, client: &str) -> Forwarding<'static> {
+        static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+        Forwarding {
+            peer: peer.parse().unwrap(),
+            trusted,
+            client: client.parse().unwrap(),
+            client_header: Some(&REAL_IP),
+            proto: "http",
+        }
+    }
+
+    fn claims() -> HeaderMap {
+        map(&[
             ("x-forwarded-for", "203.0.113.1"),
             ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
             ("x-forwarded-proto", "https"),
-        ]);
+            ("x-forwarded-host", "front.example.com"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("true-client-ip", "1.2.3.4"),
+            ("cf-connecting-ip", "1.2.3.4"),
+        ])
+    }
+
+    #[test]
+    fn an_untrusted_peers_claims_are_replaced() {
+        let mut h = claims();
         add_forwarded(
             &mut h,
-            "127.0.0.9".parse().unwrap(),
-            "http",
+            &fwd("198.51.100.7", false, "198.51.100.7"),
+            Some("game.example.com"),
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "game.example.com");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+        for gone in ["forwarded", "true-client-ip", "cf-connecting-ip"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxys_headers_are_kept_and_appended_to() {
+        let mut h = claims();
+        add_forwarded(
+            &mut h,
+            &fwd("10.0.0.9", true, "198.51.100.2"),
             Some("game.example.com"),
         );
         assert_eq!(
             h["x-forwarded-for"],
-            "203.0.113.1, 198.51.100.2, 10.0.0.1, 127.0.0.9"
+            "203.0.113.1, 198.51.100.2, 10.0.0.1, 10.0.0.9"
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "https", "the TLS proxy in front");
+        assert_eq!(h["x-forwarded-host"], "front.example.com");
+        assert_eq!(h["forwarded"], "for=1.2.3.4");
+        assert_eq!(h["x-real-ip"], "198.51.100.2", "the computed client");
+
+        // A proto that is not a scheme is the balancer's own.
+        let mut h = map(&[("x-forwarded-proto", "javascript")]);
+        add_forwarded(&mut h, &fwd("10.0.0.9", true, "10.0.0.9"), None);
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "game.example.com");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert!(!h.contains_key("x-forwarded-host"));
 
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        let mut f = fwd("::1", false, "::1");
+        f.client_header = None;
+        add_forwarded(&mut h, &f, None);
         assert_eq!(h["x-forwarded-for"], "::1");
-        assert!(!h.contains_key("x-forwarded-host"));
+        assert!(!h.contains_key("x-real-ip"));
     }
 
     #[test]

@@ -192,15 +192,16 @@ impl Proxy {
         log.client = client;
         let upgrade = Upgrade::of(&mut req);
         let (mut parts, body) = req.into_parts();
-        headers::rewrite_request(
-            &mut parts,
-            conn.peer.ip(),
-            host.as_ref(),
-            upgrade.client.is_some(),
-            conn.edge.proto,
-        );
+        let fwd = headers::Forwarding {
+            peer: conn.peer.ip(),
+            trusted: client_ip::is_trusted(conn.peer.ip(), &snap.trusted_proxies),
+            client,
+            client_header: snap.client_ip_header.as_ref(),
+            proto: conn.edge.proto,
+        };
+        headers::rewrite_request(&mut parts, &fwd, host.as_ref(), upgrade.client.is_some());
         conn.edge
-            .add_connection_facts(&mut parts.headers, conn.sni.as_deref());
+            .add_connection_facts(&mut parts.headers, conn.sni.as_deref(), fwd.trusted);
         let mut body =
             or_respond!(ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await);
         // Lent, not moved: the attempts' future stays small.

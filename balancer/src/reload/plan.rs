@@ -190,6 +190,10 @@ impl ReloadPlan {
                 "trusted_proxies",
             ),
             (
+                old.client_ip_header != new.client_ip_header,
+                "client_ip_header",
+            ),
+            (
                 old.drain_timeout != new.drain_timeout
                     || old.drain_close_code != new.drain_close_code,
                 "drain",

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `client_ip_header`: where the computed client address is sent.
+    pub client_ip_header: Option<http::HeaderName>,
     /// Close code sent to WebSocket clients whose tunnel the balancer ends.
     pub drain_close_code: u16,
     /// What the pools with `[pool.tls]` connect with (kept across reloads
@@ -109,6 +111,10 @@ impl Snapshot {
             pools,
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
+            client_ip_header: config
+                .client_ip_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             drain_close_code: config.drain_close_code,
             upstream_tls: upstream_tls.clone(),
         }

@@ -1,6 +1,8 @@
-//! The Host a request routes by is the Host its backend is sent, and an
-//! HTTP/1.1 request has exactly one (RFC 9112 3.2). Raw bytes in, over real
-//! sockets: what the client gets and what the backend saw.
+//! The request head a backend is sent. The Host a request routes by is the
+//! Host its backend is sent, and an HTTP/1.1 request has exactly one (RFC
+//! 9112 3.2); the forwarding headers say who the client is, and a client
+//! cannot say it for itself. Raw bytes in, over real sockets: what the
+//! client gets and what the backend saw.
 
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -51,8 +53,13 @@ async fn recording_backend() -> (std::net::SocketAddr, Heads) {
 
 /// Routes: host `game.example.com` to the backend; nothing else.
 async fn balancer(backend: std::net::SocketAddr) -> std::net::SocketAddr {
+    balancer_with(backend, "").await
+}
+
+/// The same, with `top` (top-level keys) at the head of the file.
+async fn balancer_with(backend: std::net::SocketAddr, top: &str) -> std::net::SocketAddr {
     let config = config::parse(&format!(
-        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+        "{top}\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [[route]]\nlistener = \"public\"\nhost = \"game.example.com\"\npool = \"game\"\n"
     ))
@@ -115,4 +122,71 @@ async fn an_absolute_form_target_routes_and_forwards_by_its_own_authority() {
     assert!(head.starts_with("get /x http/1.1\r\n"), "{head}");
     assert!(head.contains("\r\nhost: game.example.com\r\n"), "{head}");
     assert!(!head.contains("elsewhere"), "{head}");
+}
+
+/// The head the backend got for `request`, lower-cased, from a balancer
+/// configured with `top`.
+async fn forwarded(top: &str, request: &[u8]) -> String {
+    let (backend, heads) = recording_backend().await;
+    let lb = balancer_with(backend, top).await;
+    let answer = exchange(lb, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let seen = heads.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    // Every line ends in CRLF, the last one too.
+    format!("{}\r\n", seen[0].to_ascii_lowercase())
+}
+
+/// Every header in which a client names an address or a scheme.
+const CLAIMS: &[u8] = b"GET / HTTP/1.1\r\nHost: game.example.com\r\n\
+X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\n\
+X-Forwarded-Host: front.example\r\nX-Forwarded-Port: 443\r\nForwarded: for=3.3.3.3\r\n\
+X-Real-IP: 4.4.4.4\r\nTrue-Client-IP: 5.5.5.5\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn an_untrusted_client_cannot_name_its_own_address_or_scheme() {
+    let head = forwarded("", CLAIMS).await;
+    for line in [
+        "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+        "\r\nx-forwarded-host: game.example.com\r\n",
+        "\r\nx-real-ip: 127.0.0.1\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} in {head}");
+    }
+    for gone in [
+        "1.1.1.1",
+        "2.2.2.2",
+        "3.3.3.3",
+        "4.4.4.4",
+        "5.5.5.5",
+        "front.example",
+        "forwarded:",
+        ": 443",
+    ] {
+        assert!(!head.contains(gone), "{gone:?} in {head}");
+    }
+    assert_eq!(head.matches("x-forwarded-for").count(), 1, "{head}");
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_headers_are_kept_and_appended_to() {
+    let head = forwarded(
+        "trusted_proxies = [\"127.0.0.0/8\"]\nclient_ip_header = \"X-Client-Address\"",
+        CLAIMS,
+    )
+    .await;
+    for line in [
+        "\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 127.0.0.1\r\n",
+        // The TLS-terminating proxy in front knows the scheme, this hop does not.
+        "\r\nx-forwarded-proto: https\r\n",
+        "\r\nx-forwarded-host: front.example\r\n",
+        "\r\nx-forwarded-port: 443\r\n",
+        "\r\nforwarded: for=3.3.3.3\r\n",
+        "\r\nx-real-ip: 4.4.4.4\r\n",
+        // The right-most untrusted hop: what the balancer believes.
+        "\r\nx-client-address: 2.2.2.2\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} in {head}");
+    }
 }
