@@ -22,12 +22,14 @@
 
 pub mod duration;
 mod error;
+pub mod limits;
 pub mod raw;
 pub mod tls;
 mod types;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use limits::Limits;
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{
     AdminConfig, BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind,

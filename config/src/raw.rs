@@ -21,6 +21,7 @@ pub struct RawFile {
     pub drain_timeout: Option<String>,
     pub upgrade_socket: Option<String>,
     pub admin: Option<RawAdmin>,
+    pub limits: Option<crate::limits::RawLimits>,
     pub drain_close_code: Option<i64>,
     /// Errors met while reading shapes; validation appends to these.
     pub errors: Vec<ConfigError>,
@@ -47,6 +48,9 @@ pub struct RawListener {
     pub tls: Option<crate::tls::RawListenerTls>,
     #[serde(default)]
     pub https_redirect: Option<crate::tls::RawHttpsRedirect>,
+    /// Open connections on this listener (beside `limits.max_connections`).
+    #[serde(default)]
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,10 +201,11 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
             "drain_timeout" => file.drain_timeout = one(&key, value, &mut file.errors),
             "upgrade_socket" => file.upgrade_socket = one(&key, value, &mut file.errors),
             "admin" => file.admin = one(&key, value, &mut file.errors),
+            "limits" => file.limits = one(&key, value, &mut file.errors),
             "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, admin)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, admin, limits)",
             )),
         }
     }

@@ -25,6 +25,8 @@ pub struct Config {
     pub upgrade_socket: Option<std::path::PathBuf>,
     /// The admin listener (API, later metrics and the status page).
     pub admin: Option<AdminConfig>,
+    /// `[limits]`.
+    pub limits: crate::Limits,
 }
 
 /// `[admin]`.
@@ -43,6 +45,8 @@ pub struct ListenerConfig {
     pub tls: Option<crate::ListenerTls>,
     /// A plaintext listener that answers with a redirect to `https://`.
     pub https_redirect: Option<crate::HttpsRedirect>,
+    /// Open connections on this listener; `None`: only the global limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

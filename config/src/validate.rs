@@ -26,6 +26,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         drain_close_code,
         upgrade_socket,
         admin,
+        limits,
         mut errors,
     } = file;
     let e = &mut errors;
@@ -62,11 +63,21 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                 }
                 crate::tls::https_redirect(e, &format!("{path}.https_redirect"), r)
             });
+            let max_connections = l.max_connections.map(|_| {
+                int_in(
+                    e,
+                    &format!("{path}.max_connections"),
+                    l.max_connections,
+                    1..=10_000_000,
+                    1,
+                ) as usize
+            });
             listeners.push(ListenerConfig {
                 name: l.name,
                 address,
                 tls,
                 https_redirect,
+                max_connections,
             });
         }
     }
@@ -293,6 +304,8 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         })
     });
 
+    let limits = crate::limits::limits_from(e, limits);
+
     if errors.is_empty() {
         Ok(Config {
             listeners,
@@ -305,6 +318,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             drain_close_code,
             upgrade_socket,
             admin,
+            limits,
         })
     } else {
         Err(ConfigErrors(errors))
@@ -516,7 +530,7 @@ fn health_from(e: &mut Vec<ConfigError>, path: &str, raw: RawHealth) -> Option<H
 }
 
 /// An integer key within `range`, or the default (recording an error).
-fn int_in(
+pub(crate) fn int_in(
     e: &mut Vec<ConfigError>,
     path: &str,
     value: Option<i64>,
@@ -699,7 +713,11 @@ fn header_name(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<Strin
     Some(lower)
 }
 
-fn positive_duration(e: &mut Vec<ConfigError>, path: &str, text: &str) -> Option<Duration> {
+pub(crate) fn positive_duration(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    text: &str,
+) -> Option<Duration> {
     match duration::parse(text) {
         Ok(d) if d.is_zero() => {
             e.push(ConfigError::new(path, "must be longer than zero"));

@@ -87,6 +87,7 @@ impl App {
             tasks: TaskTracker::new(),
             close_tunnels: CancellationToken::new(),
             metrics,
+            connections: Arc::default(),
         });
         // A running balancer on the upgrade socket hands its listening
         // sockets over; otherwise (or for listeners it does not have) bind.

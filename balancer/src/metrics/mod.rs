@@ -118,6 +118,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
     client_connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
@@ -213,6 +214,7 @@ impl Metrics {
             retries: counter_vec(&r, "balancer_retries_total", "Requests retried on another backend.", &["pool"])?,
             retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent (only retries of requests that may have reached a backend spend it).", &["pool"])?,
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
+            connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
             check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
             check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
             connect_duration: histogram_vec(&r, "balancer_upstream_connect_duration_seconds", "Time to open a new TCP connection to a backend (pooled connections are reused without one).", &["pool"], LATENCY)?,
@@ -274,6 +276,15 @@ impl Metrics {
     /// The open-connections gauge of a listener.
     pub fn listener(&self, name: &str) -> IntGauge {
         self.client_connections.with_label_values(&[name])
+    }
+
+    /// The refused-connections counters of a listener, by reason, in the
+    /// order of [`crate::server::conn_limits::Refused::ALL`].
+    pub fn refused(&self, listener: &str) -> [IntCounter; 3] {
+        crate::server::conn_limits::Refused::ALL.map(|r| {
+            self.connections_refused
+                .with_label_values(&[listener, r.as_str()])
+        })
     }
 
     /// Handshake handles for one TLS listener.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::upstream::{Reached, UpstreamError};
+use crate::upstream::{BodyLimit, Reached, UpstreamError};
 
 /// Where a failure came from (pingora's distinction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,12 @@ pub enum ProxyError {
     /// The client's body did not arrive in time.
     #[error("client request body not received within {0:?}")]
     ClientTimeout(Duration),
+    /// The request target is longer than `limits.max_request_line`.
+    #[error("request target over {0} bytes")]
+    UriTooLong(usize),
+    /// The request body broke a `[limits]` limit (size, deadline, rate).
+    #[error("{0}")]
+    BodyLimit(crate::upstream::BodyLimit),
     /// The pool has no usable backend.
     #[error("no backend available in pool {pool}")]
     NoBackend { pool: String },
@@ -56,7 +62,9 @@ impl ProxyError {
             | Self::BadHost
             | Self::MethodNotAllowed
             | Self::ClientBody(_)
-            | Self::ClientTimeout(_) => Side::Downstream,
+            | Self::ClientTimeout(_)
+            | Self::UriTooLong(_)
+            | Self::BodyLimit(_) => Side::Downstream,
             Self::NoBackend { .. } => Side::Internal,
             Self::Upstream(_) | Self::ResponseTimeout(_) => Side::Upstream,
         }
@@ -79,6 +87,9 @@ impl ProxyError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::BodyLimit(BodyLimit::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyLimit(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamError::ConnectTimeout(_)) | Self::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -95,6 +106,11 @@ impl ProxyError {
             Self::MethodNotAllowed => "405 method not allowed\n",
             Self::ClientBody(_) => "400 bad request: request body incomplete\n",
             Self::ClientTimeout(_) => "408 request timeout: request body too slow\n",
+            Self::UriTooLong(_) => "414 URI too long\n",
+            Self::BodyLimit(BodyLimit::TooLarge(_)) => {
+                "413 content too large: request body over the limit\n"
+            }
+            Self::BodyLimit(_) => "408 request timeout: request body too slow\n",
             Self::NoBackend { .. } => "503 service unavailable: no backend available\n",
             Self::Upstream(UpstreamError::Connect { .. }) => {
                 "502 bad gateway: backend unreachable\n"
@@ -118,6 +134,10 @@ impl ProxyError {
             Self::MethodNotAllowed => "method",
             Self::ClientBody(_) => "client_body",
             Self::ClientTimeout(_) => "client_timeout",
+            Self::UriTooLong(_) => "uri_too_long",
+            Self::BodyLimit(BodyLimit::TooLarge(_)) => "body_too_large",
+            Self::BodyLimit(BodyLimit::Deadline(_)) => "upload_timeout",
+            Self::BodyLimit(BodyLimit::TooSlow(_)) => "upload_too_slow",
             Self::NoBackend { .. } => "no_backend",
             Self::Upstream(UpstreamError::Connect { .. }) => "connect",
             Self::Upstream(UpstreamError::ConnectTimeout(_)) => "connect_timeout",

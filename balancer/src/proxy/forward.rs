@@ -262,7 +262,9 @@ impl Proxy {
                 .await
                 .map_err(|e| {
                     // Failures the client caused are not the backend's.
-                    if upload.client_failed() {
+                    if let Some(limit) = upload.limit() {
+                        ProxyError::BodyLimit(limit)
+                    } else if upload.client_failed() {
                         ProxyError::ClientBody(e.to_string())
                     } else if matches!(e, ProxyError::ResponseTimeout(_)) && !upload.finished() {
                         ProxyError::ClientTimeout(timeouts.response_header)

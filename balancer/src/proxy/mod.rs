@@ -61,6 +61,8 @@ pub struct Proxy {
     pub close_tunnels: tokio_util::sync::CancellationToken,
     /// Prometheus metrics (none when they could not be set up).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Open client connections against `[limits]`, process-wide.
+    pub connections: Arc<crate::server::conn_limits::ConnLimits>,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -134,7 +136,7 @@ impl Proxy {
     /// Handles one request; failures become error responses, never panics.
     pub async fn handle<B>(&self, conn: &Arc<ConnInfo>, mut req: Request<B>) -> Response<ProxyBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let in_flight = InFlight::new(conn);
@@ -185,6 +187,26 @@ impl Proxy {
                 };
             }
         }
+        let limits = &snap.limits;
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target > limits.max_request_line {
+            return error_response(
+                ProxyError::UriTooLong(limits.max_request_line),
+                log,
+                request_id,
+            );
+        }
+        // A declared length over the limit is refused before any backend
+        // is picked (the unread body then closes the connection).
+        if limits.max_request_body > 0 && req.body().size_hint().lower() > limits.max_request_body {
+            return error_response(
+                ProxyError::BodyLimit(crate::upstream::BodyLimit::TooLarge(
+                    limits.max_request_body,
+                )),
+                log,
+                request_id,
+            );
+        }
         let Routed { pool, host } = or_respond!(forward::route(&snap, &conn.listener, &req));
         log.pool = Some(Arc::clone(&pool.name));
         log.pool_metrics = pool.metrics.clone();
@@ -202,6 +224,7 @@ impl Proxy {
         headers::rewrite_request(&mut parts, &fwd, host.as_ref(), upgrade.client.is_some());
         conn.edge
             .add_connection_facts(&mut parts.headers, conn.sni.as_deref(), fwd.trusted);
+        let body = client_body::Limited::new(body, limits);
         let mut body =
             or_respond!(ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await);
         // Lent, not moved: the attempts' future stays small.

@@ -47,6 +47,7 @@ fn proxy_with(top: &str, backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy
         tasks: TaskTracker::new(),
         close_tunnels: CancellationToken::new(),
         metrics: None,
+        connections: Arc::default(),
     };
     let conn = Arc::new(ConnInfo::new(
         Arc::from("l"),

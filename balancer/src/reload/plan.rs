@@ -169,9 +169,11 @@ impl ReloadPlan {
                 }
                 Some(_) => {
                     let before = old.listeners.iter().find(|o| o.name == l.name);
-                    if before
-                        .is_some_and(|o| o.tls != l.tls || o.https_redirect != l.https_redirect)
-                    {
+                    if before.is_some_and(|o| {
+                        o.tls != l.tls
+                            || o.https_redirect != l.https_redirect
+                            || o.max_connections != l.max_connections
+                    }) {
                         plan.settings.push(format!("listener:{}", l.name));
                     }
                 }
@@ -193,6 +195,7 @@ impl ReloadPlan {
                 old.client_ip_header != new.client_ip_header,
                 "client_ip_header",
             ),
+            (old.limits != new.limits, "limits"),
             (
                 old.drain_timeout != new.drain_timeout
                     || old.drain_close_code != new.drain_close_code,

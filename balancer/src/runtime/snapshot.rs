@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[limits]`.
+    pub limits: config::Limits,
     /// `client_ip_header`: where the computed client address is sent.
     pub client_ip_header: Option<http::HeaderName>,
     /// Close code sent to WebSocket clients whose tunnel the balancer ends.
@@ -111,6 +113,7 @@ impl Snapshot {
             pools,
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
+            limits: config.limits,
             client_ip_header: config
                 .client_ip_header
                 .as_deref()

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::body_end::BodyEnd;
+use super::conn_limits::{Admission, Refused, Slot};
 use super::{ClientStream, ListenerSettings};
 use crate::clock::instant_of;
 use crate::proxy::{ConnInfo, Proxy};
@@ -39,19 +40,30 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long an idle connection asked to close may take before it is dropped.
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Client-side connection settings, from `[timeouts]`.
+/// Client-side connection settings, from `[timeouts]` and `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnSettings {
     pub request_header: Duration,
     pub client_idle: Duration,
+    /// A request head's size and field count (hyper answers 431 above).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub http2_max_concurrent_streams: u32,
 }
 
-impl From<&config::Timeouts> for ConnSettings {
-    fn from(t: &config::Timeouts) -> Self {
+impl ConnSettings {
+    pub fn new(t: &config::Timeouts, l: &config::Limits) -> Self {
         Self {
             request_header: t.request_header,
             client_idle: t.client_idle,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            http2_max_concurrent_streams: l.http2_max_concurrent_streams,
         }
+    }
+
+    fn of(snapshot: &crate::runtime::Snapshot) -> Self {
+        Self::new(&snapshot.timeouts, &snapshot.limits)
     }
 }
 
@@ -76,11 +88,21 @@ impl Shared {
         open: Option<prometheus::IntGauge>,
     ) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
+        // hyper reads a head into a buffer of at most max_buf_size: a head
+        // that does not fit is a 431, as is one with too many fields.
         h1.timer(TokioTimer::new())
             .header_read_timeout(settings.request_header)
+            .max_buf_size(
+                settings
+                    .max_header_bytes
+                    .max(config::limits::MIN_HEADER_BYTES as usize),
+            )
+            .max_headers(settings.max_headers)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(settings.http2_max_concurrent_streams);
         Arc::new(Self {
             proxy: Arc::clone(proxy),
             h1,
@@ -93,22 +115,29 @@ impl Shared {
 }
 
 /// One open client connection's hold on its listener's [`Shared`]; counts
-/// the connection in the open-connections gauge until it drops.
+/// the connection in the open-connections gauge, and holds its place under
+/// `[limits]`, until it drops.
 #[derive(Debug)]
-struct Counted(Arc<Shared>);
+struct Counted {
+    shared: Arc<Shared>,
+    _slot: Slot,
+}
 
 impl Counted {
-    fn new(shared: &Arc<Shared>) -> Self {
+    fn new(shared: &Arc<Shared>, slot: Slot) -> Self {
         if let Some(g) = &shared.open {
             g.inc();
         }
-        Self(Arc::clone(shared))
+        Self {
+            shared: Arc::clone(shared),
+            _slot: slot,
+        }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some(g) = &self.0.open {
+        if let Some(g) = &self.shared.open {
             g.dec();
         }
     }
@@ -124,9 +153,10 @@ pub async fn serve_listener(
     settings: Arc<arc_swap::ArcSwap<ListenerSettings>>,
 ) {
     let open_gauge = proxy.metrics.as_ref().map(|m| m.listener(&name));
+    let refused = proxy.metrics.as_ref().map(|m| m.refused(&name));
     let mut shared = Shared::new(
         &proxy,
-        ConnSettings::from(&proxy.snapshot.load().timeouts),
+        ConnSettings::of(&proxy.snapshot.load()),
         &shutdown,
         open_gauge.clone(),
     );
@@ -145,24 +175,89 @@ pub async fn serve_listener(
                 }
             },
         };
-        // Timeouts come from the live config, so a reload applies them to
-        // new connections.
-        let current = ConnSettings::from(&proxy.snapshot.load().timeouts);
+        // Timeouts and limits come from the live config, so a reload
+        // applies them to new connections.
+        let snap = proxy.snapshot.load();
+        let current = ConnSettings::of(&snap);
         if current != shared.settings {
             shared = Shared::new(&proxy, current, &shutdown, open_gauge.clone());
         }
+        let listener_settings = settings.load_full();
+        let admission = Admission {
+            max_total: snap.limits.max_connections,
+            max_listener: listener_settings.max_connections,
+            max_per_ip: if crate::proxy::client_ip::is_trusted(peer.ip(), &snap.trusted_proxies) {
+                0
+            } else {
+                snap.limits.max_connections_per_ip
+            },
+        };
+        drop(snap);
+        let slot = match proxy
+            .connections
+            .admit(&listener_settings.open, peer.ip(), admission)
+        {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(
+                    stream,
+                    &listener_settings,
+                    why,
+                    &name,
+                    peer,
+                    &proxy,
+                    refused.as_ref(),
+                );
+                continue;
+            }
+        };
         // Spawned as is, not wrapped in another async block, which would
         // hold the future twice and double every connection's task size.
         let served = serve_connection(
             stream,
             peer,
             Arc::clone(&name),
-            settings.load_full(),
-            Counted::new(&shared),
+            listener_settings,
+            Counted::new(&shared, slot),
         );
         proxy.tasks.spawn(served);
     }
     tracing::info!(listener = &*name, "stopped accepting");
+}
+
+/// What a plaintext client refused at accept gets before the close.
+const REFUSED_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nRetry-After: 1\r\nConnection: close\r\n\r\n503 service unavailable: too many connections\n";
+
+/// A connection over a `[limits]` limit: a plaintext client gets a 503
+/// (if its socket takes it at once), a TLS one just the close; counted,
+/// and logged at most once per 10 s.
+fn refuse(
+    stream: TcpStream,
+    settings: &ListenerSettings,
+    why: Refused,
+    listener: &str,
+    peer: std::net::SocketAddr,
+    proxy: &Proxy,
+    counters: Option<&[prometheus::IntCounter; 3]>,
+) {
+    if settings.tls.is_none() {
+        let _ = stream.try_write(REFUSED_503);
+    }
+    if let Some(c) = counters {
+        if let Some(i) = Refused::ALL.iter().position(|r| *r == why) {
+            c[i].inc();
+        }
+    }
+    if let Some(unlogged) = proxy.connections.should_warn() {
+        tracing::warn!(
+            listener,
+            %peer,
+            limit = why.as_str(),
+            open = proxy.connections.total(),
+            refused_since_last_line = unlogged,
+            "connection refused: limit reached"
+        );
+    }
 }
 
 /// The client socket as hyper gets it.
@@ -182,7 +277,7 @@ async fn serve_connection(
     settings: Arc<ListenerSettings>,
     shared: Counted,
 ) {
-    let shared = &*shared.0;
+    let shared = &*shared.shared;
     let _ = stream.set_nodelay(true);
     let (stream, sni, allow_h2) = match &settings.tls {
         None => (ClientStream::Plain(stream), None, true),

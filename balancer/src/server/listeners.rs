@@ -23,6 +23,11 @@ use crate::proxy::Proxy;
 pub struct ListenerSettings {
     pub tls: Option<Arc<TlsListener>>,
     pub edge: Arc<Edge>,
+    /// `listener.max_connections`.
+    pub max_connections: Option<usize>,
+    /// The listener's open connections, on every worker; carried over
+    /// when a reload swaps the settings.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ListenerSettings {
@@ -30,6 +35,8 @@ impl ListenerSettings {
         Self {
             tls,
             edge: Arc::new(Edge::new(cfg, port)),
+            max_connections: cfg.max_connections,
+            open: Arc::default(),
         }
     }
 }
@@ -115,8 +122,9 @@ impl ListenerSet {
     /// connections use them; open ones keep theirs.
     pub fn update(&self, cfg: &config::ListenerConfig, tls: Option<Arc<TlsListener>>) {
         if let Some(e) = self.entries.get(&cfg.name) {
-            e.settings
-                .store(Arc::new(ListenerSettings::new(cfg, tls, e.port)));
+            let mut next = ListenerSettings::new(cfg, tls, e.port);
+            next.open = Arc::clone(&e.settings.load().open);
+            e.settings.store(Arc::new(next));
         }
     }
 

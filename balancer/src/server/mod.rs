@@ -4,6 +4,7 @@
 //! graceful shutdown; TLS termination ([`tls`]).
 
 mod body_end;
+pub mod conn_limits;
 mod listener;
 mod listeners;
 mod stream;

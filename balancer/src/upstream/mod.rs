@@ -37,5 +37,5 @@ pub use body::{UpstreamBody, UpstreamIo};
 pub use codec::is_idempotent;
 pub use connections::{ConnectionPool, UpstreamSettings};
 pub use error::{Reached, UpstreamError};
-pub use request_body::{AttemptBody, RequestBody, StreamBody, UploadProgress};
+pub use request_body::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};
 pub use tls::{UpstreamStream, UpstreamTls};

@@ -37,11 +37,38 @@ pub struct RequestBody {
     upload: Arc<UploadProgress>,
 }
 
+/// A limit a client's request body broke (`[limits]`): the error its
+/// body stream ends with, told apart from a broken-off body so the client
+/// gets 413 or 408, not 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimit {
+    /// More than `max_request_body` bytes.
+    TooLarge(u64),
+    /// Not done within `upload_timeout`.
+    Deadline(std::time::Duration),
+    /// Slower on average than `upload_min_rate` bytes a second.
+    TooSlow(u64),
+}
+
+impl std::fmt::Display for BodyLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge(n) => write!(f, "request body over {n} bytes"),
+            Self::Deadline(d) => write!(f, "request body not done within {d:?}"),
+            Self::TooSlow(r) => write!(f, "request body slower than {r} bytes/s"),
+        }
+    }
+}
+
+impl std::error::Error for BodyLimit {}
+
 /// How one attempt's upload went, so a failure the client caused (its body
 /// broke off, or stalled) is not blamed on the backend.
 #[derive(Debug, Default)]
 pub struct UploadProgress {
     client_failed: AtomicBool,
+    /// The limit the client's body broke, when that is why it failed.
+    limit: std::sync::OnceLock<BodyLimit>,
     finished: AtomicBool,
     /// Body bytes sent to the backend.
     bytes: std::sync::atomic::AtomicU64,
@@ -51,6 +78,11 @@ impl UploadProgress {
     /// The client's body stream failed (client aborted or sent garbage).
     pub fn client_failed(&self) -> bool {
         self.client_failed.load(Ordering::Relaxed)
+    }
+
+    /// The `[limits]` limit the client's body broke, if that is how it failed.
+    pub fn limit(&self) -> Option<BodyLimit> {
+        self.limit.get().copied()
     }
 
     /// Body bytes sent to the backend so far.
@@ -119,7 +151,12 @@ impl Body for RequestBody {
         if let Poll::Ready(ready) = &r {
             this.progress.touch();
             match ready {
-                Some(Err(_)) => this.upload.client_failed.store(true, Ordering::Relaxed),
+                Some(Err(e)) => {
+                    this.upload.client_failed.store(true, Ordering::Relaxed);
+                    if let Some(limit) = e.downcast_ref::<BodyLimit>() {
+                        let _ = this.upload.limit.set(*limit);
+                    }
+                }
                 None => this.upload.finished.store(true, Ordering::Relaxed),
                 Some(Ok(frame)) => {
                     if let Some(d) = frame.data_ref() {

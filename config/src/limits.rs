@@ -1,0 +1,207 @@
+//! `[limits]`: what one client, one connection and one request may take
+//! of the balancer and of the backends behind it. Every key has a default
+//! that is safe facing the internet; docs/security.md lists them all with
+//! the metric and the answer each one gives when it trips.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_request_line: Option<i64>,
+    pub max_request_body: Option<i64>,
+    pub upload_timeout: Option<String>,
+    pub upload_min_rate: Option<i64>,
+    pub http2_max_concurrent_streams: Option<i64>,
+}
+
+/// See the module doc; defaults in [`Limits::default`] and docs/config.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections of the process, all listeners together.
+    pub max_connections: usize,
+    /// Open client connections from one client address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// A request head (request line and headers), bytes: above it, 431.
+    pub max_header_bytes: usize,
+    /// Header fields in a request head: above it, 431.
+    pub max_headers: usize,
+    /// The request target, bytes: above it, 414.
+    pub max_request_line: usize,
+    /// A request body, bytes: above it, 413; 0: no limit.
+    pub max_request_body: u64,
+    /// The whole upload of a request body must end within this.
+    pub upload_timeout: Duration,
+    /// After [`UPLOAD_GRACE`], an upload slower on average than this many
+    /// bytes a second is cut off (408); 0: no minimum.
+    pub upload_min_rate: u64,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub http2_max_concurrent_streams: u32,
+}
+
+/// How long an upload may be slow before `upload_min_rate` applies (a
+/// phone's first seconds on a bad link).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(10);
+
+/// hyper's smallest read buffer: a head limit below it cannot be enforced.
+pub const MIN_HEADER_BYTES: i64 = 8192;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_request_line: 8 * 1024,
+            max_request_body: 16 * 1024 * 1024,
+            upload_timeout: Duration::from_secs(300),
+            upload_min_rate: 1024,
+            http2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+pub(crate) fn limits_from(e: &mut Vec<ConfigError>, raw: Option<RawLimits>) -> Limits {
+    let d = Limits::default();
+    let Some(raw) = raw else { return d };
+    let int = |e: &mut Vec<ConfigError>, key: &str, v, range, default: i64| {
+        crate::validate::int_in(e, &format!("limits.{key}"), v, range, default)
+    };
+    Limits {
+        max_connections: int(
+            e,
+            "max_connections",
+            raw.max_connections,
+            1..=10_000_000,
+            d.max_connections as i64,
+        ) as usize,
+        max_connections_per_ip: int(
+            e,
+            "max_connections_per_ip",
+            raw.max_connections_per_ip,
+            0..=10_000_000,
+            d.max_connections_per_ip as i64,
+        ) as usize,
+        max_header_bytes: int(
+            e,
+            "max_header_bytes",
+            raw.max_header_bytes,
+            MIN_HEADER_BYTES..=1024 * 1024,
+            d.max_header_bytes as i64,
+        ) as usize,
+        max_headers: int(
+            e,
+            "max_headers",
+            raw.max_headers,
+            8..=1000,
+            d.max_headers as i64,
+        ) as usize,
+        max_request_line: int(
+            e,
+            "max_request_line",
+            raw.max_request_line,
+            256..=65_534,
+            d.max_request_line as i64,
+        ) as usize,
+        max_request_body: int(
+            e,
+            "max_request_body",
+            raw.max_request_body,
+            0..=i64::MAX,
+            d.max_request_body as i64,
+        ) as u64,
+        upload_timeout: raw
+            .upload_timeout
+            .and_then(|t| crate::validate::positive_duration(e, "limits.upload_timeout", &t))
+            .unwrap_or(d.upload_timeout),
+        upload_min_rate: int(
+            e,
+            "upload_min_rate",
+            raw.upload_min_rate,
+            0..=i64::MAX,
+            d.upload_min_rate as i64,
+        ) as u64,
+        http2_max_concurrent_streams: int(
+            e,
+            "http2_max_concurrent_streams",
+            raw.http2_max_concurrent_streams,
+            1..=10_000,
+            i64::from(d.http2_max_concurrent_streams),
+        ) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\nmax_connections = 50\n";
+
+    #[test]
+    fn defaults_apply_without_the_table() {
+        let c = crate::parse(&BASE.replace("max_connections = 50\n", "")).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.listeners[0].max_connections, None);
+        let c = crate::parse(BASE).unwrap();
+        assert_eq!(c.listeners[0].max_connections, Some(50));
+    }
+
+    #[test]
+    fn every_key_is_read_and_checked_with_its_path() {
+        let c = crate::parse(&format!(
+            "{BASE}[limits]\nmax_connections = 20\nmax_connections_per_ip = 0\nmax_header_bytes = 16384\n\
+             max_headers = 50\nmax_request_line = 1024\nmax_request_body = 0\nupload_timeout = \"30s\"\n\
+             upload_min_rate = 0\nhttp2_max_concurrent_streams = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_connections: 20,
+                max_connections_per_ip: 0,
+                max_header_bytes: 16384,
+                max_headers: 50,
+                max_request_line: 1024,
+                max_request_body: 0,
+                upload_timeout: Duration::from_secs(30),
+                upload_min_rate: 0,
+                http2_max_concurrent_streams: 10,
+            }
+        );
+        let errs = crate::parse(&format!(
+            "{BASE}[limits]\nmax_connections = 0\nmax_header_bytes = 100\nupload_timeout = \"0s\"\nbogus = 1\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["limits.bogus"], "shape errors first: {errs:?}");
+        let errs = crate::parse(&format!(
+            "{BASE}[limits]\nmax_connections = 0\nmax_header_bytes = 100\nupload_timeout = \"0s\"\n"
+        ))
+        .unwrap_err();
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "limits.max_connections",
+                "limits.max_header_bytes",
+                "limits.upload_timeout"
+            ]
+        );
+        let errs = crate::parse(&BASE.replace("= 50", "= 0")).unwrap_err();
+        assert_eq!(
+            errs.iter().next().unwrap().path,
+            "listener[0].max_connections"
+        );
+    }
+}
