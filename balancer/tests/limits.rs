@@ -206,16 +206,28 @@ async fn a_body_over_max_request_body_gets_413() {
     assert!(exchange(lb, &fits).await.starts_with("HTTP/1.1 200"));
 }
 
-/// A client that stops mid-upload is cut off at `upload_timeout`: 408,
-/// and the backend connection it held is closed.
+/// A client that stops mid-upload is cut off at `upload_timeout`: 408.
+/// A small body is buffered before any backend is picked, so the backend
+/// never hears of it; a large one streams, and the backend connection it
+/// held is closed.
 #[tokio::test]
 async fn a_stalled_upload_is_cut_off_at_its_deadline() {
     let (b, seen) = backend().await;
     let lb = balancer(b, "upload_timeout = \"1s\"", "").await;
-    let started = std::time::Instant::now();
     let answer = exchange(
         lb,
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\nonly this much",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        seen.lock().unwrap().heads.is_empty(),
+        "a buffered body reached the backend"
+    );
+    let started = std::time::Instant::now();
+    let answer = exchange(
+        lb,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\nonly this much",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -291,4 +303,128 @@ async fn connections_over_the_listener_limit_are_refused() {
     let (b, _) = backend().await;
     let lb = balancer(b, "", "max_connections = 4").await;
     check_connection_limit(lb, 4).await;
+}
+
+/// A backend that answers each request only when the test lets it, and
+/// counts the requests it holds now and the most it ever held at once.
+async fn gated_backend() -> (
+    SocketAddr,
+    Arc<tokio::sync::Semaphore>,
+    Arc<Mutex<(usize, usize)>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held: Arc<Mutex<(usize, usize)>> = Arc::default();
+    let (g, h) = (Arc::clone(&gate), Arc::clone(&held));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (gate, held) = (Arc::clone(&g), Arc::clone(&h));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    {
+                        let mut h = held.lock().unwrap();
+                        h.0 += 1;
+                        h.1 = h.1.max(h.0);
+                    }
+                    gate.acquire().await.unwrap().forget();
+                    held.lock().unwrap().0 -= 1;
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, gate, held)
+}
+
+async fn capped_balancer(backend: SocketAddr, queue_timeout: &str) -> SocketAddr {
+    let config = config::parse(&format!(
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"game\"\nmax_connections_per_backend = 2\nqueue_size = 2\n\
+         queue_timeout = \"{queue_timeout}\"\n\
+         [[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n"
+    ))
+    .unwrap();
+    let app = App::bind_with(config, false).await.unwrap();
+    let lb = app.local_addr("public").unwrap();
+    tokio::spawn(app.serve(std::future::pending()));
+    lb
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+async fn until_held(held: &Mutex<(usize, usize)>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().0 < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend never held {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `max_connections_per_backend = 2` with a queue of 2: of five requests
+/// two are at the backend, two wait, and one is refused at once; once the
+/// backend answers, the four are served, and it never held more than two.
+#[tokio::test]
+async fn a_backend_at_capacity_queues_then_refuses() {
+    let (b, gate, held) = gated_backend().await;
+    let lb = capped_balancer(b, "10s").await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        requests.spawn(exchange(lb, GET));
+    }
+    until_held(&held, 2).await;
+    for _ in 0..3 {
+        requests.spawn(exchange(lb, GET));
+    }
+    // Nothing is answered until the gate opens, but the one over the queue.
+    let first = requests.join_next().await.unwrap().unwrap();
+    assert!(first.starts_with("HTTP/1.1 503"), "{first}");
+    assert!(first.contains("backend at capacity"), "{first}");
+    gate.add_permits(4);
+    while let Some(answer) = requests.join_next().await {
+        let answer = answer.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(
+        held.lock().unwrap().1,
+        2,
+        "the backend held more than its cap"
+    );
+}
+
+/// A request that waits past `queue_timeout` for a place is a 503.
+#[tokio::test]
+async fn a_wait_past_the_queue_timeout_is_a_503() {
+    let (b, gate, held) = gated_backend().await;
+    let lb = capped_balancer(b, "300ms").await;
+    let holding: Vec<_> = (0..2).map(|_| tokio::spawn(exchange(lb, GET))).collect();
+    until_held(&held, 2).await;
+    let started = std::time::Instant::now();
+    let answer = exchange(lb, GET).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    gate.add_permits(2);
+    for h in holding {
+        assert!(h.await.unwrap().starts_with("HTTP/1.1 200"));
+    }
 }

@@ -88,6 +88,8 @@ fn policy_picks(c: &mut Criterion) {
             hash_key: None,
             health: None,
             tls: None,
+            buffer_body: config::DEFAULT_BUFFER_BODY,
+            capacity: None,
             retry: config::RetryConfig::default(),
             slow_start: Duration::ZERO,
             ejection: config::EjectionConfig::default(),

@@ -32,9 +32,9 @@ pub use error::{ConfigError, ConfigErrors};
 pub use limits::Limits;
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{
-    AdminConfig, BackendConfig, Config, EjectionConfig, HashKey, HealthConfig, HealthKind,
-    HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite,
-    StickyConfig, Timeouts, DEFAULT_MAX_IDLE_PER_BACKEND,
+    AdminConfig, BackendConfig, Capacity, Config, EjectionConfig, HashKey, HealthConfig,
+    HealthKind, HostMatch, ListenerConfig, Policy, PoolConfig, RetryConfig, RouteConfig, SameSite,
+    StickyConfig, Timeouts, DEFAULT_BUFFER_BODY, DEFAULT_MAX_IDLE_PER_BACKEND,
 };
 
 use std::path::Path;

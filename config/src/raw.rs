@@ -86,6 +86,14 @@ pub struct RawPool {
     /// TLS to the pool's backends.
     #[serde(default)]
     pub tls: Option<crate::tls::RawPoolTls>,
+    #[serde(default)]
+    pub buffer_body: Option<i64>,
+    #[serde(default)]
+    pub max_connections_per_backend: Option<i64>,
+    #[serde(default)]
+    pub queue_size: Option<i64>,
+    #[serde(default)]
+    pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

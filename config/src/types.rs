@@ -68,7 +68,28 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// `[pool.tls]`: the balancer speaks TLS to this pool's backends.
     pub tls: Option<crate::PoolTls>,
+    /// Request bodies of a known length up to this many bytes are read
+    /// whole before a backend is picked, so a slow client holds no backend
+    /// connection while it uploads; 0: only for retries.
+    pub buffer_body: u64,
+    /// How many requests and tunnels one backend may have open at once,
+    /// and the queue that waits for a place: see [`Capacity`].
+    pub capacity: Option<Capacity>,
 }
+
+/// `max_connections_per_backend` and its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub per_backend: usize,
+    /// Requests that may wait for a place, pool-wide; one more is a 503.
+    pub queue_size: usize,
+    /// How long a request waits for a place before it is a 503.
+    pub queue_timeout: Duration,
+}
+
+/// Default for `pool.buffer_body` (nginx buffers every body by default;
+/// this covers the small ones, which is nearly all of a game's).
+pub const DEFAULT_BUFFER_BODY: u64 = 64 * 1024;
 
 /// `[pool.retry]`: when a failed request is tried again on another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -172,7 +172,39 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         let health = p
             .health
             .and_then(|h| health_from(e, &format!("{path}.health"), h));
+        let buffer_body = int_in(
+            e,
+            &format!("{path}.buffer_body"),
+            p.buffer_body,
+            0..=64 * 1024 * 1024,
+            crate::types::DEFAULT_BUFFER_BODY as i64,
+        ) as u64;
+        let queue_size = int_in(
+            e,
+            &format!("{path}.queue_size"),
+            p.queue_size,
+            0..=1_000_000,
+            64,
+        );
+        let queue_timeout = p
+            .queue_timeout
+            .as_deref()
+            .and_then(|t| positive_duration(e, &format!("{path}.queue_timeout"), t))
+            .unwrap_or(Duration::from_secs(1));
+        let capacity = p.max_connections_per_backend.map(|_| crate::Capacity {
+            per_backend: int_in(
+                e,
+                &format!("{path}.max_connections_per_backend"),
+                p.max_connections_per_backend,
+                1..=10_000_000,
+                1,
+            ) as usize,
+            queue_size: queue_size as usize,
+            queue_timeout,
+        });
         pools.push(PoolConfig {
+            buffer_body,
+            capacity,
             name: p.name,
             policy,
             max_idle_per_backend,

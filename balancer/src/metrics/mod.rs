@@ -63,7 +63,7 @@ pub const METHODS: [&str; 8] = [
 /// Status classes used as the `code` label.
 pub const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Error causes used as the `cause` label (see `ProxyError::cause`).
-pub const CAUSES: [&str; 12] = [
+pub const CAUSES: [&str; 17] = [
     "no_route",
     "bad_host",
     "method",
@@ -76,6 +76,11 @@ pub const CAUSES: [&str; 12] = [
     "client_body",
     "client_timeout",
     "client_closed",
+    "uri_too_long",
+    "body_too_large",
+    "upload_timeout",
+    "upload_too_slow",
+    "backend_full",
 ];
 
 /// TLS handshake outcomes used as the `outcome` label.

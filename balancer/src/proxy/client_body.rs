@@ -153,12 +153,13 @@ pub enum ClientBody {
 }
 
 impl ClientBody {
-    /// Buffers `body` when it has a known length of at most
-    /// `retry.max_body` and retries are on (within `limit`), else keeps
-    /// the stream.
+    /// Buffers `body` when it has a known length of at most `buffer`
+    /// (`pool.buffer_body`), or of at most `retry.max_body` with retries
+    /// on, reading it within `limit`; else keeps the stream.
     pub async fn read<B>(
         body: B,
         retry: &config::RetryConfig,
+        buffer: u64,
         limit: Duration,
     ) -> Result<Self, ProxyError>
     where
@@ -168,8 +169,13 @@ impl ClientBody {
         if body.is_end_stream() {
             return Ok(Self::Empty);
         }
+        let for_retries = if retry.attempts > 0 {
+            retry.max_body
+        } else {
+            0
+        };
         match body.size_hint().exact() {
-            Some(n) if retry.attempts > 0 && n <= retry.max_body => {
+            Some(n) if n <= buffer.max(for_retries) => {
                 match tokio::time::timeout(limit, body.collect()).await {
                     Ok(Ok(c)) => Ok(Self::Full(c.to_bytes())),
                     Ok(Err(e)) => Err(body_failed(e.into())),

@@ -46,6 +46,10 @@ pub enum ProxyError {
     /// The pool has no usable backend.
     #[error("no backend available in pool {pool}")]
     NoBackend { pool: String },
+    /// The picked backend is at `max_connections_per_backend` and the
+    /// queue is full, or no place freed within `queue_timeout`.
+    #[error("backend {backend} of pool {pool} at capacity")]
+    BackendFull { pool: String, backend: String },
     /// The exchange with the backend failed before its response head.
     #[error("backend failed: {0}")]
     Upstream(#[from] UpstreamError),
@@ -65,7 +69,7 @@ impl ProxyError {
             | Self::ClientTimeout(_)
             | Self::UriTooLong(_)
             | Self::BodyLimit(_) => Side::Downstream,
-            Self::NoBackend { .. } => Side::Internal,
+            Self::NoBackend { .. } | Self::BackendFull { .. } => Side::Internal,
             Self::Upstream(_) | Self::ResponseTimeout(_) => Side::Upstream,
         }
     }
@@ -90,7 +94,7 @@ impl ProxyError {
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyLimit(BodyLimit::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyLimit(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend { .. } | Self::BackendFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamError::ConnectTimeout(_)) | Self::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -112,6 +116,7 @@ impl ProxyError {
             }
             Self::BodyLimit(_) => "408 request timeout: request body too slow\n",
             Self::NoBackend { .. } => "503 service unavailable: no backend available\n",
+            Self::BackendFull { .. } => "503 service unavailable: backend at capacity\n",
             Self::Upstream(UpstreamError::Connect { .. }) => {
                 "502 bad gateway: backend unreachable\n"
             }
@@ -139,6 +144,7 @@ impl ProxyError {
             Self::BodyLimit(BodyLimit::Deadline(_)) => "upload_timeout",
             Self::BodyLimit(BodyLimit::TooSlow(_)) => "upload_too_slow",
             Self::NoBackend { .. } => "no_backend",
+            Self::BackendFull { .. } => "backend_full",
             Self::Upstream(UpstreamError::Connect { .. }) => "connect",
             Self::Upstream(UpstreamError::ConnectTimeout(_)) => "connect_timeout",
             Self::Upstream(UpstreamError::Tls { .. }) => "upstream_tls",

@@ -254,7 +254,13 @@ impl Proxy {
                 std::mem::take(&mut parts.headers)
             };
 
-            let guard = backend.open();
+            let guard = match pool.capacity {
+                None => backend.open(),
+                Some(cap) => match backend.try_open(cap.per_backend) {
+                    Some(g) => g,
+                    None => queue_for(pool, &backend, cap).await?,
+                },
+            };
             let sent = backend
                 .connections
                 .send(attempt, &backend.authority, &pool.upstream);
@@ -391,6 +397,36 @@ impl Proxy {
             ProxyBody::upstream(body, log, guard, in_flight),
         ))
     }
+}
+
+/// Waits in the pool's queue for a place on `backend`, which is at
+/// `max_connections_per_backend`; a full queue or a wait past
+/// `queue_timeout` is a 503.
+async fn queue_for(
+    pool: &Pool,
+    backend: &Arc<Backend>,
+    cap: config::Capacity,
+) -> Result<OpenGuard, ProxyError> {
+    use std::sync::atomic::Ordering;
+    struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Queued<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let full = || ProxyError::BackendFull {
+        pool: pool.name.to_string(),
+        backend: backend.id.to_string(),
+    };
+    if pool.queued.fetch_add(1, Ordering::Relaxed) >= cap.queue_size {
+        pool.queued.fetch_sub(1, Ordering::Relaxed);
+        return Err(full());
+    }
+    let _queued = Queued(&pool.queued);
+    backend
+        .open_within(cap.per_backend, cap.queue_timeout)
+        .await
+        .ok_or_else(full)
 }
 
 /// What `backend`'s traffic just showed goes into its ejection state

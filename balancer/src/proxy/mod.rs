@@ -225,8 +225,15 @@ impl Proxy {
         conn.edge
             .add_connection_facts(&mut parts.headers, conn.sni.as_deref(), fwd.trusted);
         let body = client_body::Limited::new(body, limits);
-        let mut body =
-            or_respond!(ClientBody::read(body, &pool.retry, snap.timeouts.request_header).await);
+        let mut body = or_respond!(
+            ClientBody::read(
+                body,
+                &pool.retry,
+                pool.buffer_body,
+                snap.timeouts.request_header
+            )
+            .await
+        );
         // Lent, not moved: the attempts' future stays small.
         let answered = or_respond!(
             self.attempts(&snap, &pool, &mut parts, &mut body, client, &mut log)

@@ -30,6 +30,13 @@ pub struct Pool {
     pub slow_start_ms: u64,
     /// Metric handles (none when metrics are off).
     pub metrics: Option<crate::metrics::PoolMetrics>,
+    /// `buffer_body`: bodies of a known length up to this are read whole
+    /// before a backend is picked.
+    pub buffer_body: u64,
+    /// `max_connections_per_backend` and its queue.
+    pub capacity: Option<config::Capacity>,
+    /// Requests waiting in that queue now.
+    pub queued: std::sync::atomic::AtomicUsize,
 }
 
 /// Retries allowed as a share of recent requests: every request deposits
@@ -92,7 +99,17 @@ impl Pool {
             retry_budget: RetryBudget::new(config::RetryConfig::default().budget_percent),
             slow_start_ms: 0,
             metrics: None,
+            buffer_body: config::DEFAULT_BUFFER_BODY,
+            capacity: None,
+            queued: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Sets body buffering and the per-backend capacity.
+    pub fn with_capacity(mut self, buffer_body: u64, capacity: Option<config::Capacity>) -> Self {
+        self.buffer_body = buffer_body;
+        self.capacity = capacity;
+        self
     }
 
     /// Sets the metric handles.

@@ -89,6 +89,7 @@ impl Snapshot {
                         p.max_idle_per_backend,
                     ))
                     .with_slow_start(p.slow_start)
+                    .with_capacity(p.buffer_body, p.capacity)
                     .with_metrics(metrics.map(|m| m.pool(&p.name))),
             );
             pools.insert(Arc::clone(&pool.name), pool);

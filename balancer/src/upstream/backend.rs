@@ -52,6 +52,10 @@ pub struct Backend {
     metrics: std::sync::OnceLock<crate::metrics::BackendMetrics>,
     /// Wakes this backend's tunnels when the operator disables it.
     operator_close: tokio::sync::Notify,
+    /// Requests queued for a place under `max_connections_per_backend`,
+    /// and their wake-up when a place frees.
+    waiters: AtomicUsize,
+    freed: tokio::sync::Notify,
 }
 
 /// The operator's say about a backend (admin API), separate from health.
@@ -126,6 +130,8 @@ impl Backend {
             tunnels: AtomicUsize::new(0),
             metrics: std::sync::OnceLock::new(),
             operator_close: tokio::sync::Notify::new(),
+            waiters: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 
@@ -250,6 +256,48 @@ impl Backend {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// [`Backend::open`] if fewer than `cap` are open, else `None`.
+    pub fn try_open(self: &Arc<Self>, cap: usize) -> Option<OpenGuard> {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Some(OpenGuard(self.clone()))
+    }
+
+    /// Waits (at most `timeout`) until fewer than `cap` are open, then
+    /// opens; `None` if no place came.
+    pub async fn open_within(
+        self: &Arc<Self>,
+        cap: usize,
+        timeout: std::time::Duration,
+    ) -> Option<OpenGuard> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiters);
+        let wait = async {
+            loop {
+                // Registered before the check, so a place freed between
+                // the two is not missed.
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(g) = self.try_open(cap) {
+                    return g;
+                }
+                freed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
     /// Counts one more request (and open connection) until the guard drops.
     pub fn open(self: &Arc<Self>) -> OpenGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +331,9 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.waiters.load(Ordering::Relaxed) > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
