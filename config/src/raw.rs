@@ -51,6 +51,17 @@ pub struct RawListener {
     /// Open connections on this listener (beside `limits.max_connections`).
     #[serde(default)]
     pub max_connections: Option<i64>,
+    /// The PROXY protocol from the balancers in front.
+    #[serde(default)]
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub trusted: Vec<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

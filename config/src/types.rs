@@ -47,6 +47,17 @@ pub struct ListenerConfig {
     pub https_redirect: Option<crate::HttpsRedirect>,
     /// Open connections on this listener; `None`: only the global limit.
     pub max_connections: Option<usize>,
+    /// `[listener.proxy_protocol]`: connections start with a PROXY header.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `[listener.proxy_protocol]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Peers that send the header (and must); any other peer is closed.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// The header must arrive within this of the connection.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

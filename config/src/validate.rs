@@ -72,12 +72,35 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                     1,
                 ) as usize
             });
+            let proxy_protocol = l.proxy_protocol.map(|p| {
+                let pp = format!("{path}.proxy_protocol");
+                if p.trusted.is_empty() {
+                    e.push(ConfigError::new(
+                        format!("{pp}.trusted"),
+                        "list the balancers that send the PROXY header (no one else may connect)",
+                    ));
+                }
+                crate::ProxyProtocol {
+                    trusted: p
+                        .trusted
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, t)| ip_net(e, &format!("{pp}.trusted[{i}]"), t))
+                        .collect(),
+                    timeout: p
+                        .timeout
+                        .as_deref()
+                        .and_then(|t| positive_duration(e, &format!("{pp}.timeout"), t))
+                        .unwrap_or(Duration::from_secs(5)),
+                }
+            });
             listeners.push(ListenerConfig {
                 name: l.name,
                 address,
                 tls,
                 https_redirect,
                 max_connections,
+                proxy_protocol,
             });
         }
     }

@@ -124,6 +124,7 @@ pub struct Metrics {
     retries_refused: IntCounterVec,
     client_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
+    proxy_protocol: IntCounterVec,
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
@@ -220,6 +221,7 @@ impl Metrics {
             retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent (only retries of requests that may have reached a backend spend it).", &["pool"])?,
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
             connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
+            proxy_protocol: counter_vec(&r, "balancer_proxy_protocol_total", "PROXY protocol headers on listeners that take them, by outcome (proxied, local, untrusted peer, malformed, timeout, io).", &["listener", "outcome"])?,
             check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
             check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
             connect_duration: histogram_vec(&r, "balancer_upstream_connect_duration_seconds", "Time to open a new TCP connection to a backend (pooled connections are reused without one).", &["pool"], LATENCY)?,
@@ -290,6 +292,13 @@ impl Metrics {
             self.connections_refused
                 .with_label_values(&[listener, r.as_str()])
         })
+    }
+
+    /// Counts one PROXY protocol outcome on `listener`.
+    pub fn proxy_protocol(&self, listener: &str, outcome: &str) {
+        self.proxy_protocol
+            .with_label_values(&[listener, outcome])
+            .inc();
     }
 
     /// Handshake handles for one TLS listener.

@@ -173,6 +173,7 @@ impl ReloadPlan {
                         o.tls != l.tls
                             || o.https_redirect != l.https_redirect
                             || o.max_connections != l.max_connections
+                            || o.proxy_protocol != l.proxy_protocol
                     }) {
                         plan.settings.push(format!("listener:{}", l.name));
                     }

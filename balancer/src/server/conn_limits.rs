@@ -149,6 +149,29 @@ impl ConnLimits {
     }
 }
 
+impl Slot {
+    /// Counts the connection under `ip` too (its address became known
+    /// after the accept: a PROXY protocol header), or says it is full.
+    pub fn add_ip(&mut self, ip: IpAddr, max_per_ip: usize) -> Result<(), Refused> {
+        if max_per_ip == 0 || self.ip.is_some() {
+            return Ok(());
+        }
+        let mut map = self.limits.per_ip[shard(&ip)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n as usize >= max_per_ip {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(ip) = self.ip {

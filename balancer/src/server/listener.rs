@@ -120,7 +120,8 @@ impl Shared {
 #[derive(Debug)]
 struct Counted {
     shared: Arc<Shared>,
-    _slot: Slot,
+    /// Held for its drop; a PROXY header adds the client's address to it.
+    slot: Slot,
 }
 
 impl Counted {
@@ -130,7 +131,7 @@ impl Counted {
         }
         Self {
             shared: Arc::clone(shared),
-            _slot: slot,
+            slot,
         }
     }
 }
@@ -183,10 +184,24 @@ pub async fn serve_listener(
             shared = Shared::new(&proxy, current, &shutdown, open_gauge.clone());
         }
         let listener_settings = settings.load_full();
+        if let Some(pp) = &listener_settings.proxy_protocol {
+            if !crate::proxy::client_ip::is_trusted(peer.ip(), &pp.trusted) {
+                tracing::debug!(listener = &*name, %peer, "PROXY protocol listener: peer not trusted, closed");
+                if let Some(m) = &proxy.metrics {
+                    m.proxy_protocol(&name, "untrusted");
+                }
+                continue;
+            }
+        }
+        // A peer that speaks for many clients (a trusted proxy, or a PROXY
+        // protocol sender, whose clients are counted once their header
+        // is read) is not limited per address.
+        let speaks_for_others = listener_settings.proxy_protocol.is_some()
+            || crate::proxy::client_ip::is_trusted(peer.ip(), &snap.trusted_proxies);
         let admission = Admission {
             max_total: snap.limits.max_connections,
             max_listener: listener_settings.max_connections,
-            max_per_ip: if crate::proxy::client_ip::is_trusted(peer.ip(), &snap.trusted_proxies) {
+            max_per_ip: if speaks_for_others {
                 0
             } else {
                 snap.limits.max_connections_per_ip
@@ -275,10 +290,20 @@ async fn serve_connection(
     peer: std::net::SocketAddr,
     listener: Arc<str>,
     settings: Arc<ListenerSettings>,
-    shared: Counted,
+    mut counted: Counted,
 ) {
-    let shared = &*shared.shared;
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    let peer = match &settings.proxy_protocol {
+        None => peer,
+        Some(pp) => {
+            match Box::pin(proxied_peer(&mut stream, peer, pp, &listener, &mut counted)).await {
+                Some(client) => client,
+                None => return,
+            }
+        }
+    };
+    let shared = &*counted.shared;
     let (stream, sni, allow_h2) = match &settings.tls {
         None => (ClientStream::Plain(stream), None, true),
         Some(tls) => match Box::pin(tls.handshake(stream)).await {
@@ -358,6 +383,57 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Reads the PROXY header of a connection from a trusted sender: the
+/// client it names (or the peer, for `LOCAL`), counted under the
+/// per-address limit; `None` when the connection is to be closed.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    pp: &config::ProxyProtocol,
+    listener: &str,
+    counted: &mut Counted,
+) -> Option<std::net::SocketAddr> {
+    use super::proxy_protocol::{read_header, Header};
+    let proxy = &counted.shared.proxy;
+    let count = |outcome: &str| {
+        if let Some(m) = &proxy.metrics {
+            m.proxy_protocol(listener, outcome);
+        }
+    };
+    let client = match read_header(stream, pp.timeout).await {
+        Ok(Header::Proxied { source, .. }) => {
+            count("proxied");
+            source
+        }
+        Ok(Header::Local) => {
+            count("local");
+            return Some(peer);
+        }
+        Err(e) => {
+            count(e.reason());
+            tracing::debug!(listener, %peer, error = %e, "PROXY protocol header refused: closed");
+            return None;
+        }
+    };
+    let max = proxy.snapshot.load().limits.max_connections_per_ip;
+    if let Err(why) = counted.slot.add_ip(client.ip(), max) {
+        if let Some(unlogged) = proxy.connections.should_warn() {
+            tracing::warn!(
+                listener,
+                client = %client,
+                limit = why.as_str(),
+                refused_since_last_line = unlogged,
+                "connection refused: limit reached"
+            );
+        }
+        if let Some(m) = &proxy.metrics {
+            m.refused(listener)[2].inc();
+        }
+        return None;
+    }
+    Some(client)
 }
 
 /// Waits for the first bytes, which tell HTTP/2 from HTTP/1.1; `None` when

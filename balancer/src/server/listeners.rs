@@ -25,6 +25,8 @@ pub struct ListenerSettings {
     pub edge: Arc<Edge>,
     /// `listener.max_connections`.
     pub max_connections: Option<usize>,
+    /// `[listener.proxy_protocol]`.
+    pub proxy_protocol: Option<config::ProxyProtocol>,
     /// The listener's open connections, on every worker; carried over
     /// when a reload swaps the settings.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
@@ -36,6 +38,7 @@ impl ListenerSettings {
             tls,
             edge: Arc::new(Edge::new(cfg, port)),
             max_connections: cfg.max_connections,
+            proxy_protocol: cfg.proxy_protocol.clone(),
             open: Arc::default(),
         }
     }

@@ -7,6 +7,7 @@ mod body_end;
 pub mod conn_limits;
 mod listener;
 mod listeners;
+pub mod proxy_protocol;
 mod stream;
 pub mod tls;
 
