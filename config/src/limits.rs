@@ -21,6 +21,8 @@ pub struct RawLimits {
     pub upload_timeout: Option<String>,
     pub upload_min_rate: Option<i64>,
     pub http2_max_concurrent_streams: Option<i64>,
+    pub websocket_max_message: Option<i64>,
+    pub websocket_max_message_rate: Option<i64>,
 }
 
 /// See the module doc; defaults in [`Limits::default`] and docs/config.md.
@@ -45,6 +47,12 @@ pub struct Limits {
     pub upload_min_rate: u64,
     /// Concurrent streams one HTTP/2 client connection may open.
     pub http2_max_concurrent_streams: u32,
+    /// A WebSocket message from a client, bytes (fragments added up):
+    /// above it the tunnel closes with 1009; 0: no limit.
+    pub websocket_max_message: u64,
+    /// WebSocket messages a client may send a second (a one-second
+    /// bucket): above it the tunnel closes with 1008; 0: no limit.
+    pub websocket_max_message_rate: u32,
 }
 
 /// How long an upload may be slow before `upload_min_rate` applies (a
@@ -66,6 +74,8 @@ impl Default for Limits {
             upload_timeout: Duration::from_secs(300),
             upload_min_rate: 1024,
             http2_max_concurrent_streams: 100,
+            websocket_max_message: 0,
+            websocket_max_message_rate: 0,
         }
     }
 }
@@ -137,6 +147,20 @@ pub(crate) fn limits_from(e: &mut Vec<ConfigError>, raw: Option<RawLimits>) -> L
             1..=10_000,
             i64::from(d.http2_max_concurrent_streams),
         ) as u32,
+        websocket_max_message: int(
+            e,
+            "websocket_max_message",
+            raw.websocket_max_message,
+            0..=i64::MAX,
+            0,
+        ) as u64,
+        websocket_max_message_rate: int(
+            e,
+            "websocket_max_message_rate",
+            raw.websocket_max_message_rate,
+            0..=1_000_000,
+            0,
+        ) as u32,
     }
 }
 
@@ -176,6 +200,8 @@ mod tests {
                 upload_timeout: Duration::from_secs(30),
                 upload_min_rate: 0,
                 http2_max_concurrent_streams: 10,
+                websocket_max_message: 0,
+                websocket_max_message_rate: 0,
             }
         );
         let errs = crate::parse(&format!(

@@ -336,7 +336,9 @@ impl Default for Timeouts {
             // Below Node.js's default keepAliveTimeout (5 s), so the balancer
             // closes an idle upstream connection before the backend does.
             upstream_idle: Duration::from_secs(4),
-            websocket_idle: None,
+            // A half-open tunnel (a phone that went away without a FIN)
+            // must not live for ever; game sockets ping far more often.
+            websocket_idle: Some(Duration::from_secs(600)),
             shutdown_grace: Duration::from_secs(30),
         }
     }

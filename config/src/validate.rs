@@ -393,7 +393,8 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
     let upstream_idle = get("upstream_idle", raw.upstream_idle, d.upstream_idle);
     let shutdown_grace = get("shutdown_grace", raw.shutdown_grace, d.shutdown_grace);
     let websocket_idle = match raw.websocket_idle.as_deref() {
-        None | Some("none") => None,
+        None => d.websocket_idle,
+        Some("none") => None,
         Some(v) => positive_duration(e, "timeouts.websocket_idle", v),
     };
     Timeouts {

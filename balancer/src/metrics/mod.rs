@@ -125,6 +125,7 @@ pub struct Metrics {
     client_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
     proxy_protocol: IntCounterVec,
+    websocket_limit: IntCounterVec,
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
@@ -221,6 +222,7 @@ impl Metrics {
             retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent (only retries of requests that may have reached a backend spend it).", &["pool"])?,
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
             connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
+            websocket_limit: counter_vec(&r, "balancer_websocket_limit_closes_total", "WebSocket tunnels the balancer closed because the client broke a [limits] limit: message_too_big (close 1009), message_rate (close 1008).", &["pool", "reason"])?,
             proxy_protocol: counter_vec(&r, "balancer_proxy_protocol_total", "PROXY protocol headers on listeners that take them, by outcome (proxied, local, untrusted peer, malformed, timeout, io).", &["listener", "outcome"])?,
             check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
             check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
@@ -264,6 +266,8 @@ impl Metrics {
             errors: CAUSES.map(|c| self.errors.with_label_values(&[pool, c])),
             retries: self.retries.with_label_values(&[pool]),
             retries_refused: self.retries_refused.with_label_values(&[pool]),
+            websocket_limit: ["message_too_big", "message_rate"]
+                .map(|r| self.websocket_limit.with_label_values(&[pool, r])),
         }
     }
 
@@ -459,6 +463,8 @@ pub struct PoolMetrics {
     errors: [IntCounter; CAUSES.len()],
     pub retries: IntCounter,
     pub retries_refused: IntCounter,
+    /// Tunnels closed for a `[limits]` WebSocket limit: message size, rate.
+    pub websocket_limit: [IntCounter; 2],
 }
 
 impl PoolMetrics {

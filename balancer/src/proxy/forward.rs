@@ -377,6 +377,8 @@ impl Proxy {
                 close_code: snap.drain_close_code,
                 shutdown: self.close_tunnels.clone(),
                 metrics: pool.metrics.clone(),
+                max_message: snap.limits.websocket_max_message,
+                max_message_rate: snap.limits.websocket_max_message_rate,
             };
             self.tasks.spawn(tunnel::run(
                 client_upgrade,

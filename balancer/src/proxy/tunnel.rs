@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::ws_frames::{close_frame, FrameBoundary};
+use super::ws_frames::{close_frame, FrameBoundary, MessageLimit, MessageMeter};
 use crate::socket::activity::{self, Activity, LastActivity};
 use crate::upstream::{OpenGuard, UpstreamIo};
 
@@ -33,6 +33,9 @@ pub struct TunnelEnd {
     pub shutdown: CancellationToken,
     /// The pool's metric handles.
     pub metrics: Option<crate::metrics::PoolMetrics>,
+    /// `limits.websocket_max_message` and `websocket_max_message_rate`.
+    pub max_message: u64,
+    pub max_message_rate: u32,
 }
 
 /// Joins the two upgraded connections; returns when the tunnel closes.
@@ -70,6 +73,10 @@ pub async fn run(
             .count_reads(Arc::clone(&log.from_client))
             .notify_eof(Arc::clone(&eof)),
     );
+    if end.websocket {
+        let meter = MessageMeter::new(end.max_message, end.max_message_rate);
+        client.meter = meter.active().then(|| Box::new(meter));
+    }
     let mut upstream = Activity::new(upstream, last.clone())
         .count_reads(Arc::clone(&log.from_backend))
         .notify_eof(Arc::clone(&eof));
@@ -96,20 +103,33 @@ pub async fn run(
             () = end.shutdown.cancelled() => "shutdown",
         }
     };
-    if matches!(log.outcome, "drained" | "shutdown") {
+    if let Some(limit) = client.broken {
+        log.outcome = limit.as_str();
+        if let Some(m) = &end.metrics {
+            m.websocket_limit[usize::from(limit == MessageLimit::TooFast)].inc();
+        }
+        tracing::info!(request_id = %log.request_id, backend = &*log.backend, limit = limit.as_str(), "websocket client broke a limit: tunnel closed");
+    }
+    if matches!(
+        log.outcome,
+        "drained" | "shutdown" | "message_too_big" | "message_rate"
+    ) {
         // The copy stopped; tell the client why, unless that would cut
         // into a frame the backend was halfway through sending.
         if end.websocket && client.boundary.at_boundary() {
-            let frame = close_frame(end.close_code);
+            let code = client
+                .broken
+                .map_or(end.close_code, MessageLimit::close_code);
+            let frame = close_frame(code);
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 client.write_all(&frame).await?;
                 client.shutdown().await
             })
             .await;
-            log.outcome = if log.outcome == "drained" {
-                "drained_close_sent"
-            } else {
-                "shutdown_close_sent"
+            log.outcome = match log.outcome {
+                "drained" => "drained_close_sent",
+                "shutdown" => "shutdown_close_sent",
+                other => other,
             };
         }
     }
@@ -117,10 +137,15 @@ pub async fn run(
 }
 
 /// The client side of a tunnel, following frame boundaries in what it
-/// writes (see [`FrameBoundary`]).
+/// writes (see [`FrameBoundary`]) and, with WebSocket limits, the size and
+/// rate of the messages it reads ([`MessageMeter`]).
 struct Framed<T> {
     inner: T,
     boundary: FrameBoundary,
+    /// Boxed: most tunnels have no limits and pay one pointer.
+    meter: Option<Box<MessageMeter>>,
+    /// The limit the client broke: its bytes were not passed on.
+    broken: Option<MessageLimit>,
 }
 
 impl<T> Framed<T> {
@@ -128,6 +153,8 @@ impl<T> Framed<T> {
         Self {
             inner,
             boundary: FrameBoundary::default(),
+            meter: None,
+            broken: None,
         }
     }
 }
@@ -138,7 +165,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Framed<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(meter)) = (&r, this.meter.as_mut()) {
+            if let Some(limit) = meter.feed(&buf.filled()[before..], Instant::now()) {
+                this.broken = Some(limit);
+                buf.set_filled(before);
+                return std::task::Poll::Ready(Err(std::io::Error::other(limit.as_str())));
+            }
+        }
+        r
     }
 }
 

@@ -24,7 +24,17 @@ impl FrameBoundary {
     }
 
     /// Accounts for `bytes` written to the peer.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.feed_frames(bytes, |_| true);
+    }
+
+    /// [`FrameBoundary::feed`], calling `on_frame` with each frame header
+    /// as it completes; stops early (returning false) when it returns false.
+    pub fn feed_frames(
+        &mut self,
+        mut bytes: &[u8],
+        mut on_frame: impl FnMut(FrameHead) -> bool,
+    ) -> bool {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = (self.payload_left.min(bytes.len() as u64)) as usize;
@@ -37,10 +47,19 @@ impl FrameBoundary {
             bytes = &bytes[1..];
             if let Some((header_size, payload)) = self.header_complete() {
                 debug_assert_eq!(header_size, self.header_len);
+                let head = FrameHead {
+                    fin: self.header[0] & 0x80 != 0,
+                    opcode: self.header[0] & 0x0f,
+                    len: payload,
+                };
                 self.header_len = 0;
                 self.payload_left = payload;
+                if !on_frame(head) {
+                    return false;
+                }
             }
         }
+        true
     }
 
     /// `(header size, payload length)` once the header is complete.
@@ -68,10 +87,111 @@ impl FrameBoundary {
     }
 }
 
+/// One frame's header, as [`FrameBoundary::feed_frames`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub fin: bool,
+    pub opcode: u8,
+    pub len: u64,
+}
+
+/// Which per-tunnel limit a client's messages broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageLimit {
+    /// A message over `websocket_max_message` bytes: close 1009.
+    TooBig,
+    /// More than `websocket_max_message_rate` messages a second: close 1008.
+    TooFast,
+}
+
+impl MessageLimit {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::TooBig => 1009,
+            Self::TooFast => 1008,
+        }
+    }
+
+    /// The metric's and the log's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooBig => "message_too_big",
+            Self::TooFast => "message_rate",
+        }
+    }
+}
+
+/// The size and rate of the messages a client sends through a tunnel,
+/// from its frame headers: data frames (and their continuations) add up to
+/// a message until FIN; control frames (ping, pong, close) are not
+/// messages. The rate is a token bucket that holds one second's worth.
+#[derive(Debug, Clone)]
+pub struct MessageMeter {
+    frames: FrameBoundary,
+    max_message: u64,
+    rate: f64,
+    current: u64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl MessageMeter {
+    /// `max_message` bytes, `rate` messages a second; 0 turns either off.
+    pub fn new(max_message: u64, rate: u32) -> Self {
+        Self {
+            frames: FrameBoundary::default(),
+            max_message,
+            rate: f64::from(rate),
+            current: 0,
+            tokens: f64::from(rate),
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether it limits anything (else nothing need be fed).
+    pub fn active(&self) -> bool {
+        self.max_message > 0 || self.rate > 0.0
+    }
+
+    /// Accounts for `bytes` read from the client at `now`; the limit they
+    /// broke, if any.
+    pub fn feed(&mut self, bytes: &[u8], now: std::time::Instant) -> Option<MessageLimit> {
+        let mut broken = None;
+        let (max, rate) = (self.max_message, self.rate);
+        let (current, tokens, refilled) = (&mut self.current, &mut self.tokens, &mut self.refilled);
+        self.frames.feed_frames(bytes, |f| {
+            if f.opcode >= 8 {
+                return true;
+            }
+            *current = current.saturating_add(f.len);
+            if max > 0 && *current > max {
+                broken = Some(MessageLimit::TooBig);
+                return false;
+            }
+            if f.fin {
+                *current = 0;
+                if rate > 0.0 {
+                    let elapsed = now.saturating_duration_since(*refilled).as_secs_f64();
+                    *refilled = now;
+                    *tokens = (*tokens + elapsed * rate).min(rate) - 1.0;
+                    if *tokens < 0.0 {
+                        broken = Some(MessageLimit::TooFast);
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        broken
+    }
+}
+
 /// An unmasked (server-to-client) Close frame with `code` and a reason.
 pub fn close_frame(code: u16) -> Vec<u8> {
     let reason: &[u8] = match code {
         1012 => b"service restart",
+        1009 => b"message too big",
+        1008 => b"message rate limit",
         _ => b"going away",
     };
     let mut f = Vec::with_capacity(4 + reason.len());
@@ -129,6 +249,44 @@ mod tests {
             assert_eq!(t.at_boundary(), ends.contains(&fed), "after {fed} bytes");
         }
         assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn message_size_adds_up_fragments_and_skips_control_frames() {
+        let start = std::time::Instant::now();
+        let mut m = MessageMeter::new(100, 0);
+        // 60 + 30 in two fragments, a ping between: 90, fine.
+        let mut first = frame(60, true);
+        first[0] = 0x01; // text, no FIN
+        let mut ping = frame(125, true);
+        ping[0] = 0x89;
+        let mut last = frame(30, true);
+        last[0] = 0x80; // continuation, FIN
+        assert_eq!(m.feed(&[first.clone(), ping, last].concat(), start), None);
+        // 60 + 60 in two fragments: over 100.
+        let mut over = frame(60, true);
+        over[0] = 0x80;
+        assert_eq!(m.feed(&first, start), None);
+        assert_eq!(
+            m.feed(&over[..6], start),
+            Some(MessageLimit::TooBig),
+            "at its header"
+        );
+    }
+
+    #[test]
+    fn message_rate_is_a_one_second_bucket() {
+        let start = std::time::Instant::now();
+        let mut m = MessageMeter::new(0, 10);
+        let ten: Vec<u8> = (0..10).flat_map(|_| frame(5, true)).collect();
+        assert_eq!(m.feed(&ten, start), None);
+        assert_eq!(m.feed(&frame(5, true), start), Some(MessageLimit::TooFast));
+        let mut m = MessageMeter::new(0, 10);
+        for i in 0..100u64 {
+            let at = start + std::time::Duration::from_millis(100 * i);
+            assert_eq!(m.feed(&frame(5, true), at), None, "message {i} at 10/s");
+        }
+        assert!(!MessageMeter::new(0, 0).active());
     }
 
     #[test]
