@@ -122,6 +122,10 @@ impl Guard {
         headers: &'a HeaderMap,
     ) -> Result<&'a str, Refusal> {
         let misdirected = |why: String| Refusal::new(StatusCode::MISDIRECTED_REQUEST, why);
+        // Two Host headers could be read differently by two parsers: refuse.
+        if headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+            return Err(misdirected("more than one Host header".into()));
+        }
         let host = headers
             .get(http::header::HOST)
             .map(|v| {
@@ -343,6 +347,17 @@ mod tests {
             check(&g, "127.0.0.1", Method::GET, "/api/status", &[]),
             Err(StatusCode::MISDIRECTED_REQUEST),
             "no Host"
+        );
+        assert_eq!(
+            check(
+                &g,
+                "127.0.0.1",
+                Method::GET,
+                "/api/status",
+                &[("host", "127.0.0.1:9900"), ("host", "evil.example")]
+            ),
+            Err(StatusCode::MISDIRECTED_REQUEST),
+            "two Hosts"
         );
         // An absolute-form target must name an own host too.
         assert_eq!(
