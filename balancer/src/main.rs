@@ -169,8 +169,11 @@ fn reload_running(config: &config::Config) -> ExitCode {
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        let mut req =
-            http::Request::post("/api/reload").header(http::header::HOST, address.to_string());
+        // X-Admin-Request: the admin listener refuses state-changing calls
+        // without it (they could be a browser's cross-site form post).
+        let mut req = http::Request::post("/api/reload")
+            .header(http::header::HOST, address.to_string())
+            .header(balancer::admin::guard::ADMIN_REQUEST_HEADER, "1");
         if let Some(t) = token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }

@@ -33,8 +33,9 @@ pub use limits::Limits;
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{
     AdminConfig, BackendConfig, Capacity, Config, EjectionConfig, HashKey, HealthConfig,
-    HealthKind, HostMatch, ListenerConfig, Policy, PoolConfig, ProxyProtocol, RetryConfig, RouteConfig, SameSite,
-    StickyConfig, Timeouts, DEFAULT_BUFFER_BODY, DEFAULT_MAX_IDLE_PER_BACKEND,
+    HealthKind, HostMatch, ListenerConfig, Policy, PoolConfig, ProxyProtocol, RetryConfig,
+    RouteConfig, SameSite, StickyConfig, Timeouts, DEFAULT_BUFFER_BODY,
+    DEFAULT_MAX_IDLE_PER_BACKEND,
 };
 
 use std::path::Path;

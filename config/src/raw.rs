@@ -34,6 +34,15 @@ pub struct RawAdmin {
     pub address: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) the admin answers to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub read_timeout: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<i64>,
+    #[serde(default)]
+    pub protect_reads: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,18 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     /// Bearer token required by mutating calls; required off loopback.
     pub token: Option<String>,
+    /// Names a request's `Host` may carry besides IP literals and
+    /// `localhost`: anything else is refused, so a DNS name an attacker
+    /// points at this machine (DNS rebinding) cannot reach the API.
+    pub hosts: Vec<HostMatch>,
+    /// How long a client may take to send a request's head, and how long an
+    /// idle keep-alive connection stays open.
+    pub read_timeout: Duration,
+    /// Open admin connections above which new ones are closed at once, so
+    /// a flood of idle connections cannot take the proxy's descriptors.
+    pub max_connections: usize,
+    /// `GET /api/status` and `/metrics` need the token too.
+    pub protect_reads: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +361,10 @@ pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-real-ip";
 
 /// `admin.address` when the `[admin]` table leaves it out: loopback only.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9900";
+/// Default for `admin.read_timeout`.
+pub const DEFAULT_ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `admin.max_connections`.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Shortest accepted `sticky.secret`: shorter keys are guessable.
 pub const MIN_SECRET_LEN: usize = 16;

@@ -332,32 +332,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         }
     });
 
-    let admin = admin.and_then(|a| {
-        let address = socket_addr(
-            e,
-            "admin.address",
-            a.address
-                .as_deref()
-                .unwrap_or(crate::types::DEFAULT_ADMIN_ADDRESS),
-        )?;
-        if let Some(t) = &a.token {
-            if t.len() < MIN_SECRET_LEN {
-                e.push(ConfigError::new(
-                    "admin.token",
-                    format!("needs at least {MIN_SECRET_LEN} characters"),
-                ));
-            }
-        } else if !address.ip().is_loopback() {
-            e.push(ConfigError::new(
-                "admin.token",
-                format!("required when admin.address ({address}) is not a loopback address"),
-            ));
-        }
-        Some(crate::AdminConfig {
-            address,
-            token: a.token,
-        })
-    });
+    let admin = admin.and_then(|a| admin_from(e, a));
 
     let limits = crate::limits::limits_from(e, limits);
 
@@ -378,6 +353,61 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+fn admin_from(e: &mut Vec<ConfigError>, a: raw::RawAdmin) -> Option<crate::AdminConfig> {
+    let address = socket_addr(
+        e,
+        "admin.address",
+        a.address
+            .as_deref()
+            .unwrap_or(crate::types::DEFAULT_ADMIN_ADDRESS),
+    );
+    if let Some(t) = &a.token {
+        if t.len() < MIN_SECRET_LEN {
+            e.push(ConfigError::new(
+                "admin.token",
+                format!("needs at least {MIN_SECRET_LEN} characters"),
+            ));
+        }
+    } else if let Some(address) = address.filter(|a| !a.ip().is_loopback()) {
+        e.push(ConfigError::new(
+            "admin.token",
+            format!("required when admin.address ({address}) is not a loopback address"),
+        ));
+    }
+    let hosts = a
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| host_match(e, &format!("admin.hosts[{i}]"), h))
+        .collect();
+    let read_timeout = a
+        .read_timeout
+        .and_then(|v| positive_duration(e, "admin.read_timeout", &v))
+        .unwrap_or(crate::types::DEFAULT_ADMIN_READ_TIMEOUT);
+    let max_connections = int_in(
+        e,
+        "admin.max_connections",
+        a.max_connections,
+        1..=65_536,
+        crate::types::DEFAULT_ADMIN_MAX_CONNECTIONS as i64,
+    ) as usize;
+    let protect_reads = a.protect_reads.unwrap_or(false);
+    if protect_reads && a.token.is_none() {
+        e.push(ConfigError::new(
+            "admin.protect_reads",
+            "needs admin.token: reads are protected by that token",
+        ));
+    }
+    Some(crate::AdminConfig {
+        address: address?,
+        token: a.token,
+        hosts,
+        read_timeout,
+        max_connections,
+        protect_reads,
+    })
 }
 
 fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
@@ -1069,6 +1099,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    const LISTENER: &str = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn admin_defaults() {
+        let c = parse(&format!("[admin]\n{LISTENER}")).unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(a.address.to_string(), "127.0.0.1:9900");
+        assert_eq!(a.token, None);
+        assert!(a.hosts.is_empty());
+        assert_eq!(a.read_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(a.max_connections, 64);
+        assert!(!a.protect_reads);
+    }
+
+    #[test]
+    fn admin_hardening_keys() {
+        let c = parse(&format!(
+            "[admin]\ntoken = \"0123456789abcdef\"\nhosts = [\"Admin.Example.com\", \"*.ops.example.com\"]\n\
+             read_timeout = \"1500ms\"\nmax_connections = 8\nprotect_reads = true\n{LISTENER}"
+        ))
+        .unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(
+            a.hosts,
+            vec![
+                crate::HostMatch::Exact("admin.example.com".into()),
+                crate::HostMatch::Wildcard(".ops.example.com".into()),
+            ]
+        );
+        assert_eq!(a.read_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(a.max_connections, 8);
+        assert!(a.protect_reads);
+    }
+
+    #[test]
+    fn admin_bad_values_name_their_key() {
+        let errs = errors(&format!(
+            "[admin]\nhosts = [\"ok.example.com\", \"bad host:80\"]\nread_timeout = \"0s\"\n\
+             max_connections = 0\nprotect_reads = true\n{LISTENER}"
+        ));
+        let expect = [
+            "admin.hosts[1]: invalid host \"bad host:80\"",
+            "admin.read_timeout: must be longer than zero",
+            "admin.max_connections: 0 is out of range (1 to 65536)",
+            "admin.protect_reads: needs admin.token",
+        ];
+        for want in expect {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+
+        let errs = errors(&format!(
+            "[admin]\nread_timeout = \"soon\"\nprotect_reads = \"yes\"\n{LISTENER}"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("admin.protect_reads: invalid type")),
+            "{errs:#?}"
+        );
+        let errs = errors(&format!(
+            "[admin]\nread_timeout = \"soon\"\nmax_connections = 100000\n{LISTENER}"
+        ));
+        assert_eq!(
+            errs.iter()
+                .map(|e| e.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["admin.read_timeout", "admin.max_connections"],
+            "{errs:#?}"
+        );
     }
 
     #[test]

@@ -65,3 +65,61 @@ async fn status_page_shows_backends_and_drains_one() {
         assert_eq!(get(&h1(), &lb.url("/whoami")).await.text(), "a");
     }
 }
+
+/// With `admin.protect_reads`, the page (static, no data in it) loads,
+/// says it needs the token, and once it is typed in shows the backends and
+/// its buttons work: the token goes as a Bearer header, with
+/// `X-Admin-Request` on the POSTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_asks_for_the_token_when_reads_are_protected() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let token = "page-token-0123456789";
+    let lb = Balancer::start(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\nprotect_reads = true\n\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n\
+         [[pool.backend]]\nid = \"a\"\naddress = \"{}\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{}\"\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+        a.addr, b.addr
+    ));
+    let admin = lb.admin_addr();
+    let mut page = browser.open(&format!("http://{admin}/")).await;
+    page.wait_for("document.getElementById('read-error').textContent", |v| {
+        v.as_str().is_some_and(|t| t.contains("admin token"))
+    })
+    .await;
+    let state_b = "(document.getElementById('state-game-b') || {}).textContent || null";
+    assert_eq!(page.eval(state_b).await, serde_json::Value::Null);
+
+    page.eval(&format!(
+        "const t = document.getElementById('token'); t.value = '{token}'; t.dispatchEvent(new Event('input')); true"
+    ))
+    .await;
+    page.wait_for(state_b, |v| v == "up").await;
+    assert_eq!(
+        page.eval("sessionStorage.getItem('balancer-admin-token')")
+            .await,
+        token
+    );
+    page.eval("document.getElementById('drain-game-b').click(); true")
+        .await;
+    page.wait_for(state_b, |v| v == "draining" || v == "drained")
+        .await;
+    let status = tests::http::send(
+        &h1(),
+        ::http::Request::get(format!("http://{admin}/api/status"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(tests::http::empty())
+            .unwrap(),
+    )
+    .await
+    .json();
+    let api_state = &status["pools"][0]["backends"][1];
+    assert_eq!(api_state["id"], "b");
+    assert!(
+        api_state["state"] == "draining" || api_state["state"] == "drained",
+        "{api_state}"
+    );
+}

@@ -82,6 +82,8 @@ async fn new_process_takes_over_the_sockets_with_no_request_lost() {
     assert_eq!(new.addr(), addr, "the new process serves the same socket");
     new.proc
         .wait_message("took over the listening sockets of the previous process");
+    // The new process's socket replaced the old one's, private too.
+    assert_eq!(socket_mode(&socket), 0o600);
     old.proc
         .wait_message("handed the listening sockets over to a new process");
     let status = old.proc.wait_exit(DEADLINE);
@@ -107,4 +109,36 @@ async fn new_process_takes_over_the_sockets_with_no_request_lost() {
     assert_eq!(third.addr(), addr);
     new.proc
         .wait_message("handed the listening sockets over to a new process");
+}
+
+/// The permission bits of the file at `path`.
+fn socket_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(path).unwrap();
+    assert!(
+        meta.file_type().is_socket(),
+        "{} is a socket",
+        path.display()
+    );
+    meta.permissions().mode() & 0o7777
+}
+
+#[test]
+fn the_upgrade_socket_is_only_for_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let lb = Balancer::start(&format!(
+        "upgrade_socket = \"{}\"\n\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n",
+        socket.display()
+    ));
+    // Bound before "balancer started": whoever connects gets every listening
+    // socket, so nobody but this user may connect.
+    assert_eq!(socket_mode(&socket), 0o600);
+    // Only the socket: the private directory it was bound in is gone.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["upgrade.sock"]);
+    drop(lb);
 }

@@ -11,16 +11,21 @@
 //! * `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`: the
 //!   operator's say about one backend.
 //!
-//! Mutating calls need `Authorization: Bearer <admin.token>` whenever a
-//! token is set (and one must be set for a non-loopback address); a wrong or
-//! missing token gets 401 and nothing happens.
+//! Every request passes [`guard`] first: its `Host` must be one of the
+//! listener's own (421 otherwise), a state-changing call must not come from
+//! another site (403) and needs `Authorization: Bearer <admin.token>`
+//! whenever a token is set (401); with `admin.protect_reads` the reads
+//! need the token too. [`listener`] caps and times out the connections.
+//! A refused request changes nothing.
 //!
 //! The admin side reads the live snapshot and the reload state; it never
 //! touches the request path.
 
+pub mod guard;
+mod listener;
 mod status;
 
-use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -28,16 +33,15 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::reload::{DrainList, ReloadOutcome, ReloadStats};
 use crate::runtime::Snapshot;
 use crate::upstream::Operator;
+
+pub use guard::Guard;
+pub use listener::serve_admin;
 
 /// Shared with the serve loop.
 #[derive(Debug)]
@@ -46,38 +50,15 @@ pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Prometheus metrics (none when they could not be set up).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    pub token: Option<String>,
+    /// `[admin]` as it was at start: the listener is bound once, a reload
+    /// does not change it.
+    pub config: config::AdminConfig,
+    /// Which requests get through (built from `config` and the bound address).
+    pub guard: Guard,
     /// Asks the serve loop for a reload and waits for its outcome.
     pub reload: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
     pub draining: DrainList,
     pub reloads: Arc<Mutex<ReloadStats>>,
-}
-
-/// Serves the admin API until `stop` fires.
-pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 /// The status page: one self-contained HTML file, no CDN, no build step.
@@ -93,23 +74,31 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     resp
 }
 
-fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
-    let Some(token) = &state.token else {
-        return true;
-    };
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    crate::select::cookie::constant_time_eq(presented.as_bytes(), token.as_bytes())
-}
-
-async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
-    if mutating && !authorized(state, &req) {
-        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
+/// Answers one request that arrived on a connection to `local`.
+async fn handle(
+    state: &AdminState,
+    local: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Err(refusal) = state
+        .guard
+        .check(local, req.method(), req.uri(), req.headers())
+    {
+        tracing::info!(
+            method = %req.method(),
+            path = req.uri().path(),
+            status = refusal.status.as_u16(),
+            reason = %refusal.reason,
+            "admin request refused"
+        );
+        let mut resp = json_response(refusal.status, &json!({"error": refusal.reason}));
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return resp;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/api/status") => json_response(StatusCode::OK, &status::status(state)),

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{serve_admin, AdminState};
+use crate::admin::{serve_admin, AdminState, Guard};
 use crate::proxy::Proxy;
 use crate::reload::{certificates, watch_dirs, watch_file, ReloadOutcome, Reloader, TlsListeners};
 use crate::runtime::Snapshot;
@@ -212,15 +212,13 @@ impl App {
             upgrade::handover::control_socket(reloader.config().upgrade_socket.as_deref());
 
         let (admin_tx, mut admin_rx) = mpsc::channel::<oneshot::Sender<ReloadOutcome>>(4);
-        if let Some(listener) = admin {
+        if let Some((listener, config)) = admin.zip(reloader.config().admin.clone()) {
+            let bound = listener.local_addr().unwrap_or(config.address);
             let state = Arc::new(AdminState {
                 snapshot: Arc::clone(&proxy.snapshot),
                 metrics: proxy.metrics.clone(),
-                token: reloader
-                    .config()
-                    .admin
-                    .as_ref()
-                    .and_then(|a| a.token.clone()),
+                guard: Guard::new(bound, &config),
+                config,
                 reload: admin_tx,
                 draining: reloader.draining(),
                 reloads: reloader.stats(),

@@ -143,6 +143,8 @@ pub struct Metrics {
     generation: IntGauge,
     reloads: IntCounterVec,
     last_reload: IntGauge,
+    admin_connections: IntGauge,
+    admin_connections_refused: IntCounter,
     /// Scrapes reset and refill the scrape-time families: one at a time.
     scrape: Mutex<()>,
 }
@@ -209,6 +211,16 @@ impl Metrics {
             "Unix time of the last successful reload (0: none yet).",
         )?;
         r.register(Box::new(last_reload.clone()))?;
+        let admin_connections = IntGauge::new(
+            "balancer_admin_connections",
+            "Open connections to the admin listener.",
+        )?;
+        r.register(Box::new(admin_connections.clone()))?;
+        let admin_connections_refused = IntCounter::new(
+            "balancer_admin_connections_refused_total",
+            "Admin connections closed at once because admin.max_connections were open.",
+        )?;
+        r.register(Box::new(admin_connections_refused.clone()))?;
         Ok(Self {
             requests: counter_vec(&r, "balancer_requests_total", "Requests answered, by pool, backend, method class and status class.", &["pool", "backend", "method", "code"])?,
             response_header: histogram_vec(&r, "balancer_response_header_seconds", "Time from request arrival to the backend's response head.", &["pool"], LATENCY)?,
@@ -240,6 +252,8 @@ impl Metrics {
             reloads: counter_vec(&r, "balancer_config_reloads_total", "Config reloads, by result.", &["result"])?,
             generation,
             last_reload,
+            admin_connections,
+            admin_connections_refused,
             registry: r,
             scrape: Mutex::new(()),
         })
@@ -305,6 +319,14 @@ impl Metrics {
             .inc();
     }
 
+    /// The admin listener's connection handles.
+    pub fn admin(&self) -> AdminMetrics {
+        AdminMetrics {
+            open: self.admin_connections.clone(),
+            refused: self.admin_connections_refused.clone(),
+        }
+    }
+
     /// Handshake handles for one TLS listener.
     pub fn tls(&self, listener: &str) -> TlsMetrics {
         TlsMetrics {
@@ -364,6 +386,13 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The admin listener's connections: open now, and refused at the cap.
+#[derive(Debug, Clone)]
+pub struct AdminMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
 }
 
 /// Per-listener TLS handles, recorded once per handshake.

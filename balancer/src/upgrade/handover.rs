@@ -23,8 +23,28 @@ pub fn control_socket(path: Option<&Path>) -> Option<tokio::net::UnixListener> {
     }
 }
 
-/// Answers a takeover request; true when a new process took over.
+/// Answers a takeover request; true when a new process took over. A peer
+/// of another user (read with SO_PEERCRED) is refused: the socket's mode
+/// already keeps others out, this holds if the file's mode or directory
+/// is ever loosened.
 pub async fn answer_takeover(listeners: &ListenerSet, stream: tokio::net::UnixStream) -> bool {
+    let own_uid = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(peer) if upgrade::peer_allowed(peer.uid(), own_uid) => {}
+        Ok(peer) => {
+            tracing::warn!(
+                peer_uid = peer.uid(),
+                peer_pid = peer.pid(),
+                own_uid,
+                "upgrade socket: refused a process of another user"
+            );
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrade socket: cannot read the peer's credentials: refused");
+            return false;
+        }
+    }
     let sockets: Vec<(upgrade::Described, std::os::fd::OwnedFd)> = listeners
         .duplicates()
         .into_iter()

@@ -163,10 +163,70 @@ pub fn hand_over(
 /// Binds the upgrade socket at `path` for this process: a stale file (no
 /// process behind it) is replaced; binding goes through a temporary name
 /// and a rename, so there is never a moment without a socket at `path`.
+///
+/// Whoever can connect to this socket gets every listening socket of the
+/// balancer, so it is only ever reachable by this user: it is bound inside
+/// a fresh directory of mode 0700 (nobody else can reach a socket in it),
+/// set to mode 0600 there, and only then renamed to `path`. No umask is
+/// touched (it is process-wide, and other threads create files).
 pub fn bind_control(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.with_extension(format!("{}.d", std::process::id()));
+    let tmp = dir.join("s");
+    // Left by a process with the same pid that died halfway.
     let _ = std::fs::remove_file(&tmp);
-    let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(listener)
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let bound = std::os::unix::net::UnixListener::bind(&tmp).and_then(|listener| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(CONTROL_MODE))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&dir);
+    bound
+}
+
+/// The upgrade socket's file mode: read and write for its owner only.
+pub const CONTROL_MODE: u32 = 0o600;
+
+/// Whether a process of `peer_uid` may take the listening sockets of a
+/// balancer running as `own_uid`: the same user, or root (who could take
+/// them anyway).
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid || peer_uid == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_user_or_root_may_take_over() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(1000, 0));
+    }
+
+    #[test]
+    fn the_control_socket_is_private_from_the_start() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        // A stale socket file is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let _listener = bind_control(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, CONTROL_MODE);
+        // Nothing is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["upgrade.sock"]);
+        assert!(UnixStream::connect(&path).is_ok());
+    }
 }
