@@ -19,10 +19,16 @@
 //!   while Redis is unreachable.
 //! * `GET /whoami`: the process's `--id`, as plain text.
 //! * `POST /echo`: streams the request body back as it arrives.
+//! * `POST /upload`: reads the whole request body (counting, not keeping
+//!   it), then answers with its length: an upload that is answered only
+//!   once it has arrived, as most are.
 //! * `GET /headers`: the request head as JSON (method, uri, version, headers,
 //!   and the peer address of the connection it came on), so tests can see
 //!   exactly what the balancer forwarded and whether it reused a connection.
 //! * `GET /sleep?ms=N`: answers after N milliseconds (at most 10 minutes).
+//! * `GET /bytes?n=N`: N bytes (at most 1 GiB) with a Content-Length,
+//!   written 64 KiB at a time as the client takes them: a large download
+//!   for slow-reader tests and benchmarks.
 //! * `GET /ws`: WebSocket echo of text and binary messages; a text message
 //!   `close` makes the server close the socket (code 1000), so tests can see a
 //!   backend-side close travel through the balancer; a text message `whoami`
@@ -84,8 +90,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/whoami", get(whoami))
         .route("/echo", post(echo))
+        .route("/upload", post(upload))
         .route("/headers", any(headers))
         .route("/sleep", get(sleep))
+        .route("/bytes", get(bytes))
         .route("/ws", get(ws))
         .route("/", get(index))
         .route("/login", post(login).layer(DefaultBodyLimit::max(4096)))
@@ -230,6 +238,19 @@ async fn echo(req: Request) -> Response {
     Body::from_stream(req.into_body().into_data_stream()).into_response()
 }
 
+async fn upload(req: Request) -> Response {
+    use futures_util::StreamExt;
+    let mut body = req.into_body().into_data_stream();
+    let mut len: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => len += c.len() as u64,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("body: {e}\n")).into_response(),
+        }
+    }
+    format!("{len} bytes\n").into_response()
+}
+
 async fn headers(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     req: Request,
@@ -264,6 +285,31 @@ async fn sleep(Query(q): Query<SleepQuery>) -> String {
     tracing::info!(ms, "sleep started");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slept {ms}ms")
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BytesQuery {
+    n: u64,
+}
+
+/// Largest `/bytes` answer.
+const MAX_BYTES: u64 = 1 << 30;
+
+async fn bytes(Query(q): Query<BytesQuery>) -> Response {
+    const CHUNK: u64 = 64 * 1024;
+    let n = q.n.min(MAX_BYTES);
+    let block = axum::body::Bytes::from(vec![b'x'; CHUNK as usize]);
+    // Lazily, one chunk per poll: the body never sits in memory whole,
+    // and a slow reader holds back the writer (backpressure).
+    let chunks = futures_util::stream::iter((0..n.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(n - i * CHUNK) as usize;
+        Ok::<_, std::convert::Infallible>(block.slice(..len))
+    }));
+    (
+        [(axum::http::header::CONTENT_LENGTH, n.to_string())],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {

@@ -8,8 +8,12 @@
 //!   `src/bin/compare.rs`). Run with
 //!   `cargo run -p benches --release --bin compare -- --quick`.
 //! * The `loadgen` binary: the game under load through the balancer.
+//! * [`slow_clients`]: normal clients' latency beside many slow clients, and
+//!   the balancer's connections to its backends against their cap (the
+//!   `slow_clients` binary, see `src/bin/slow_clients.rs`).
 
 pub mod compare;
+pub mod slow_clients;
 
 /// Raises this process's open-files limit to at least `need`, within the
 /// hard limit; fails naming `what` needs them when the hard limit is lower.

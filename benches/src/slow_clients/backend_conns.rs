@@ -1,0 +1,145 @@
+//! How many connections the balancer has to each backend, two ways,
+//! sampled over a run and kept as peaks:
+//!
+//! * TCP: sockets in `ESTABLISHED` whose remote end is a backend's port,
+//!   from `/proc/net/tcp` (loopback only, so every such socket is the
+//!   balancer's end of a backend connection; the backend's end has the
+//!   port as its local one). This counts idle pooled connections too.
+//! * In use: the admin API's `open` per backend (`GET /api/status`), the
+//!   count `max_connections_per_backend` caps (requests and tunnels in
+//!   flight).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The peaks of one sampling run, per backend in the order of the ports.
+#[derive(Debug, Clone, Default)]
+pub struct Peaks {
+    pub tcp: Vec<usize>,
+    pub open: Vec<u64>,
+    /// The largest sum over backends seen in one sample.
+    pub tcp_total: usize,
+    pub open_total: u64,
+    pub samples: u64,
+    /// Admin API samples that failed.
+    pub admin_errors: u64,
+}
+
+/// `ESTABLISHED` sockets whose remote port is each of `ports`, from the
+/// text of `/proc/net/tcp`.
+pub fn parse_proc_net_tcp(text: &str, ports: &[u16]) -> Vec<usize> {
+    let mut counts = vec![0; ports.len()];
+    for line in text.lines().skip(1) {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(_sl), Some(_local), Some(remote), Some(state)) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if state != "01" {
+            continue;
+        }
+        let Some(port) = remote
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+        else {
+            continue;
+        };
+        if let Some(i) = ports.iter().position(|&p| p == port) {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
+/// [`parse_proc_net_tcp`] of this machine's `/proc/net/tcp` now.
+pub fn established_to(ports: &[u16]) -> Vec<usize> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    parse_proc_net_tcp(&text, ports)
+}
+
+/// `open` of each backend in `GET /api/status`, in the order of `addrs`.
+pub async fn admin_open(admin: SocketAddr, addrs: &[SocketAddr]) -> io::Result<Vec<u64>> {
+    let mut s = TcpStream::connect(admin).await?;
+    let req = format!("GET /api/status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of head"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&raw[at + 4..]).map_err(|e| bad(&e.to_string()))?;
+    let mut open = vec![0; addrs.len()];
+    for pool in v["pools"].as_array().into_iter().flatten() {
+        for b in pool["backends"].as_array().into_iter().flatten() {
+            let addr = b["address"].as_str().and_then(|a| a.parse().ok());
+            if let Some(i) = addrs.iter().position(|a| Some(*a) == addr) {
+                open[i] += b["open"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Samples both counts every `every` until `until`.
+pub async fn sample(
+    admin: SocketAddr,
+    backends: &[SocketAddr],
+    every: Duration,
+    until: Instant,
+) -> Peaks {
+    let ports: Vec<u16> = backends.iter().map(SocketAddr::port).collect();
+    let mut p = Peaks {
+        tcp: vec![0; ports.len()],
+        open: vec![0; ports.len()],
+        ..Peaks::default()
+    };
+    let mut ticks = tokio::time::interval(every);
+    while Instant::now() < until {
+        ticks.tick().await;
+        let tcp = established_to(&ports);
+        for (peak, n) in p.tcp.iter_mut().zip(&tcp) {
+            *peak = (*peak).max(*n);
+        }
+        p.tcp_total = p.tcp_total.max(tcp.iter().sum());
+        match tokio::time::timeout(Duration::from_secs(2), admin_open(admin, backends)).await {
+            Ok(Ok(open)) => {
+                for (peak, n) in p.open.iter_mut().zip(&open) {
+                    *peak = (*peak).max(*n);
+                }
+                p.open_total = p.open_total.max(open.iter().sum());
+            }
+            _ => p.admin_errors += 1,
+        }
+        p.samples += 1;
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_established_by_remote_port() {
+        // 0x1F90 = 8080, 0x1F91 = 8081; state 01 established, 0A listen,
+        // 06 time-wait.
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
+            1: 0100007F:D431 0100007F:1F90 01 00000000:00000000\n\
+            2: 0100007F:D432 0100007F:1F90 01 00000000:00000000\n\
+            3: 0100007F:1F90 0100007F:D431 01 00000000:00000000\n\
+            4: 0100007F:D433 0100007F:1F91 06 00000000:00000000\n\
+            5: 0100007F:D434 0100007F:1F91 01 00000000:00000000\n";
+        assert_eq!(parse_proc_net_tcp(text, &[8080, 8081]), vec![2, 1]);
+        assert_eq!(parse_proc_net_tcp("", &[8080]), vec![0]);
+    }
+}
