@@ -75,7 +75,7 @@ async fn post_bodies_arrive_intact_and_stream_back() {
 
 #[tokio::test]
 async fn large_upload_streams_with_flat_memory() {
-    let (_b, lb) = one_backend("");
+    let (_b, lb) = one_backend("[limits]\nmax_request_body = 0\n");
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 4096; // 1 GiB in all
     let rss_before = lb.proc.rss_kib();

@@ -281,6 +281,12 @@ impl Proxy {
             if let Some(event) = retry::event(result.as_ref().map(|r| r.status()), pool.on_5xx) {
                 report(pool, &backend, event, log);
             }
+            // A body cut off for a limit is the client's failure, even if
+            // the backend, seeing the body end early, answered it.
+            let result = match (result, upload.limit()) {
+                (Ok(_), Some(limit)) => Err(ProxyError::BodyLimit(limit)),
+                (r, _) => r,
+            };
             let e = match result {
                 Ok(resp) => {
                     log.upload = Some(upload);

@@ -86,7 +86,10 @@ impl Snapshot {
                     .with_failure_policy(p.retry, p.ejection, p.health.is_some())
                     .with_upstream(UpstreamSettings::new(
                         &config.timeouts,
-                        p.max_idle_per_backend,
+                        // With a cap, idle connections stay within it too.
+                        p.capacity.map_or(p.max_idle_per_backend, |c| {
+                            p.max_idle_per_backend.min(c.per_backend)
+                        }),
                     ))
                     .with_slow_start(p.slow_start)
                     .with_capacity(p.buffer_body, p.capacity)
