@@ -7,7 +7,9 @@ use balancer::proxy::edge::redirect_location;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (host, path) = text.split_once('\n').unwrap_or((text, "/"));
     let redirect = config::HttpsRedirect {
         port: 8443,
