@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI's short fuzz run: builds the fuzz crate once, then runs every target for
-# FUZZ_SMOKE_SECS seconds (default 15) starting from the corpus kept in
+# FUZZ_SMOKE_SECS seconds (default 10) starting from the corpus kept in
 # fuzz/corpus/<target>/. Any crash, leak or timeout fails the run. The long
 # runs (10 minutes a target) and their results are in fuzz/README.md.
 #
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-secs="${FUZZ_SMOKE_SECS:-15}"
+secs="${FUZZ_SMOKE_SECS:-10}"
 # cargo-fuzz passes unstable compiler flags (sanitizer, coverage); the
 # project's toolchain is stable.
 export RUSTC_BOOTSTRAP=1
