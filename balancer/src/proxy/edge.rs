@@ -119,7 +119,26 @@ pub fn redirect_location(
     } else {
         "/"
     };
+    let path = ascii_target(path);
     HeaderValue::from_str(&format!("https://{host}{port}{path}")).ok()
+}
+
+/// A request target as a URI may be written: clients send UTF-8 in paths
+/// and queries raw and `http` accepts it, but a `Location` is a
+/// URI-reference (ASCII only), so those bytes are percent-encoded.
+fn ascii_target(target: &str) -> std::borrow::Cow<'_, str> {
+    if target.is_ascii() {
+        return target.into();
+    }
+    let mut out = String::with_capacity(target.len() * 3);
+    for b in target.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 /// The `308 Permanent Redirect` (method and body kept by the client).
@@ -171,6 +190,10 @@ mod tests {
         assert_eq!(redirect_location(&r, Some("k"), "*").unwrap(), "https://k/");
         assert!(redirect_location(&r, Some("evil.com/x"), "/").is_none());
         assert!(redirect_location(&r, Some("a b"), "/").is_none());
+        // Found by fuzz/https_redirect: UTF-8 in the target went into the
+        // Location raw (not a URI, and not a visible-ASCII header value).
+        let loc = redirect_location(&r, Some("k"), "/\u{180}?q=\u{e9}").unwrap();
+        assert_eq!(loc.to_str().unwrap(), "https://k/%C6%80?q=%C3%A9");
     }
 
     proptest::proptest! {
