@@ -12,7 +12,11 @@ pub fn check(data: &[u8]) {
     };
     assert!(len <= data.len());
     assert!(len <= V1_MAX.max(16 + V2_MAX_PAYLOAD), "{len} bytes");
-    assert_eq!(parse(&data[..len]), Ok((header, len)), "not self-delimiting");
+    assert_eq!(
+        parse(&data[..len]),
+        Ok((header, len)),
+        "not self-delimiting"
+    );
     let mut longer = data[..len].to_vec();
     longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(parse(&longer), Ok((header, len)));
