@@ -66,7 +66,10 @@ pub fn balancer_config(upstreams: &[SocketAddr], tls: &TlsFiles, generation: u32
         "\n[[route]]\nlistener = \"bench\"\npath_prefix = \"/\"\npool = \"up\"\n\n\
          [[route]]\nlistener = \"bench-tls\"\npath_prefix = \"/\"\npool = \"up\"\n\n\
          [timeouts]\nrequest_header = \"120s\"\nclient_idle = \"120s\"\n\
-         websocket_idle = \"none\"\nshutdown_grace = \"2s\"\n",
+         websocket_idle = \"none\"\nshutdown_grace = \"2s\"\n\n\
+         # Every client is 127.0.0.1 here, and nginx and HAProxy have no\n\
+         # per-address cap by default.\n\
+         [limits]\nmax_connections_per_ip = 0\n",
     );
     s
 }
