@@ -5,9 +5,10 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
-use balancer::app::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A backend that reads one request head, writes `answer`, then closes.
@@ -33,17 +34,13 @@ async fn raw_backend(answer: &'static [u8]) -> std::net::SocketAddr {
 }
 
 async fn balancer(backend: std::net::SocketAddr) -> std::net::SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [pool.retry]\nattempts = 0\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 /// Sends `request` on a new connection and reads until the balancer closes it.

@@ -5,11 +5,12 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::app::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,18 +85,14 @@ async fn backend() -> (SocketAddr, Arc<Mutex<Seen>>) {
 }
 
 async fn balancer(backend: SocketAddr, limits: &str, listener: &str) -> SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n{listener}\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [pool.retry]\nattempts = 0\nmax_body = 1024\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n\
          [limits]\n{limits}\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 /// Sends `request` and reads until the balancer closes (10 s at most).
@@ -350,18 +347,14 @@ async fn gated_backend() -> (
 }
 
 async fn capped_balancer(backend: SocketAddr, queue_timeout: &str) -> SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\nmax_connections_per_backend = 2\nqueue_size = 2\n\
          queue_timeout = \"{queue_timeout}\"\n\
          [[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let lb = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    lb
+    .await
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";

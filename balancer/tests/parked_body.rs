@@ -10,11 +10,12 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::app::App;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -114,17 +115,13 @@ fn content_length(head: &str) -> usize {
 /// `/game/...` goes to the backend; anything else is the balancer's 404.
 /// Retries off and `max_body` small: bodies above 1 KiB stream.
 async fn balancer(backend: SocketAddr) -> SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [pool.retry]\nattempts = 0\nmax_body = 1024\n\
          [[route]]\nlistener = \"public\"\npath_prefix = \"/game\"\npool = \"game\"\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 /// A client socket whose receive buffer is `rcvbuf` bytes (the kernel

@@ -5,11 +5,12 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::app::App;
 use balancer::server::proxy_protocol::V2_SIGNATURE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -50,17 +51,13 @@ async fn backend() -> (SocketAddr, Heads) {
 }
 
 async fn balancer(backend: SocketAddr, trusted: &str, top: &str) -> SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "{top}\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [listener.proxy_protocol]\ntrusted = [\"{trusted}\"]\ntimeout = \"300ms\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 /// Sends `bytes` and reads until the balancer closes (10 s at most).

@@ -7,10 +7,11 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::app::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Heads = Arc<Mutex<Vec<String>>>;
@@ -58,16 +59,12 @@ async fn balancer(backend: std::net::SocketAddr) -> std::net::SocketAddr {
 
 /// The same, with `top` (top-level keys) at the head of the file.
 async fn balancer_with(backend: std::net::SocketAddr, top: &str) -> std::net::SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "{top}\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [[route]]\nlistener = \"public\"\nhost = \"game.example.com\"\npool = \"game\"\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 async fn exchange(lb: std::net::SocketAddr, request: &[u8]) -> String {

@@ -6,11 +6,12 @@
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::app::App;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -43,16 +44,12 @@ async fn echo_backend() -> (SocketAddr, Arc<Mutex<Vec<usize>>>) {
 }
 
 async fn balancer(backend: SocketAddr, limits: &str) -> SocketAddr {
-    let config = config::parse(&format!(
+    support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
          [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n[limits]\n{limits}\n"
     ))
-    .unwrap();
-    let app = App::bind_with(config, false).await.unwrap();
-    let addr = app.local_addr("public").unwrap();
-    tokio::spawn(app.serve(std::future::pending()));
-    addr
+    .await
 }
 
 /// Reads until the Close frame; its code and reason.

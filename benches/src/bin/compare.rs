@@ -122,7 +122,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
-use benches::compare::targets::{Kind, Programs};
+use benches::compare::targets::{self, Kind, Programs};
 use benches::compare::{docs, plan, report, svg, Mode, Settings};
 use clap::Parser;
 
@@ -172,20 +172,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root (benches' parent directory).
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-/// Where cargo puts the binaries measured: release, or debug with
-/// `--debug-binaries`.
-fn binary_dir(root: &Path, debug: bool) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join(if debug { "debug" } else { "release" })
 }
 
 fn build(root: &Path, debug: bool) -> anyhow::Result<()> {
@@ -265,11 +251,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(s) = args.secs {
         settings.run = std::time::Duration::from_secs(s);
     }
-    let root = workspace_root();
+    let root = targets::workspace_root();
     if !args.no_build {
         build(&root, args.debug_binaries)?;
     }
-    let programs = Programs::find(&binary_dir(&root, args.debug_binaries))?;
+    let programs = Programs::find(&targets::binary_dir(&root, args.debug_binaries))?;
     let missing = programs.missing();
     if mode != Mode::Smoke && !missing.is_empty() {
         eprintln!(

@@ -50,7 +50,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -124,15 +124,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `target/release` of this workspace (or of `CARGO_TARGET_DIR`).
-fn binary_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().unwrap_or(manifest);
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("release")
-}
-
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut kinds = Vec::new();
     for k in &args.kinds {
@@ -145,7 +136,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     if kinds.is_empty() {
         bail!("--kinds is empty");
     }
-    let programs = Programs::find(&binary_dir())?;
+    let programs = Programs::find(&benches::compare::targets::binary_dir(
+        &benches::compare::targets::workspace_root(),
+        false,
+    ))?;
     benches::raise_fd_limit(
         (args.slow + args.normal) as u64 * 2 + 4096,
         "the slow clients",

@@ -522,6 +522,20 @@ fn unique_dir(parent: &Path, slug: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The workspace root (benches' parent directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Where cargo puts the binaries measured (`CARGO_TARGET_DIR` if set):
+/// release, or debug with `debug`.
+pub fn binary_dir(root: &std::path::Path, debug: bool) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
+        .join(if debug { "debug" } else { "release" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,16 @@
+//! What the balancer's socket-level integration tests share: a balancer
+//! (`App`, in process) started on a config text, serving until the test ends.
+
+use std::net::SocketAddr;
+
+/// Parses `config_text`, binds it (metrics off) and serves it; the address
+/// of its listener named `public`.
+pub async fn serve(config_text: &str) -> SocketAddr {
+    let config = config::parse(config_text).expect("a valid test config");
+    let app = balancer::app::App::bind_with(config, false)
+        .await
+        .expect("the balancer binds");
+    let addr = app.local_addr("public").expect("a listener named public");
+    tokio::spawn(app.serve(std::future::pending()));
+    addr
+}
