@@ -89,3 +89,41 @@ mod tests {
         assert_eq!(Now::at(42).get(), 42);
     }
 }
+
+/// At most one log line per [`LogEvery::PERIOD`] for an event that can
+/// repeat thousands of times a second (a full limit), with the count of
+/// the ones left out.
+#[derive(Debug, Default)]
+pub struct LogEvery {
+    last: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    pub const PERIOD_MS: u64 = 10_000;
+
+    pub const fn new() -> Self {
+        Self {
+            last: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log this one now; then how many were not logged since
+    /// the last line.
+    pub fn now(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let last = self.last.load(Relaxed);
+        if (last != 0 && now.saturating_sub(last) < Self::PERIOD_MS)
+            || self
+                .last
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_err()
+        {
+            self.unlogged.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.unlogged.swap(0, Relaxed))
+    }
+}

@@ -85,9 +85,16 @@ async fn backend() -> (SocketAddr, Arc<Mutex<Seen>>) {
 }
 
 async fn balancer(backend: SocketAddr, limits: &str, listener: &str) -> SocketAddr {
+    balancer_in(backend, "", limits, listener).await
+}
+
+/// `buffer_body_file = 0`: a body over `buffer_body` streams to the backend.
+const STREAMING: &str = "buffer_body_file = 0";
+
+async fn balancer_in(backend: SocketAddr, pool: &str, limits: &str, listener: &str) -> SocketAddr {
     support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n{listener}\n\
-         [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
+         [[pool]]\nname = \"game\"\n{pool}\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [pool.retry]\nattempts = 0\nmax_body = 1024\n\
          [[route]]\nlistener = \"public\"\npool = \"game\"\n\
          [limits]\n{limits}\n"
@@ -165,6 +172,30 @@ async fn oversized_heads_get_431_and_long_targets_414_and_reach_no_backend() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
+/// A chunked body of 30 chunks of 4 KiB.
+fn chunked_body() -> Vec<u8> {
+    let mut chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..30 {
+        chunked.extend_from_slice(b"1000\r\n");
+        chunked.extend_from_slice(&[b'a'; 4096]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    chunked
+}
+
+/// Waits (10 s at most) until the backend saw `n` connections end.
+async fn until_closed(seen: &Mutex<Seen>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().closed < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backend connection stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_body_over_max_request_body_gets_413() {
     let (b, seen) = backend().await;
@@ -176,71 +207,63 @@ async fn a_body_over_max_request_body_gets_413() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(seen.lock().unwrap().heads.is_empty());
-    // Chunked, breaking the limit midway: 413, and the backend is let go.
-    let mut chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for _ in 0..30 {
-        chunked.extend_from_slice(b"1000\r\n");
-        chunked.extend_from_slice(&[b'a'; 4096]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    let answer = exchange(lb, &chunked).await;
+    // Chunked, breaking the limit midway: buffered (the default), it is
+    // refused before any backend hears of it.
+    let answer = exchange(lb, &chunked_body()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().closed < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backend connection stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(seen.lock().unwrap().heads.is_empty());
     // At the limit: proxied.
     let mut fits =
         b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n"
             .to_vec();
     fits.resize(fits.len() + 100_000, b'a');
     assert!(exchange(lb, &fits).await.starts_with("HTTP/1.1 200"));
+
+    // Streamed (`buffer_body_file = 0`): 413 midway, and the backend is let go.
+    let (b, seen) = backend().await;
+    let lb = balancer_in(b, STREAMING, "max_request_body = 100000", "").await;
+    let answer = exchange(lb, &chunked_body()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(seen.lock().unwrap().heads.len(), 1);
+    until_closed(&seen, 1).await;
 }
 
 /// A client that stops mid-upload is cut off at `upload_timeout`: 408.
-/// A small body is buffered before any backend is picked, so the backend
-/// never hears of it; a large one streams, and the backend connection it
-/// held is closed.
+/// A body is buffered before any backend is picked (in memory up to
+/// `buffer_body`, then in a file), so the backend never hears of it;
+/// with `buffer_body_file = 0` a large one streams, and the backend
+/// connection it held is closed.
 #[tokio::test]
 async fn a_stalled_upload_is_cut_off_at_its_deadline() {
+    const SMALL: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\nonly this much";
+    const LARGE: &[u8] =
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\nonly this much";
     let (b, seen) = backend().await;
     let lb = balancer(b, "upload_timeout = \"1s\"", "").await;
-    let answer = exchange(
-        lb,
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\nonly this much",
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    for request in [SMALL, LARGE] {
+        let started = std::time::Instant::now();
+        let answer = exchange(lb, request).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
     assert!(
         seen.lock().unwrap().heads.is_empty(),
         "a buffered body reached the backend"
     );
+
+    let (b, seen) = backend().await;
+    let lb = balancer_in(b, STREAMING, "upload_timeout = \"1s\"", "").await;
     let started = std::time::Instant::now();
-    let answer = exchange(
-        lb,
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\nonly this much",
-    )
-    .await;
+    let answer = exchange(lb, LARGE).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().closed < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backend connection stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(seen.lock().unwrap().heads.len(), 1);
+    until_closed(&seen, 1).await;
 }
 
 /// Reads the balancer's 503 for a refused connection, and its close.

@@ -113,11 +113,13 @@ fn content_length(head: &str) -> usize {
 }
 
 /// `/game/...` goes to the backend; anything else is the balancer's 404.
-/// Retries off and `max_body` small: bodies above 1 KiB stream.
+/// Retries off, `max_body` and `buffer_body` small and no buffer file:
+/// bodies above 1 KiB stream (a body read whole before a backend is picked
+/// cannot be answered early).
 async fn balancer(backend: SocketAddr) -> SocketAddr {
     support::serve(&format!(
         "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
-         [[pool]]\nname = \"game\"\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
+         [[pool]]\nname = \"game\"\nbuffer_body = 1024\nbuffer_body_file = 0\n[[pool.backend]]\nid = \"b\"\naddress = \"{backend}\"\n\
          [pool.retry]\nattempts = 0\nmax_body = 1024\n\
          [[route]]\nlistener = \"public\"\npath_prefix = \"/game\"\npool = \"game\"\n"
     ))

@@ -34,8 +34,8 @@ pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion,
 pub use types::{
     AdminConfig, BackendConfig, Capacity, Config, EjectionConfig, HashKey, HealthConfig,
     HealthKind, HostMatch, ListenerConfig, Policy, PoolConfig, ProxyProtocol, RetryConfig,
-    RouteConfig, SameSite, StickyConfig, Timeouts, DEFAULT_BUFFER_BODY,
-    DEFAULT_MAX_IDLE_PER_BACKEND,
+    RouteConfig, SameSite, StickyConfig, Timeouts, DEFAULT_BUFFER_BODY, DEFAULT_BUFFER_BODY_FILE,
+    DEFAULT_BUFFER_RESPONSE, DEFAULT_BUFFER_RESPONSE_FILE, DEFAULT_MAX_IDLE_PER_BACKEND,
 };
 
 use std::path::Path;

@@ -23,6 +23,7 @@ pub struct RawLimits {
     pub http2_max_concurrent_streams: Option<i64>,
     pub websocket_max_message: Option<i64>,
     pub websocket_max_message_rate: Option<i64>,
+    pub buffer_files_total: Option<i64>,
 }
 
 /// See the module doc; defaults in [`Limits::default`] and docs/config.md.
@@ -53,6 +54,10 @@ pub struct Limits {
     /// WebSocket messages a client may send a second (a one-second
     /// bucket): above it the tunnel closes with 1008; 0: no limit.
     pub websocket_max_message_rate: u32,
+    /// Bytes all buffer files of the process may hold together (request
+    /// and response bodies past memory, see `pool.buffer_body_file` and
+    /// `pool.buffer_response_file`); past it, bodies stream; 0: no files.
+    pub buffer_files_total: u64,
 }
 
 /// How long an upload may be slow before `upload_min_rate` applies (a
@@ -76,6 +81,7 @@ impl Default for Limits {
             http2_max_concurrent_streams: 100,
             websocket_max_message: 0,
             websocket_max_message_rate: 0,
+            buffer_files_total: 4 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -161,6 +167,13 @@ pub(crate) fn limits_from(e: &mut Vec<ConfigError>, raw: Option<RawLimits>) -> L
             0..=1_000_000,
             0,
         ) as u32,
+        buffer_files_total: int(
+            e,
+            "buffer_files_total",
+            raw.buffer_files_total,
+            0..=i64::MAX,
+            d.buffer_files_total as i64,
+        ) as u64,
     }
 }
 
@@ -181,11 +194,61 @@ mod tests {
     }
 
     #[test]
+    fn buffering_keys_are_read_and_checked_with_their_paths() {
+        const POOL: &str = "[[pool]]\nname = \"p\"\n";
+        let c = crate::parse(&format!("{BASE}{POOL}")).unwrap();
+        let p = &c.pools[0];
+        assert_eq!(
+            (
+                p.buffer_body_file,
+                p.buffer_response,
+                p.buffer_response_file
+            ),
+            (16 << 20, 256 << 10, 1 << 30)
+        );
+        assert_eq!(c.buffer_dir, None);
+        assert_eq!(c.limits.buffer_files_total, 4 << 30);
+        let c = crate::parse(&format!(
+            "buffer_dir = \"/srv/buffers\"\n{BASE}{POOL}buffer_body_file = 0\nbuffer_response = 0\nbuffer_response_file = 5\n"
+        ))
+        .unwrap();
+        let p = &c.pools[0];
+        assert_eq!(
+            (
+                p.buffer_body_file,
+                p.buffer_response,
+                p.buffer_response_file
+            ),
+            (0, 0, 5)
+        );
+        assert_eq!(
+            c.buffer_dir.as_deref(),
+            Some(std::path::Path::new("/srv/buffers"))
+        );
+        let errs = crate::parse(&format!(
+            "buffer_dir = \"buffers\"\n{BASE}{POOL}buffer_body_file = -1\nbuffer_response = 100000000\n\
+             [limits]\nbuffer_files_total = -5\n"
+        ))
+        .unwrap_err();
+        let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "buffer_dir",
+                "limits.buffer_files_total",
+                "pool[0].buffer_body_file",
+                "pool[0].buffer_response"
+            ]
+        );
+    }
+
+    #[test]
     fn every_key_is_read_and_checked_with_its_path() {
         let c = crate::parse(&format!(
             "{BASE}[limits]\nmax_connections = 20\nmax_connections_per_ip = 0\nmax_header_bytes = 16384\n\
              max_headers = 50\nmax_request_line = 1024\nmax_request_body = 0\nupload_timeout = \"30s\"\n\
-             upload_min_rate = 0\nhttp2_max_concurrent_streams = 10\n"
+             upload_min_rate = 0\nhttp2_max_concurrent_streams = 10\nbuffer_files_total = 1000\n"
         ))
         .unwrap();
         assert_eq!(
@@ -202,6 +265,7 @@ mod tests {
                 http2_max_concurrent_streams: 10,
                 websocket_max_message: 0,
                 websocket_max_message_rate: 0,
+                buffer_files_total: 1000,
             }
         );
         let errs = crate::parse(&format!(

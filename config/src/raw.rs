@@ -20,6 +20,7 @@ pub struct RawFile {
     pub client_ip_header: Option<String>,
     pub drain_timeout: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub buffer_dir: Option<String>,
     pub admin: Option<RawAdmin>,
     pub limits: Option<crate::limits::RawLimits>,
     pub drain_close_code: Option<i64>,
@@ -108,6 +109,12 @@ pub struct RawPool {
     pub tls: Option<crate::tls::RawPoolTls>,
     #[serde(default)]
     pub buffer_body: Option<i64>,
+    #[serde(default)]
+    pub buffer_body_file: Option<i64>,
+    #[serde(default)]
+    pub buffer_response: Option<i64>,
+    #[serde(default)]
+    pub buffer_response_file: Option<i64>,
     #[serde(default)]
     pub max_connections_per_backend: Option<i64>,
     #[serde(default)]
@@ -228,12 +235,13 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
             "client_ip_header" => file.client_ip_header = one(&key, value, &mut file.errors),
             "drain_timeout" => file.drain_timeout = one(&key, value, &mut file.errors),
             "upgrade_socket" => file.upgrade_socket = one(&key, value, &mut file.errors),
+            "buffer_dir" => file.buffer_dir = one(&key, value, &mut file.errors),
             "admin" => file.admin = one(&key, value, &mut file.errors),
             "limits" => file.limits = one(&key, value, &mut file.errors),
             "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, admin, limits)",
+                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, buffer_dir, admin, limits)",
             )),
         }
     }

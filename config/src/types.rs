@@ -27,6 +27,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[limits]`.
     pub limits: crate::Limits,
+    /// Where request and response bodies that do not fit in memory are
+    /// buffered (`buffer_body_file`, `buffer_response_file`): files
+    /// unlinked as they are made; `None`: the system's temporary directory.
+    pub buffer_dir: Option<std::path::PathBuf>,
 }
 
 /// `[admin]`.
@@ -95,6 +99,17 @@ pub struct PoolConfig {
     /// whole before a backend is picked, so a slow client holds no backend
     /// connection while it uploads; 0: only for retries.
     pub buffer_body: u64,
+    /// Request bodies up to this many bytes past `buffer_body` are read
+    /// whole too, the rest going to a file in `buffer_dir`; 0: bodies
+    /// over `buffer_body` stream to the backend as they arrive.
+    pub buffer_body_file: u64,
+    /// A response body is read from the backend ahead of the client by up
+    /// to this many bytes in memory...
+    pub buffer_response: u64,
+    /// ...and then by up to this many in a file in `buffer_dir`, so a
+    /// slow reader does not hold the backend connection; 0: no file (the
+    /// response then goes at the client's pace once memory is full).
+    pub buffer_response_file: u64,
     /// How many requests and tunnels one backend may have open at once,
     /// and the queue that waits for a place: see [`Capacity`].
     pub capacity: Option<Capacity>,
@@ -113,6 +128,13 @@ pub struct Capacity {
 /// Default for `pool.buffer_body` (nginx buffers every body by default;
 /// this covers the small ones, which is nearly all of a game's).
 pub const DEFAULT_BUFFER_BODY: u64 = 64 * 1024;
+/// Default for `pool.buffer_body_file` (the default `max_request_body`).
+pub const DEFAULT_BUFFER_BODY_FILE: u64 = 16 * 1024 * 1024;
+/// Default for `pool.buffer_response`.
+pub const DEFAULT_BUFFER_RESPONSE: u64 = 256 * 1024;
+/// Default for `pool.buffer_response_file` (nginx's
+/// `proxy_max_temp_file_size`).
+pub const DEFAULT_BUFFER_RESPONSE_FILE: u64 = 1024 * 1024 * 1024;
 
 /// `[pool.retry]`: when a failed request is tried again on another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

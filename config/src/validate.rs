@@ -25,6 +25,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         drain_timeout,
         drain_close_code,
         upgrade_socket,
+        buffer_dir,
         admin,
         limits,
         mut errors,
@@ -202,6 +203,30 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             0..=64 * 1024 * 1024,
             crate::types::DEFAULT_BUFFER_BODY as i64,
         ) as u64;
+        let bytes = |e: &mut Vec<ConfigError>, key: &str, v, max: i64, default: u64| {
+            int_in(e, &format!("{path}.{key}"), v, 0..=max, default as i64) as u64
+        };
+        let buffer_body_file = bytes(
+            e,
+            "buffer_body_file",
+            p.buffer_body_file,
+            i64::MAX,
+            crate::types::DEFAULT_BUFFER_BODY_FILE,
+        );
+        let buffer_response = bytes(
+            e,
+            "buffer_response",
+            p.buffer_response,
+            64 * 1024 * 1024,
+            crate::types::DEFAULT_BUFFER_RESPONSE,
+        );
+        let buffer_response_file = bytes(
+            e,
+            "buffer_response_file",
+            p.buffer_response_file,
+            i64::MAX,
+            crate::types::DEFAULT_BUFFER_RESPONSE_FILE,
+        );
         let queue_size = int_in(
             e,
             &format!("{path}.queue_size"),
@@ -227,6 +252,9 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         });
         pools.push(PoolConfig {
             buffer_body,
+            buffer_body_file,
+            buffer_response,
+            buffer_response_file,
             capacity,
             name: p.name,
             policy,
@@ -332,6 +360,19 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         }
     });
 
+    let buffer_dir = buffer_dir.and_then(|d| {
+        let path = std::path::PathBuf::from(&d);
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            e.push(ConfigError::new(
+                "buffer_dir",
+                format!("{d:?} is not an absolute path"),
+            ));
+            None
+        }
+    });
+
     let admin = admin.and_then(|a| admin_from(e, a));
 
     let limits = crate::limits::limits_from(e, limits);
@@ -349,6 +390,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             upgrade_socket,
             admin,
             limits,
+            buffer_dir,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -82,12 +82,16 @@ impl App {
             metrics.as_deref(),
             &upstream_tls,
         )));
+        let buffer_files = Arc::new(crate::proxy::spool::FileBudget::new(
+            metrics.as_ref().map(|m| m.buffer_file_bytes()),
+        ));
         let proxy = Arc::new(Proxy {
             snapshot,
             tasks: TaskTracker::new(),
             close_tunnels: CancellationToken::new(),
             metrics,
             connections: Arc::default(),
+            buffer_files,
         });
         // A running balancer on the upgrade socket hands its listening
         // sockets over; otherwise (or for listeners it does not have) bind.

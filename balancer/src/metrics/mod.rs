@@ -126,6 +126,9 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     proxy_protocol: IntCounterVec,
     websocket_limit: IntCounterVec,
+    buffer_files: IntCounterVec,
+    buffer_files_refused: IntCounterVec,
+    buffer_file_bytes: IntGauge,
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
@@ -216,6 +219,11 @@ impl Metrics {
             "Open connections to the admin listener.",
         )?;
         r.register(Box::new(admin_connections.clone()))?;
+        let buffer_file_bytes = IntGauge::new(
+            "balancer_buffer_file_bytes",
+            "Bytes of request and response bodies held in buffer files now (against limits.buffer_files_total).",
+        )?;
+        r.register(Box::new(buffer_file_bytes.clone()))?;
         let admin_connections_refused = IntCounter::new(
             "balancer_admin_connections_refused_total",
             "Admin connections closed at once because admin.max_connections were open.",
@@ -235,6 +243,9 @@ impl Metrics {
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
             connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
             websocket_limit: counter_vec(&r, "balancer_websocket_limit_closes_total", "WebSocket tunnels the balancer closed because the client broke a [limits] limit: message_too_big (close 1009), message_rate (close 1008).", &["pool", "reason"])?,
+            buffer_files: counter_vec(&r, "balancer_buffer_files_total", "Bodies that went (in part) to a buffer file, by body (request, response).", &["pool", "body"])?,
+            buffer_files_refused: counter_vec(&r, "balancer_buffer_files_refused_total", "Bodies that would have gone to a buffer file but streamed because limits.buffer_files_total was reached, by body (request, response).", &["pool", "body"])?,
+            buffer_file_bytes,
             proxy_protocol: counter_vec(&r, "balancer_proxy_protocol_total", "PROXY protocol headers on listeners that take them, by outcome (proxied, local, untrusted peer, malformed, timeout, io).", &["listener", "outcome"])?,
             check_duration: histogram_vec(&r, "balancer_health_check_duration_seconds", "Duration of active health checks.", &["pool"], LATENCY)?,
             check_failures: counter_vec(&r, "balancer_health_check_failures_total", "Failed active health checks.", &["pool", "backend"])?,
@@ -282,6 +293,10 @@ impl Metrics {
             retries_refused: self.retries_refused.with_label_values(&[pool]),
             websocket_limit: ["message_too_big", "message_rate"]
                 .map(|r| self.websocket_limit.with_label_values(&[pool, r])),
+            buffer_files: ["request", "response"]
+                .map(|b| self.buffer_files.with_label_values(&[pool, b])),
+            buffer_files_refused: ["request", "response"]
+                .map(|b| self.buffer_files_refused.with_label_values(&[pool, b])),
         }
     }
 
@@ -317,6 +332,11 @@ impl Metrics {
         self.proxy_protocol
             .with_label_values(&[listener, outcome])
             .inc();
+    }
+
+    /// `balancer_buffer_file_bytes`.
+    pub fn buffer_file_bytes(&self) -> IntGauge {
+        self.buffer_file_bytes.clone()
     }
 
     /// The admin listener's connection handles.
@@ -494,6 +514,10 @@ pub struct PoolMetrics {
     pub retries_refused: IntCounter,
     /// Tunnels closed for a `[limits]` WebSocket limit: message size, rate.
     pub websocket_limit: [IntCounter; 2],
+    /// Bodies that went to a buffer file: request, response.
+    pub buffer_files: [IntCounter; 2],
+    /// Bodies that streamed because the buffer files were full: request, response.
+    pub buffer_files_refused: [IntCounter; 2],
 }
 
 impl PoolMetrics {

@@ -114,6 +114,8 @@ impl Drop for AccessLog {
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
+    /// Read ahead of the client by a pump (see `spool`).
+    Pumped(super::spool::Pumped),
     /// The backend's body failed; the error waits one poll (see
     /// `ProxyBody::poll_frame`).
     Failed(Option<BoxError>),
@@ -146,6 +148,19 @@ impl ProxyBody {
             done: false,
             log: Some(log),
             _guard: Some(guard),
+            _in_flight: Some(in_flight),
+        }
+    }
+
+    /// A response read ahead of the client; the backend's guard is the
+    /// pump's.
+    pub fn pumped(body: super::spool::Pumped, log: AccessLog, in_flight: InFlight) -> Self {
+        Self {
+            inner: Inner::Pumped(body),
+            bytes: 0,
+            done: false,
+            log: Some(log),
+            _guard: None,
             _in_flight: Some(in_flight),
         }
     }
@@ -184,8 +199,13 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let backend = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Pumped(b) => Pin::new(b).poll_frame(cx),
+            Inner::Failed(_) | Inner::Local(_) => Poll::Ready(None),
+        };
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+            Inner::Upstream(_) | Inner::Pumped(_) => match backend {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     // hyper writes the response head together with the first
@@ -219,6 +239,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Pumped(b) => b.is_end_stream(),
             Inner::Failed(_) => false,
             Inner::Local(b) => b.is_none(),
         }
@@ -227,6 +248,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Pumped(b) => b.size_hint(),
             Inner::Failed(_) => SizeHint::default(),
             Inner::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Local(None) => SizeHint::with_exact(0),

@@ -1,6 +1,8 @@
 //! What the proxy holds of a client's request body between attempts: a
-//! small body of known length is buffered (so it can be sent again to
-//! another backend); anything else streams, once. Either way the body is
+//! small body of known length is buffered in memory, a bigger one (up to
+//! `buffer_body_file` more) in memory and a file ([`super::spool`]), so
+//! it can be sent again to another backend and no backend waits on a slow
+//! upload; anything else streams, once. Either way the body is
 //! [`Limited`]: its size, its deadline and its rate (`[limits]`).
 
 use std::future::Future;
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use super::spool::{self, Files, Replay, Spooled, Spooling};
 use super::ProxyError;
 use crate::socket::LastActivity;
 use crate::upstream::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};
@@ -148,22 +151,38 @@ fn body_failed(e: BoxError) -> ProxyError {
 pub enum ClientBody {
     Empty,
     Full(Bytes),
+    /// Read whole into memory and a file.
+    Spooled(Arc<Spooled>),
     /// Taken by the first attempt.
     Stream(Option<StreamBody>),
 }
 
+/// How a pool buffers request bodies (`buffer_body`, `buffer_body_file`).
+#[derive(Debug)]
+pub struct BodyBuffering<'a> {
+    pub memory: u64,
+    pub file: u64,
+    pub files: &'a Files,
+    /// `balancer_buffer_files_total` and `..._refused_total` for requests.
+    pub counters: Option<(&'a prometheus::IntCounter, &'a prometheus::IntCounter)>,
+}
+
 impl ClientBody {
-    /// Buffers `body` when it has a known length of at most `buffer`
-    /// (`pool.buffer_body`), or of at most `retry.max_body` with retries
-    /// on, reading it within `limit`; else keeps the stream.
+    /// Buffers `body` in memory when it has a known length of at most
+    /// `buffering.memory` (`pool.buffer_body`), or of at most
+    /// `retry.max_body` with retries on, reading it within `limit`. A
+    /// bigger body, or one of unknown length, of at most `memory + file`
+    /// bytes is read whole too, past `memory` into a file; a body over
+    /// that (or one the budget has no room for) streams, once, after what
+    /// was read of it.
     pub async fn read<B>(
         body: B,
         retry: &config::RetryConfig,
-        buffer: u64,
+        buffering: BodyBuffering<'_>,
         limit: Duration,
     ) -> Result<Self, ProxyError>
     where
-        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         if body.is_end_stream() {
@@ -174,16 +193,45 @@ impl ClientBody {
         } else {
             0
         };
-        match body.size_hint().exact() {
-            Some(n) if n <= buffer.max(for_retries) => {
-                match tokio::time::timeout(limit, body.collect()).await {
+        let exact = body.size_hint().exact();
+        if let Some(n) = exact {
+            if n <= buffering.memory.max(for_retries) {
+                return match tokio::time::timeout(limit, body.collect()).await {
                     Ok(Ok(c)) => Ok(Self::Full(c.to_bytes())),
                     Ok(Err(e)) => Err(body_failed(e.into())),
                     Err(_) => Err(ProxyError::ClientTimeout(limit)),
-                }
+                };
             }
-            _ => Ok(Self::Stream(Some(body.map_err(Into::into).boxed()))),
         }
+        let max = buffering.memory.saturating_add(buffering.file);
+        let files = buffering.files;
+        let fits = exact.is_none_or(|n| n <= max);
+        let room = files.total > 0 && files.budget.used() < files.total;
+        if buffering.file == 0 || !fits {
+            return Ok(Self::Stream(Some(body.map_err(Into::into).boxed())));
+        }
+        if !room {
+            if let Some((_, refused)) = buffering.counters {
+                refused.inc();
+            }
+            return Ok(Self::Stream(Some(body.map_err(Into::into).boxed())));
+        }
+        // `Limited` holds the upload to its deadline and rate meanwhile.
+        let spooled = spool::spool_request(body, buffering.memory, max, files)
+            .await
+            .map_err(body_failed)?;
+        let (Spooling::Whole(s) | Spooling::Partial(s, _)) = &spooled;
+        if s.in_file() {
+            if let Some((to_file, _)) = buffering.counters {
+                to_file.inc();
+            }
+        }
+        Ok(match spooled {
+            Spooling::Whole(s) => Self::Spooled(Arc::new(s)),
+            Spooling::Partial(s, rest) => {
+                Self::Stream(Some(spool::Chain::new(s, rest.map_err(Into::into)).boxed()))
+            }
+        })
     }
 
     /// Whether another attempt can send this body again.
@@ -200,6 +248,7 @@ impl ClientBody {
         let body = match self {
             Self::Empty => AttemptBody::Empty,
             Self::Full(b) => AttemptBody::Full(b.clone()),
+            Self::Spooled(s) => AttemptBody::Stream(Replay::new(Arc::clone(s)).boxed()),
             Self::Stream(s) => AttemptBody::Stream(s.take()?),
         };
         Some(RequestBody::new(body, progress))

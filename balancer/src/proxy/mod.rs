@@ -26,6 +26,7 @@ mod forward;
 pub mod headers;
 mod lazy_copy;
 pub mod retry;
+pub mod spool;
 #[cfg(test)]
 mod tests;
 mod tunnel;
@@ -63,6 +64,8 @@ pub struct Proxy {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Open client connections against `[limits]`, process-wide.
     pub connections: Arc<crate::server::conn_limits::ConnLimits>,
+    /// Bytes in buffer files, against `limits.buffer_files_total`.
+    pub buffer_files: Arc<spool::FileBudget>,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -133,6 +136,15 @@ impl Drop for InFlight {
 }
 
 impl Proxy {
+    /// Where this snapshot's buffer files go, and the budget they share.
+    pub(crate) fn files(&self, snap: &Snapshot) -> spool::Files {
+        spool::Files {
+            dir: snap.buffer_dir.clone(),
+            budget: Arc::clone(&self.buffer_files),
+            total: snap.limits.buffer_files_total,
+        }
+    }
+
     /// Handles one request; failures become error responses, never panics.
     pub async fn handle<B>(&self, conn: &Arc<ConnInfo>, mut req: Request<B>) -> Response<ProxyBody>
     where
@@ -229,7 +241,15 @@ impl Proxy {
             ClientBody::read(
                 body,
                 &pool.retry,
-                pool.buffer_body,
+                client_body::BodyBuffering {
+                    memory: pool.buffer_body,
+                    file: pool.buffering.body_file,
+                    files: &self.files(&snap),
+                    counters: pool
+                        .metrics
+                        .as_ref()
+                        .map(|m| (&m.buffer_files[0], &m.buffer_files_refused[0])),
+                },
                 snap.timeouts.request_header
             )
             .await

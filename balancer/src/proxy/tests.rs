@@ -48,6 +48,7 @@ fn proxy_with(top: &str, backends: &[(&str, SocketAddr)], extra: &str) -> (Proxy
         close_tunnels: CancellationToken::new(),
         metrics: None,
         connections: Arc::default(),
+        buffer_files: Arc::default(),
     };
     let conn = Arc::new(ConnInfo::new(
         Arc::from("l"),

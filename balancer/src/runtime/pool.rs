@@ -33,10 +33,34 @@ pub struct Pool {
     /// `buffer_body`: bodies of a known length up to this are read whole
     /// before a backend is picked.
     pub buffer_body: u64,
+    /// `buffer_body_file`, `buffer_response`, `buffer_response_file`.
+    pub buffering: Buffering,
     /// `max_connections_per_backend` and its queue.
     pub capacity: Option<config::Capacity>,
     /// Requests waiting in that queue now.
     pub queued: std::sync::atomic::AtomicUsize,
+}
+
+/// How far bodies are buffered past `buffer_body` (see `proxy::spool`).
+#[derive(Debug, Clone, Copy)]
+pub struct Buffering {
+    /// Request body bytes past `buffer_body` that may go to a file.
+    pub body_file: u64,
+    /// Response bytes read ahead of the client in memory (0: none, the
+    /// response streams at the client's pace).
+    pub response: u64,
+    /// ...and then in a file.
+    pub response_file: u64,
+}
+
+impl Default for Buffering {
+    fn default() -> Self {
+        Self {
+            body_file: config::DEFAULT_BUFFER_BODY_FILE,
+            response: config::DEFAULT_BUFFER_RESPONSE,
+            response_file: config::DEFAULT_BUFFER_RESPONSE_FILE,
+        }
+    }
 }
 
 /// Retries allowed as a share of recent requests: every request deposits
@@ -100,15 +124,21 @@ impl Pool {
             slow_start_ms: 0,
             metrics: None,
             buffer_body: config::DEFAULT_BUFFER_BODY,
+            buffering: Buffering::default(),
             capacity: None,
             queued: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Sets body buffering and the per-backend capacity.
-    pub fn with_capacity(mut self, buffer_body: u64, capacity: Option<config::Capacity>) -> Self {
-        self.buffer_body = buffer_body;
-        self.capacity = capacity;
+    pub fn with_capacity(mut self, p: &config::PoolConfig) -> Self {
+        self.buffer_body = p.buffer_body;
+        self.buffering = Buffering {
+            body_file: p.buffer_body_file,
+            response: p.buffer_response,
+            response_file: p.buffer_response_file,
+        };
+        self.capacity = p.capacity;
         self
     }
 

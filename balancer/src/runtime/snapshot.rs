@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[limits]`.
     pub limits: config::Limits,
+    /// `buffer_dir`, or the system's temporary directory.
+    pub buffer_dir: std::path::PathBuf,
     /// `client_ip_header`: where the computed client address is sent.
     pub client_ip_header: Option<http::HeaderName>,
     /// Close code sent to WebSocket clients whose tunnel the balancer ends.
@@ -92,7 +94,7 @@ impl Snapshot {
                         }),
                     ))
                     .with_slow_start(p.slow_start)
-                    .with_capacity(p.buffer_body, p.capacity)
+                    .with_capacity(p)
                     .with_metrics(metrics.map(|m| m.pool(&p.name))),
             );
             pools.insert(Arc::clone(&pool.name), pool);
@@ -118,6 +120,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits,
+            buffer_dir: crate::proxy::spool::dir_of(config.buffer_dir.as_deref()),
             client_ip_header: config
                 .client_ip_header
                 .as_deref()

@@ -12,25 +12,20 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shards of the per-address map: accepts on different workers rarely
 /// wait on each other.
 const SHARDS: usize = 16;
 
-/// How often (at most) a refusal is logged, in milliseconds.
-const WARN_EVERY_MS: u64 = 10_000;
-
 /// The process-wide counts; one per process, shared by every worker.
 #[derive(Debug, Default)]
 pub struct ConnLimits {
     total: AtomicUsize,
     per_ip: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
-    /// When a refusal was last logged (ms on [`crate::clock`]), and how
-    /// many were not logged since.
-    last_warn: AtomicU64,
-    unlogged: AtomicU64,
+    /// Refusals are logged at most once per 10 s.
+    warned: crate::clock::LogEvery,
 }
 
 /// Why a connection was refused: the metric's `reason` label.
@@ -131,21 +126,7 @@ impl ConnLimits {
     /// Whether a refusal should be logged now (at most one line per 10 s,
     /// with the count of the ones not logged); returns that count.
     pub fn should_warn(&self) -> Option<u64> {
-        let now = crate::clock::now_ms();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < WARN_EVERY_MS {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        if self
-            .last_warn
-            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.unlogged.swap(0, Ordering::Relaxed))
+        self.warned.now()
     }
 }
 

@@ -152,6 +152,16 @@ impl UpstreamBody {
         }
     }
 
+    /// Whether the rest of the body is already read (a small response
+    /// comes with its head): nothing to gain from reading ahead.
+    pub fn is_in_hand(&self) -> bool {
+        match self.framing {
+            Framing::Length(n) => self.buf.len() as u64 >= n,
+            Framing::Upgrade => true,
+            _ => false,
+        }
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.framing, Framing::Length(0) | Framing::Upgrade)
     }
