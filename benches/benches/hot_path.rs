@@ -93,6 +93,7 @@ fn policy_picks(c: &mut Criterion) {
             retry: config::RetryConfig::default(),
             slow_start: Duration::ZERO,
             ejection: config::EjectionConfig::default(),
+            send_proxy_protocol: None,
         };
         let sticky = config::StickyConfig {
             cookie: "lb".into(),
