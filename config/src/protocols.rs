@@ -97,7 +97,9 @@ pub(crate) fn send_proxy_from(
         Some(other) => {
             e.push(ConfigError::new(
                 path,
-                format!("unknown PROXY protocol version {other:?} (expected \"v2\", \"v1\" or \"off\")"),
+                format!(
+                    "unknown PROXY protocol version {other:?} (expected \"v2\", \"v1\" or \"off\")"
+                ),
             ));
             None
         }
@@ -172,7 +174,10 @@ mod tests {
     #[test]
     fn send_proxy_protocol_is_off_by_default() {
         use crate::ProxyVersion;
-        assert_eq!(parse(&file("", "")).unwrap().pools[0].send_proxy_protocol, None);
+        assert_eq!(
+            parse(&file("", "")).unwrap().pools[0].send_proxy_protocol,
+            None
+        );
         for (text, want) in [
             ("v2", Some(ProxyVersion::V2)),
             ("v1", Some(ProxyVersion::V1)),
@@ -184,7 +189,8 @@ mod tests {
         let errs = errors(&file("", "send_proxy_protocol = \"v3\""));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].starts_with("pool[0].send_proxy_protocol: unknown PROXY protocol version \"v3\""),
+            errs[0]
+                .starts_with("pool[0].send_proxy_protocol: unknown PROXY protocol version \"v3\""),
             "{errs:?}"
         );
     }

@@ -207,12 +207,16 @@ impl Proxy {
                 request_id,
             );
         }
-        let Routed { pool, host } = or_respond!(forward::route(&snap, &conn.listener, &req));
+        let Routed {
+            pool,
+            host,
+            upgrades,
+        } = or_respond!(forward::route(&snap, &conn.listener, &req));
         log.pool = Some(Arc::clone(&pool.name));
         log.pool_metrics = pool.metrics.clone();
         let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         log.client = client;
-        let upgrade = Upgrade::of(&mut req);
+        let upgrade = Upgrade::of(&mut req, &upgrades);
         let (mut parts, body) = req.into_parts();
         let fwd = headers::Forwarding {
             peer: conn.peer.ip(),

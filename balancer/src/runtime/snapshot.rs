@@ -106,7 +106,10 @@ impl Snapshot {
                     &r.listener,
                     r.host.clone(),
                     &r.path_prefix,
-                    Arc::clone(pool),
+                    super::Route {
+                        pool: Arc::clone(pool),
+                        upgrades: super::Upgrades::new(&r.upgrades),
+                    },
                 );
             }
         }
