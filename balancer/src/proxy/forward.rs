@@ -5,7 +5,7 @@
 //! after each failure), and the response (`Proxy::respond`, or a tunnel
 //! after `101`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +130,34 @@ pub(super) fn valid_authority(a: &[u8]) -> bool {
     });
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     host_ok && port_ok && (a.first() == Some(&b'[') || !host.is_empty())
+}
+
+/// Who a request is from and where it arrived: what a PROXY header to a
+/// `send_proxy_protocol` pool names.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientAddrs {
+    /// The client address the balancer computed (`client_ip`: after
+    /// trusted proxies and the PROXY header in), with the connection's
+    /// port when that address is the peer's; 0 when it came from
+    /// `X-Forwarded-For`, which carries none.
+    pub source: SocketAddr,
+    /// The balancer's address the connection came in on.
+    pub destination: SocketAddr,
+}
+
+impl ClientAddrs {
+    pub(super) fn of(client: IpAddr, conn: &super::ConnInfo) -> Self {
+        let port = if client == conn.peer.ip() {
+            conn.peer.port()
+        } else {
+            0
+        };
+        let unknown = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        Self {
+            source: SocketAddr::new(client, port),
+            destination: conn.local.unwrap_or(unknown),
+        }
+    }
 }
 
 /// The client's side of an upgrade it asked for. Only the protocols its
@@ -283,7 +311,7 @@ impl Proxy {
         pool: &Pool,
         parts: &mut http::request::Parts,
         body: &mut ClientBody,
-        client: IpAddr,
+        client: &ClientAddrs,
         log: &mut AccessLog,
     ) -> Result<Answered, ProxyError> {
         let timeouts = snap.timeouts;
@@ -293,7 +321,7 @@ impl Proxy {
         let mut last_error: Option<ProxyError> = None;
         loop {
             let ctx = SelectionContext {
-                client_ip: client,
+                client_ip: client.source.ip(),
                 headers: &parts.headers,
                 uri: &parts.uri,
             };
@@ -333,9 +361,11 @@ impl Proxy {
                     None => queue_for(pool, &backend, cap).await?,
                 },
             };
+            // With a PROXY header, the connection is this client's alone.
+            let settings = pool.upstream.for_client(client.source, client.destination);
             let sent = backend
                 .connections
-                .send(attempt, &backend.authority, &pool.upstream);
+                .send(attempt, &backend.authority, &settings);
             let result = await_response(sent, &progress, timeouts.response_header)
                 .await
                 .map_err(|e| {
