@@ -96,6 +96,7 @@ fn policy_picks(c: &mut Criterion) {
             retry: config::RetryConfig::default(),
             slow_start: Duration::ZERO,
             ejection: config::EjectionConfig::default(),
+            send_proxy_protocol: None,
         };
         let sticky = config::StickyConfig {
             cookie: "lb".into(),
@@ -210,7 +211,11 @@ fn route_table() -> RouteTable {
     ];
     let mut table = RouteTable::default();
     for (i, (listener, host, prefix)) in routes.into_iter().enumerate() {
-        table.add(listener, host, prefix, pool(&format!("pool-{i}")));
+        let route = balancer::runtime::Route {
+            pool: pool(&format!("pool-{i}")),
+            upgrades: balancer::runtime::Upgrades::default(),
+        };
+        table.add(listener, host, prefix, route);
     }
     table.finish()
 }
@@ -223,7 +228,7 @@ fn route_lookup(c: &mut Criterion) {
     let hit = "/static/css/site.css";
     let miss = "/favicon.ico";
     assert_eq!(
-        table.find("public", Some(host), hit).map(|p| &*p.name),
+        table.find("public", Some(host), hit).map(|r| &*r.pool.name),
         Some("pool-16"),
         "the deep hit must land on the /static route"
     );

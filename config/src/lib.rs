@@ -23,6 +23,7 @@
 pub mod duration;
 mod error;
 pub mod limits;
+mod protocols;
 pub mod raw;
 pub mod tls;
 mod types;
@@ -30,6 +31,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::Limits;
+pub use protocols::{ProxyVersion, DEFAULT_UPGRADES};
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{
     AdminConfig, BackendConfig, Capacity, Config, EjectionConfig, HashKey, HealthConfig,

@@ -121,6 +121,9 @@ pub struct RawPool {
     pub queue_size: Option<i64>,
     #[serde(default)]
     pub queue_timeout: Option<String>,
+    /// `"v2"`, `"v1"` or `"off"`: a PROXY header on every new backend connection.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +195,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// Upgrade protocols the route lets through (default: websocket).
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

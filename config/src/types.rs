@@ -113,6 +113,9 @@ pub struct PoolConfig {
     /// How many requests and tunnels one backend may have open at once,
     /// and the queue that waits for a place: see [`Capacity`].
     pub capacity: Option<Capacity>,
+    /// `send_proxy_protocol`: every new connection to the pool's backends
+    /// starts with a PROXY header naming the client; `None`: off.
+    pub send_proxy_protocol: Option<crate::ProxyVersion>,
 }
 
 /// `max_connections_per_backend` and its queue.
@@ -318,6 +321,9 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     pub path_prefix: String,
     pub pool: String,
+    /// `upgrades`: the protocols (lower-case names, no version) a request
+    /// on this route may upgrade to; default `["websocket"]`, never `h2c`.
+    pub upgrades: Vec<String>,
 }
 
 /// A route's `host`: `game.example.com` or `*.example.com`.

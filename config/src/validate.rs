@@ -275,6 +275,11 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             tls: p
                 .tls
                 .map(|t| crate::tls::pool_tls(e, &format!("{path}.tls"), t)),
+            send_proxy_protocol: crate::protocols::send_proxy_from(
+                e,
+                &format!("{path}.send_proxy_protocol"),
+                p.send_proxy_protocol.as_deref(),
+            ),
         });
     }
 
@@ -316,6 +321,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             host,
             path_prefix,
             pool: r.pool,
+            upgrades: crate::protocols::upgrades_from(e, &format!("{path}.upgrades"), r.upgrades),
         });
     }
 

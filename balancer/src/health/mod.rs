@@ -15,6 +15,10 @@
 //! started after the ejection: see [`crate::upstream::ejection`]), so a
 //! backend that recovered is back on the next check, not after its
 //! ejection time.
+//!
+//! A probe of a pool with `send_proxy_protocol` starts with a `LOCAL`
+//! header (v1: `UNKNOWN`): the backend requires a header on every
+//! connection, and this one is the balancer's own, for no client.
 
 mod checkers;
 
@@ -33,7 +37,7 @@ use arc_swap::ArcSwap;
 use crate::clock::{now_ms, Now};
 use crate::runtime::Snapshot;
 use crate::upstream::ejection::{Change, Event};
-use crate::upstream::{Backend, Health};
+use crate::upstream::{Backend, Health, ProxyHeader};
 
 /// The pure state machine: consecutive counts in, verdict out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,9 +104,17 @@ impl HealthChecker {
             // A probe in flight when the checker is stopped (its pool
             // dropped its checks, or they changed) says nothing any more:
             // its verdict must not overwrite what the reload decided.
+            // The pool's header as the live config has it (a reload may
+            // turn it on or off without restarting the checker).
+            let header = self
+                .snapshot
+                .load()
+                .pools
+                .get(&*self.pool)
+                .and_then(|p| p.upstream.proxy_header);
             let result = tokio::select! {
                 () = stop.cancelled() => return,
-                r = check(&self.backend, &self.config) => r,
+                r = check(&self.backend, &self.config, header.as_ref()) => r,
             };
             if let Some(m) = &self.metrics {
                 m.record(timer.elapsed(), result.is_ok());
@@ -172,25 +184,39 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
-/// One probe. `Ok` carries what passed (the status code, or "connected");
+/// One probe, its connection started with `proxy_header` when the pool
+/// sends one. `Ok` carries what passed (the status code, or "connected");
 /// `Err` says why it failed.
-pub async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<String, String> {
-    match tokio::time::timeout(cfg.timeout, probe(backend, cfg)).await {
+pub async fn check(
+    backend: &Backend,
+    cfg: &HealthConfig,
+    proxy_header: Option<&ProxyHeader>,
+) -> Result<String, String> {
+    match tokio::time::timeout(cfg.timeout, probe(backend, cfg, proxy_header)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timeout after {:?}", cfg.timeout)),
     }
 }
 
-async fn probe(backend: &Backend, cfg: &HealthConfig) -> Result<String, String> {
-    // With the pool's TLS settings when it has them: a check passes only
-    // if requests could get through.
-    let stream = backend.connections.open(cfg.timeout).await.map_err(|e| {
-        if e.is_refused() {
-            "connection refused".to_string()
-        } else {
-            e.to_string()
-        }
-    })?;
+async fn probe(
+    backend: &Backend,
+    cfg: &HealthConfig,
+    proxy_header: Option<&ProxyHeader>,
+) -> Result<String, String> {
+    // With the pool's TLS settings (and PROXY header) when it has them: a
+    // check passes only if requests could get through.
+    let local = proxy_header.map(|h| ProxyHeader::local(h.version()));
+    let stream = backend
+        .connections
+        .open(cfg.timeout, local.as_ref())
+        .await
+        .map_err(|e| {
+            if e.is_refused() {
+                "connection refused".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
     if cfg.kind == HealthKind::Tcp {
         return Ok("connected".to_string());
     }

@@ -5,7 +5,7 @@
 //! after each failure), and the response (`Proxy::respond`, or a tunnel
 //! after `101`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use super::retry::{self, Decision};
 use super::{headers, spool, tunnel, AccessLog, ClientBody, InFlight, ProxyBody};
 use super::{Proxy, ProxyError};
 use crate::clock::{now_ms, Now};
-use crate::runtime::{normalize_host, Pool, Snapshot};
+use crate::runtime::{normalize_host, Pool, Snapshot, Upgrades};
 use crate::select::SelectionContext;
 use crate::socket::LastActivity;
 use crate::upstream::ejection::{Change, Event, Out};
@@ -29,6 +29,8 @@ pub(super) struct Routed {
     pub pool: Arc<Pool>,
     /// HTTP/2's `:authority` or HTTP/1.1's `Host`, as sent.
     pub host: Option<HeaderValue>,
+    /// The route's `upgrades`.
+    pub upgrades: Upgrades,
 }
 
 /// Finds the pool for a request on `listener` by host and path.
@@ -67,13 +69,14 @@ pub(super) fn route<B>(
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .map(normalize_host);
-    let pool = snap
+    let route = snap
         .routes
         .find(listener, normalized.as_deref(), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     Ok(Routed {
-        pool: Arc::clone(pool),
+        pool: Arc::clone(&route.pool),
         host,
+        upgrades: route.upgrades.clone(),
     })
 }
 
@@ -129,17 +132,49 @@ pub(super) fn valid_authority(a: &[u8]) -> bool {
     host_ok && port_ok && (a.first() == Some(&b'[') || !host.is_empty())
 }
 
-/// The client's side of an upgrade it asked for. Only WebSocket upgrades
-/// are honoured: any other `Upgrade` (h2c, a custom protocol) is stripped
-/// with the other hop-by-hop headers and the request goes on as a plain
-/// one, so nothing but a WebSocket handshake can become a raw tunnel.
+/// Who a request is from and where it arrived: what a PROXY header to a
+/// `send_proxy_protocol` pool names.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientAddrs {
+    /// The client address the balancer computed (`client_ip`: after
+    /// trusted proxies and the PROXY header in), with the connection's
+    /// port when that address is the peer's; 0 when it came from
+    /// `X-Forwarded-For`, which carries none.
+    pub source: SocketAddr,
+    /// The balancer's address the connection came in on.
+    pub destination: SocketAddr,
+}
+
+impl ClientAddrs {
+    pub(super) fn of(client: IpAddr, conn: &super::ConnInfo) -> Self {
+        let port = if client == conn.peer.ip() {
+            conn.peer.port()
+        } else {
+            0
+        };
+        let unknown = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        Self {
+            source: SocketAddr::new(client, port),
+            destination: conn.local.unwrap_or(unknown),
+        }
+    }
+}
+
+/// The client's side of an upgrade it asked for. Only the protocols its
+/// route allows (`route.upgrades`, WebSocket by default) are honoured: the
+/// request goes upstream offering those alone, and any other `Upgrade`
+/// token (h2c, a protocol the route does not list) is stripped with the
+/// other hop-by-hop headers; with none left, the request goes on as a
+/// plain one. So nothing but an allowed handshake can become a tunnel.
 pub(super) struct Upgrade {
     /// Resolves to the client's socket once the 101 is sent.
     pub client: Option<OnUpgrade>,
-    /// The upgrade is to `websocket` (the tunnel may send Close frames).
-    pub websocket: bool,
-    /// The `Sec-WebSocket-Accept` a genuine 101 to this request carries.
-    pub accept: Option<HeaderValue>,
+    /// The protocol names (lower-case, without `/version`) the request
+    /// goes upstream offering: what a 101 may switch to. Empty: no upgrade.
+    offered: Vec<Box<str>>,
+    /// The `Sec-WebSocket-Accept` a genuine 101 to this request's
+    /// WebSocket handshake carries (when `websocket` is offered).
+    accept: Option<HeaderValue>,
 }
 
 /// RFC 6455 4.2.2: base64(SHA-1(key + this GUID)).
@@ -155,43 +190,108 @@ fn websocket_accept(key: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(digest)).ok()
 }
 
+/// A protocol in `Upgrade` (RFC 9110 7.8): `name` or `name/version`, both
+/// tokens; its name, or `None` when it is not one.
+fn protocol_name(token: &str) -> Option<&str> {
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let (name, version) = match token.split_once('/') {
+        Some((n, v)) => (n, Some(v)),
+        None => (token, None),
+    };
+    (is_token(name) && version.is_none_or(is_token)).then_some(name)
+}
+
 impl Upgrade {
-    pub(super) fn of<B>(req: &mut Request<B>) -> Self {
-        let accept = (req.version() == Version::HTTP_11
-            && headers::is_upgrade_request(req.headers())
-            && req
-                .headers()
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")))
-        .then(|| req.headers().get(header::SEC_WEBSOCKET_KEY))
-        .flatten()
-        .and_then(|k| websocket_accept(k.as_bytes()));
-        let asked = accept.is_some();
+    /// What `req` asks for, given its route's `allowed` protocols; the
+    /// request's `Upgrade` is rewritten to the allowed protocols alone.
+    pub(super) fn of<B>(req: &mut Request<B>, allowed: &Upgrades) -> Self {
+        let none = Self {
+            client: None,
+            offered: Vec::new(),
+            accept: None,
+        };
+        if req.version() != Version::HTTP_11 || !headers::is_upgrade_request(req.headers()) {
+            return none;
+        }
+        let accept = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .and_then(|k| websocket_accept(k.as_bytes()));
+        let mut kept: Vec<&str> = Vec::new();
+        let mut offered: Vec<Box<str>> = Vec::new();
+        let tokens = req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            let Some(name) = protocol_name(token) else {
+                continue;
+            };
+            // A WebSocket handshake is `websocket` with a key, exactly.
+            let websocket = name.eq_ignore_ascii_case("websocket");
+            if websocket && (token.len() != name.len() || accept.is_none()) {
+                continue;
+            }
+            let lower = name.to_ascii_lowercase();
+            if allowed.allows(name) && !offered.iter().any(|o| **o == *lower) {
+                kept.push(token);
+                offered.push(lower.into());
+            }
+        }
+        if offered.is_empty() {
+            return none;
+        }
+        let Ok(value) = HeaderValue::from_str(&kept.join(", ")) else {
+            return none;
+        };
+        let websocket = offered.iter().any(|o| &**o == "websocket");
+        req.headers_mut().insert(header::UPGRADE, value);
         Self {
-            client: asked.then(|| hyper::upgrade::on(req)),
-            websocket: asked,
-            accept,
+            client: Some(hyper::upgrade::on(req)),
+            offered,
+            accept: accept.filter(|_| websocket),
         }
     }
 
-    /// Whether a backend's `101` really answers this handshake: the
-    /// request asked for a WebSocket, and the 101 names it and carries the
-    /// matching `Sec-WebSocket-Accept`.
-    pub(super) fn accepts(&self, head: &http::response::Parts) -> Result<(), &'static str> {
-        let Some(expected) = &self.accept else {
+    /// Whether a backend's `101` really answers this request: it asked
+    /// for an upgrade, and the 101 names exactly one of the protocols it
+    /// offered (by name; a version is not compared); for `websocket`, with
+    /// the matching `Sec-WebSocket-Accept`. `Ok(true)`: the tunnel is a
+    /// WebSocket (frames, limits, Close on drain); `Ok(false)`: raw bytes.
+    pub(super) fn accepts(&self, head: &http::response::Parts) -> Result<bool, &'static str> {
+        if self.offered.is_empty() {
             return Err("101 to a request that asked for no upgrade");
+        }
+        let mut values = head.headers.get_all(header::UPGRADE).iter();
+        let token = match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().map(str::trim).unwrap_or(""),
+            _ => "",
         };
-        let upgrade_ok = head
-            .headers
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        if !upgrade_ok {
+        let Some(name) = protocol_name(token) else {
+            return Err("101 without one protocol in Upgrade");
+        };
+        if !self.offered.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            return Err("101 to a protocol the request did not ask for");
+        }
+        if !name.eq_ignore_ascii_case("websocket") {
+            return Ok(false);
+        }
+        if token.len() != name.len() {
             return Err("101 without Upgrade: websocket");
         }
-        if head.headers.get(header::SEC_WEBSOCKET_ACCEPT) != Some(expected) {
-            return Err("101 with a wrong Sec-WebSocket-Accept");
+        match &self.accept {
+            Some(expected) if head.headers.get(header::SEC_WEBSOCKET_ACCEPT) == Some(expected) => {
+                Ok(true)
+            }
+            _ => Err("101 with a wrong Sec-WebSocket-Accept"),
         }
-        Ok(())
     }
 }
 
@@ -211,7 +311,7 @@ impl Proxy {
         pool: &Pool,
         parts: &mut http::request::Parts,
         body: &mut ClientBody,
-        client: IpAddr,
+        client: &ClientAddrs,
         log: &mut AccessLog,
     ) -> Result<Answered, ProxyError> {
         let timeouts = snap.timeouts;
@@ -221,7 +321,7 @@ impl Proxy {
         let mut last_error: Option<ProxyError> = None;
         loop {
             let ctx = SelectionContext {
-                client_ip: client,
+                client_ip: client.source.ip(),
                 headers: &parts.headers,
                 uri: &parts.uri,
             };
@@ -261,9 +361,11 @@ impl Proxy {
                     None => queue_for(pool, &backend, cap).await?,
                 },
             };
+            // With a PROXY header, the connection is this client's alone.
+            let settings = pool.upstream.for_client(client.source, client.destination);
             let sent = backend
                 .connections
-                .send(attempt, &backend.authority, &pool.upstream);
+                .send(attempt, &backend.authority, &settings);
             let result = await_response(sent, &progress, timeouts.response_header)
                 .await
                 .map_err(|e| {
@@ -362,11 +464,12 @@ impl Proxy {
         }
 
         let (mut parts, mut body) = resp.into_parts();
+        let mut websocket = false;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            // Only a genuine answer to the client's own WebSocket handshake
-            // becomes a tunnel; anything else would hand the client a raw
-            // socket to the backend.
-            upgrade
+            // Only a genuine answer to the client's own handshake becomes
+            // a tunnel; anything else would hand the client a raw socket
+            // to the backend.
+            websocket = upgrade
                 .accepts(&parts)
                 .map_err(|why| ProxyError::Upstream(UpstreamError::Protocol(why.to_string())))?;
         }
@@ -379,7 +482,7 @@ impl Proxy {
                 )));
             };
             let end = tunnel::TunnelEnd {
-                websocket: upgrade.websocket,
+                websocket,
                 close_code: snap.drain_close_code,
                 shutdown: self.close_tunnels.clone(),
                 metrics: pool.metrics.clone(),
@@ -514,7 +617,103 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{valid_authority, websocket_accept};
+    use super::{valid_authority, websocket_accept, Upgrade};
+    use crate::runtime::Upgrades;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    fn asking(upgrade: &str, key: bool, allowed: &[&str]) -> (Upgrade, http::HeaderMap) {
+        let mut req = http::Request::get("/")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", upgrade);
+        if key {
+            req = req.header("sec-websocket-key", KEY);
+        }
+        let mut req = req.body(()).unwrap();
+        let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let u = Upgrade::of(&mut req, &Upgrades::new(&allowed));
+        (u, req.headers().clone())
+    }
+
+    fn switching(pairs: &[(&str, &str)]) -> http::response::Parts {
+        let mut b = http::Response::builder().status(101);
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_the_routes_protocols_go_upstream() {
+        let both = ["websocket", "mygame"];
+        let (u, h) = asking("h2c, MyGame/2, irc", false, &both);
+        assert!(u.client.is_some());
+        assert_eq!(h["upgrade"], "MyGame/2", "h2c and irc are not offered");
+        let (u, _) = asking("h2c", false, &both);
+        assert!(u.client.is_none(), "nothing allowed: a plain request");
+        let (u, _) = asking("mygame", false, &["websocket"]);
+        assert!(u.client.is_none(), "not listed");
+        // WebSocket needs its key, and no version.
+        assert!(asking("websocket", false, &both).0.client.is_none());
+        assert!(asking("websocket/13", true, &both).0.client.is_none());
+        assert!(asking("websocket", true, &both).0.client.is_some());
+        assert!(asking("websocket", true, &[]).0.client.is_none());
+        // Junk tokens are dropped.
+        let (u, h) = asking("my game, mygame", false, &both);
+        assert!(u.client.is_some());
+        assert_eq!(h["upgrade"], "mygame");
+        // HTTP/2 requests never upgrade.
+        let mut req = http::Request::get("/")
+            .version(http::Version::HTTP_2)
+            .header("connection", "upgrade")
+            .header("upgrade", "mygame")
+            .body(())
+            .unwrap();
+        let allowed = Upgrades::new(&["mygame".into()]);
+        assert!(Upgrade::of(&mut req, &allowed).client.is_none());
+    }
+
+    #[test]
+    fn a_101_must_name_one_offered_protocol() {
+        let both = ["websocket", "mygame"];
+        let (game, _) = asking("mygame", false, &both);
+        assert_eq!(
+            game.accepts(&switching(&[("upgrade", "MyGame")])),
+            Ok(false)
+        );
+        assert_eq!(
+            game.accepts(&switching(&[("upgrade", "mygame/3")])),
+            Ok(false),
+            "the version is not compared"
+        );
+        for bad in [
+            &[("upgrade", "othergame")][..],
+            &[("upgrade", "websocket"), ("sec-websocket-accept", ACCEPT)],
+            &[("upgrade", "mygame, websocket")],
+            &[("upgrade", "mygame"), ("upgrade", "mygame")],
+            &[],
+        ] {
+            assert!(game.accepts(&switching(bad)).is_err(), "{bad:?}");
+        }
+        let (ws, _) = asking("websocket", true, &both);
+        assert_eq!(
+            ws.accepts(&switching(&[
+                ("upgrade", "websocket"),
+                ("sec-websocket-accept", ACCEPT)
+            ])),
+            Ok(true)
+        );
+        assert!(ws
+            .accepts(&switching(&[
+                ("upgrade", "websocket"),
+                ("sec-websocket-accept", "x")
+            ]))
+            .is_err());
+        assert!(ws.accepts(&switching(&[("upgrade", "mygame")])).is_err());
+        let (plain, _) = asking("h2c", false, &both);
+        assert!(plain.accepts(&switching(&[("upgrade", "h2c")])).is_err());
+    }
 
     #[test]
     fn the_accept_of_rfc_6455s_example() {

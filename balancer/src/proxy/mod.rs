@@ -72,7 +72,11 @@ pub struct Proxy {
 #[derive(Debug)]
 pub struct ConnInfo {
     pub listener: Arc<str>,
+    /// The client's address: the TCP peer, or the one its PROXY header named.
     pub peer: SocketAddr,
+    /// The balancer's end of the connection (what a PROXY header sent to a
+    /// backend names as the destination); `None` when unknown.
+    pub local: Option<SocketAddr>,
     /// Requests being handled on this connection; the idle timer waits for zero.
     pub in_flight: AtomicUsize,
     /// Requests that arrived on this connection so far.
@@ -98,6 +102,7 @@ impl ConnInfo {
         Self {
             listener,
             peer,
+            local: None,
             in_flight: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
@@ -106,6 +111,12 @@ impl ConnInfo {
             edge: Arc::new(edge::Edge::default()),
             sni: None,
         }
+    }
+
+    /// With the balancer's end of the connection.
+    pub fn with_local(mut self, local: Option<SocketAddr>) -> Self {
+        self.local = local;
+        self
     }
 
     /// With the listener's settings and the TLS server name.
@@ -219,12 +230,17 @@ impl Proxy {
                 request_id,
             );
         }
-        let Routed { pool, host } = or_respond!(forward::route(&snap, &conn.listener, &req));
+        let Routed {
+            pool,
+            host,
+            upgrades,
+        } = or_respond!(forward::route(&snap, &conn.listener, &req));
         log.pool = Some(Arc::clone(&pool.name));
         log.pool_metrics = pool.metrics.clone();
         let client = client_ip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
         log.client = client;
-        let upgrade = Upgrade::of(&mut req);
+        let addrs = forward::ClientAddrs::of(client, conn);
+        let upgrade = Upgrade::of(&mut req, &upgrades);
         let (mut parts, body) = req.into_parts();
         let fwd = headers::Forwarding {
             peer: conn.peer.ip(),
@@ -256,7 +272,7 @@ impl Proxy {
         );
         // Lent, not moved: the attempts' future stays small.
         let answered = or_respond!(
-            self.attempts(&snap, &pool, &mut parts, &mut body, client, &mut log)
+            self.attempts(&snap, &pool, &mut parts, &mut body, &addrs, &mut log)
                 .await
         );
         or_respond!(self.respond(&snap, &pool, answered, upgrade, &mut log, in_flight))

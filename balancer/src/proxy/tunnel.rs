@@ -1,5 +1,5 @@
-//! WebSocket (and any other HTTP/1.1 upgrade) tunnels: after `101 Switching
-//! Protocols`, the client's and the backend's sockets are joined byte for
+//! WebSocket tunnels, and raw ones for the other protocols a route allows
+//! (`route.upgrades`): after `101 Switching Protocols`, the client's and the backend's sockets are joined byte for
 //! byte until either side closes. The tunnel holds its backend's open-count
 //! guard for its whole life, so least-connections and draining see it.
 

@@ -12,5 +12,5 @@ mod route;
 mod snapshot;
 
 pub use pool::{Pool, RetryBudget};
-pub use route::{normalize_host, RouteTable};
+pub use route::{normalize_host, Route, RouteTable, Upgrades};
 pub use snapshot::{BackendKey, Snapshot, UpstreamTlsByPool};

@@ -6,6 +6,9 @@
 //! beats a route without host; among those, the longest `path_prefix` wins.
 //! A prefix is a plain string prefix of the path (`/api` matches `/api/x`
 //! and `/apix`; write `/api/` to match the folder only).
+//!
+//! A route gives a request its pool and the upgrade protocols it may
+//! switch to ([`Upgrades`], the route's `upgrades`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +17,49 @@ use config::HostMatch;
 
 use super::Pool;
 
+/// What a matched route gives a request.
+#[derive(Debug)]
+pub struct Route {
+    pub pool: Arc<Pool>,
+    pub upgrades: Upgrades,
+}
+
+/// A route's `upgrades`: the protocol names (lower-case, no version) an
+/// HTTP/1.1 request on it may ask to switch to. Shared, so a request
+/// takes it with a reference count, not a copy.
+#[derive(Debug, Clone)]
+pub struct Upgrades(Arc<[Box<str>]>);
+
+impl Upgrades {
+    /// From the config's list (already lower-case and checked).
+    pub fn new(names: &[String]) -> Self {
+        Self(names.iter().map(|n| Box::from(n.as_str())).collect())
+    }
+
+    /// Whether `name` (a protocol name without `/version`, any case) is
+    /// allowed.
+    pub fn allows(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+impl Default for Upgrades {
+    /// `config::DEFAULT_UPGRADES`: WebSocket only.
+    fn default() -> Self {
+        Self(
+            config::DEFAULT_UPGRADES
+                .iter()
+                .map(|n| Box::from(*n))
+                .collect(),
+        )
+    }
+}
+
 #[derive(Debug)]
 struct CompiledRoute {
     host: Option<HostMatch>,
     prefix: String,
-    pool: Arc<Pool>,
+    route: Route,
 }
 
 impl CompiledRoute {
@@ -40,14 +81,14 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Adds a route; call [`RouteTable::finish`] when all are in.
-    pub fn add(&mut self, listener: &str, host: Option<HostMatch>, prefix: &str, pool: Arc<Pool>) {
+    pub fn add(&mut self, listener: &str, host: Option<HostMatch>, prefix: &str, route: Route) {
         self.by_listener
             .entry(listener.into())
             .or_default()
             .push(CompiledRoute {
                 host,
                 prefix: prefix.to_string(),
-                pool,
+                route,
             });
     }
 
@@ -59,8 +100,8 @@ impl RouteTable {
         self
     }
 
-    /// The pool for a request. `host` must be normalized (see [`normalize_host`]).
-    pub fn find(&self, listener: &str, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+    /// The route for a request. `host` must be normalized (see [`normalize_host`]).
+    pub fn find(&self, listener: &str, host: Option<&str>, path: &str) -> Option<&Route> {
         self.by_listener
             .get(listener)?
             .iter()
@@ -72,7 +113,7 @@ impl RouteTable {
                 };
                 host_ok && path.starts_with(r.prefix.as_str())
             })
-            .map(|r| &r.pool)
+            .map(|r| &r.route)
     }
 }
 
@@ -101,13 +142,16 @@ mod tests {
     use super::*;
     use crate::select::SmoothWeightedRoundRobin;
 
-    fn pool(name: &str) -> Arc<Pool> {
-        Arc::new(Pool::new(
-            name,
-            Vec::new(),
-            Vec::new(),
-            Box::new(SmoothWeightedRoundRobin::new(&[])),
-        ))
+    fn pool(name: &str) -> Route {
+        Route {
+            pool: Arc::new(Pool::new(
+                name,
+                Vec::new(),
+                Vec::new(),
+                Box::new(SmoothWeightedRoundRobin::new(&[])),
+            )),
+            upgrades: Upgrades::default(),
+        }
     }
 
     fn table() -> RouteTable {
@@ -143,7 +187,7 @@ mod tests {
     }
 
     fn find<'a>(t: &'a RouteTable, l: &str, h: Option<&str>, p: &str) -> Option<&'a str> {
-        t.find(l, h, p).map(|p| &*p.name)
+        t.find(l, h, p).map(|r| &*r.pool.name)
     }
 
     #[test]
@@ -230,10 +274,18 @@ mod tests {
                     // max_by_key keeps the last of equals: reverse the index.
                     .max_by_key(|(i, (h, p))| (rank(h, p), std::cmp::Reverse(*i)))
                     .map(|(i, _)| i.to_string());
-                let got = t.find("l", req_host, path).map(|p| p.name.to_string());
+                let got = t.find("l", req_host, path).map(|r| r.pool.name.to_string());
                 prop_assert_eq!(got, want);
             }
         }
+    }
+
+    #[test]
+    fn upgrades_match_names_without_case() {
+        let u = Upgrades::new(&["websocket".into(), "mygame".into()]);
+        assert!(u.allows("WebSocket") && u.allows("mygame") && !u.allows("h2c"));
+        assert!(!Upgrades::new(&[]).allows("websocket"));
+        assert!(Upgrades::default().allows("websocket") && !Upgrades::default().allows("mygame"));
     }
 
     #[test]

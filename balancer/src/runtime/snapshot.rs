@@ -86,13 +86,16 @@ impl Snapshot {
             let pool = Arc::new(
                 Pool::new(&p.name, backends, weights, selection)
                     .with_failure_policy(p.retry, p.ejection, p.health.is_some())
-                    .with_upstream(UpstreamSettings::new(
-                        &config.timeouts,
-                        // With a cap, idle connections stay within it too.
-                        p.capacity.map_or(p.max_idle_per_backend, |c| {
-                            p.max_idle_per_backend.min(c.per_backend)
-                        }),
-                    ))
+                    .with_upstream(
+                        UpstreamSettings::new(
+                            &config.timeouts,
+                            // With a cap, idle connections stay within it too.
+                            p.capacity.map_or(p.max_idle_per_backend, |c| {
+                                p.max_idle_per_backend.min(c.per_backend)
+                            }),
+                        )
+                        .with_proxy_protocol(p.send_proxy_protocol),
+                    )
                     .with_slow_start(p.slow_start)
                     .with_capacity(p)
                     .with_metrics(metrics.map(|m| m.pool(&p.name))),
@@ -108,7 +111,10 @@ impl Snapshot {
                     &r.listener,
                     r.host.clone(),
                     &r.path_prefix,
-                    Arc::clone(pool),
+                    super::Route {
+                        pool: Arc::clone(pool),
+                        upgrades: super::Upgrades::new(&r.upgrades),
+                    },
                 );
             }
         }

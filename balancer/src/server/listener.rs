@@ -293,6 +293,7 @@ async fn serve_connection(
     mut counted: Counted,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let mut stream = stream;
     let peer = match &settings.proxy_protocol {
         None => peer,
@@ -324,7 +325,11 @@ async fn serve_connection(
             }
         },
     };
-    let conn = Arc::new(ConnInfo::new(listener, peer).with_edge(Arc::clone(&settings.edge), sni));
+    let conn = Arc::new(
+        ConnInfo::new(listener, peer)
+            .with_local(local)
+            .with_edge(Arc::clone(&settings.edge), sni),
+    );
     drop(settings);
     let last = LastActivity::new();
     let Some((h2, mut prefix, mut io)) =

@@ -8,6 +8,13 @@
 //! to the next connection without replacing the pool: a socket's idle
 //! deadline is stamped when it goes idle, and the reaper follows the
 //! shortest idle time it has seen.
+//!
+//! A pool with `send_proxy_protocol` starts every new connection with a
+//! PROXY header ([`ProxyHeader`], in the settings) naming the client it is
+//! for. Such a connection speaks for that client until it closes, so idle
+//! connections are keyed by their header: one is reused only for a
+//! request whose header would be the same (the same client address and
+//! port, the same balancer address), never for another client.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,16 +24,21 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::{UpstreamError, UpstreamStream, UpstreamTls};
+use super::{ProxyHeader, UpstreamError, UpstreamStream, UpstreamTls};
 use crate::clock::{millis, now_ms};
 
 /// What opening and keeping upstream connections follows; from the
-/// config's `[timeouts]` and the pool's `max_idle_per_backend`.
+/// config's `[timeouts]` and the pool's `max_idle_per_backend` and
+/// `send_proxy_protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// `send_proxy_protocol`: the header a new connection starts with, and
+    /// the key an idle one is reused by. The pool's own settings hold
+    /// `LOCAL`; a request's hold its client's ([`Self::for_client`]).
+    pub proxy_header: Option<ProxyHeader>,
 }
 
 impl UpstreamSettings {
@@ -35,12 +47,30 @@ impl UpstreamSettings {
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.upstream_idle,
             max_idle,
+            proxy_header: None,
+        }
+    }
+
+    /// With `send_proxy_protocol` (`None`: off).
+    pub fn with_proxy_protocol(mut self, version: Option<config::ProxyVersion>) -> Self {
+        self.proxy_header = version.map(ProxyHeader::local);
+        self
+    }
+
+    /// The settings for a request from `source` that reached the balancer
+    /// at `destination`: the same, but for the PROXY header, which names
+    /// them (when the pool sends one).
+    pub fn for_client(&self, source: SocketAddr, destination: SocketAddr) -> Self {
+        Self {
+            proxy_header: self.proxy_header.map(|h| h.for_client(source, destination)),
+            ..*self
         }
     }
 }
 
-/// Idle sockets with the time ([`now_ms`]) each expires, newest last.
-type IdleList = Mutex<Vec<(UpstreamStream, u64)>>;
+/// Idle sockets with the time ([`now_ms`]) each expires and the PROXY
+/// header each started with, newest last.
+type IdleList = Mutex<Vec<(UpstreamStream, u64, Option<ProxyHeader>)>>;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -98,10 +128,21 @@ impl ConnectionPool {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
 
-    /// The newest idle socket that is still open and not expired, if any.
-    pub(super) fn checkout(&self, now: u64) -> Option<UpstreamStream> {
+    /// The newest idle socket that started with `header` (none: no
+    /// PROXY header) and is still open and not expired, if any. Without
+    /// PROXY headers every socket matches, so this is a pop; with them,
+    /// a scan of this worker's short list.
+    pub(super) fn checkout(
+        &self,
+        now: u64,
+        header: Option<&ProxyHeader>,
+    ) -> Option<UpstreamStream> {
         loop {
-            let (mut io, expires) = self.mine().lock().ok()?.pop()?;
+            let (mut io, expires, _) = {
+                let mut idle = self.mine().lock().ok()?;
+                let at = idle.iter().rposition(|(_, _, h)| h.as_ref() == header)?;
+                idle.remove(at)
+            };
             if now >= expires || !io.still_open() {
                 continue;
             }
@@ -125,19 +166,30 @@ impl ConnectionPool {
         // The cap is per worker list: each worker keeps up to `max_idle`
         // divided among them (at least one).
         let cap = (settings.max_idle / self.idle.len()).max(1);
+        let header = settings.proxy_header;
+        if idle.len() >= cap && header.is_some() {
+            // Keyed sockets: each is good for one client only, and the
+            // newest client is the likeliest to come back, so the oldest
+            // makes room (closed outside the lock).
+            let oldest = idle.remove(0);
+            idle.push((io, now_ms().saturating_add(idle_ms), header));
+            drop(idle);
+            drop(oldest);
+            return;
+        }
         if idle.len() < cap {
-            idle.push((io, now_ms().saturating_add(idle_ms)));
+            idle.push((io, now_ms().saturating_add(idle_ms), header));
         }
     }
 
     /// Closes sockets whose idle time is over at `now`.
     fn reap_expired(&self, now: u64) {
         for list in self.idle.iter() {
-            let expired: Vec<(UpstreamStream, u64)> = match list.lock() {
+            let expired: Vec<_> = match list.lock() {
                 Ok(mut idle) => {
                     let (gone, kept) = std::mem::take(&mut *idle)
                         .into_iter()
-                        .partition(|(_, expires)| now >= *expires);
+                        .partition(|(_, expires, _)| now >= *expires);
                     *idle = kept;
                     gone
                 }
@@ -172,23 +224,30 @@ impl ConnectionPool {
         }
     }
 
-    /// Opens a new connection (and its TLS session) within
+    /// Opens a new connection (its PROXY header, its TLS session) within
     /// `settings.connect_timeout`, timed into the connect histogram.
     pub async fn connect(
         &self,
         settings: &UpstreamSettings,
     ) -> Result<UpstreamStream, UpstreamError> {
         let start = std::time::Instant::now();
-        let io = self.open(settings.connect_timeout).await?;
+        let io = self
+            .open(settings.connect_timeout, settings.proxy_header.as_ref())
+            .await?;
         if let Some(h) = &self.connect_histogram {
             h.observe(start.elapsed().as_secs_f64());
         }
         Ok(io)
     }
 
-    /// Opens a new connection (and its TLS session) within `limit`, as
-    /// requests and health checks do.
-    pub async fn open(&self, limit: Duration) -> Result<UpstreamStream, UpstreamError> {
+    /// Opens a new connection within `limit`, as requests and health
+    /// checks do: TCP, then `proxy_header` (before anything else, TLS
+    /// included), then the pool's TLS session if it has one.
+    pub async fn open(
+        &self,
+        limit: Duration,
+        proxy_header: Option<&ProxyHeader>,
+    ) -> Result<UpstreamStream, UpstreamError> {
         let start = std::time::Instant::now();
         let io = match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
             Ok(Ok(io)) => io,
@@ -204,6 +263,25 @@ impl ConnectionPool {
             Err(_) => return Err(UpstreamError::ConnectTimeout(limit)),
         };
         let _ = io.set_nodelay(true);
+        let mut io = io;
+        if let Some(h) = proxy_header {
+            use tokio::io::AsyncWriteExt;
+            let mut bytes = Vec::with_capacity(64);
+            h.encode(&mut bytes);
+            let left = limit.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, io.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                // Nothing of the request went: as safe to retry as a
+                // failed connect.
+                Ok(Err(source)) => {
+                    return Err(UpstreamError::Connect {
+                        addr: self.addr,
+                        source,
+                    })
+                }
+                Err(_) => return Err(UpstreamError::ConnectTimeout(limit)),
+            }
+        }
         let tls = self.tls.load_full();
         let io = match &tls {
             None => UpstreamStream::Plain(io),

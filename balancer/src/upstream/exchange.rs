@@ -47,7 +47,7 @@ impl ConnectionPool {
         let idempotent = codec::is_idempotent(&parts.method);
         let head_request = parts.method == Method::HEAD;
 
-        let mut reused = self.checkout(now_ms());
+        let mut reused = self.checkout(now_ms(), settings.proxy_header.as_ref());
         let Some(whole) = whole else {
             // Boxed: the streamed upload's state is large and rare, and
             // inline it would grow every request's future (and every move

@@ -25,6 +25,7 @@ mod connections;
 pub mod ejection;
 mod error;
 mod exchange;
+pub mod proxy_header;
 mod request_body;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -37,5 +38,6 @@ pub use body::{UpstreamBody, UpstreamIo};
 pub use codec::is_idempotent;
 pub use connections::{ConnectionPool, UpstreamSettings};
 pub use error::{Reached, UpstreamError};
+pub use proxy_header::ProxyHeader;
 pub use request_body::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};
 pub use tls::{UpstreamStream, UpstreamTls};

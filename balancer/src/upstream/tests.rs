@@ -18,6 +18,7 @@ fn settings() -> UpstreamSettings {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(10),
         max_idle: 4,
+        proxy_header: None,
     }
 }
 
@@ -165,6 +166,7 @@ async fn idle_sockets_close_after_upstream_idle_and_max_idle_caps_the_pool() {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_millis(200),
         max_idle: 1,
+        proxy_header: None,
     };
     let p = pool(addr);
     // Two at once: two sockets, of which the pool keeps one.
@@ -196,4 +198,45 @@ async fn settings_apply_to_the_next_socket_without_a_new_pool() {
     );
     request(&p, Method::GET, &settings()).await.unwrap();
     assert_eq!(seen.connections(), 2, "the kept socket was reused");
+}
+
+/// With a PROXY header, an idle socket is reused only for the client it
+/// named; a full list makes room by closing its oldest keyed socket.
+#[tokio::test]
+async fn proxied_sockets_are_reused_for_their_own_client_only() {
+    let (addr, seen) = raw_backend(vec!["HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"; 8]).await;
+    let p = pool(addr);
+    let lb: SocketAddr = "10.0.0.1:443".parse().unwrap();
+    let base = UpstreamSettings {
+        max_idle: 1,
+        ..settings()
+    }
+    .with_proxy_protocol(Some(config::ProxyVersion::V1));
+    let a = base.for_client("203.0.113.7:1000".parse().unwrap(), lb);
+    let b = base.for_client("203.0.113.7:1001".parse().unwrap(), lb);
+    request(&p, Method::GET, &a).await.unwrap();
+    request(&p, Method::GET, &a).await.unwrap();
+    assert_eq!(seen.connections(), 1, "a's socket served a again");
+    request(&p, Method::GET, &b).await.unwrap();
+    assert_eq!(seen.connections(), 2, "b never gets a's socket");
+    assert_eq!(p.idle_count(), 1, "b's socket replaced a's (max_idle 1)");
+    request(&p, Method::GET, &b).await.unwrap();
+    request(&p, Method::GET, &a).await.unwrap();
+    assert_eq!(seen.connections(), 3, "b reused its own; a's was closed");
+    // A pool without headers never reuses a keyed socket either.
+    request(&p, Method::GET, &settings()).await.unwrap();
+    assert_eq!(seen.connections(), 4);
+    let heads = seen.heads.lock().unwrap().clone();
+    let firsts: Vec<&str> = heads.iter().map(|h| h.lines().next().unwrap()).collect();
+    assert_eq!(
+        firsts,
+        [
+            "PROXY TCP4 203.0.113.7 10.0.0.1 1000 443",
+            "GET /x?y=1 HTTP/1.1",
+            "PROXY TCP4 203.0.113.7 10.0.0.1 1001 443",
+            "GET /x?y=1 HTTP/1.1",
+            "PROXY TCP4 203.0.113.7 10.0.0.1 1000 443",
+            "GET /x?y=1 HTTP/1.1",
+        ]
+    );
 }
