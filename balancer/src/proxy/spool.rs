@@ -546,17 +546,22 @@ async fn run_pump<B, K>(
     let mut file: Option<BufferFile> = None;
     // Off for this response after the budget was full or a file failed.
     let mut may_spill = ahead.file > 0 && ahead.files.total > 0;
+    // A frame read while batching data for the file, handled next.
+    let mut next = None;
     loop {
-        let frame = loop {
-            if shared.state().gone {
-                return;
-            }
-            tokio::select! {
-                f = body.frame() => break f,
-                () = shared.room.notified() => {}
-            }
+        let frame = match next.take() {
+            Some(f) => f,
+            None => loop {
+                if shared.state().gone {
+                    return;
+                }
+                tokio::select! {
+                    f = body.frame() => break f,
+                    () = shared.room.notified() => {}
+                }
+            },
         };
-        let data = match frame {
+        let mut data = match frame {
             None => {
                 end(&shared, End::Done(None), file);
                 return;
@@ -576,7 +581,7 @@ async fn run_pump<B, K>(
         if data.is_empty() {
             continue;
         }
-        let len = data.len() as u64;
+        let mut len = data.len() as u64;
         let mut waited = false;
         loop {
             /// What to do with the chunk in hand.
@@ -626,6 +631,35 @@ async fn run_pump<B, K>(
                     continue;
                 }
                 Step::Spill => {}
+            }
+            // One file write for what the backend has sent meanwhile, not
+            // one per read (a few KiB).
+            let room = ahead.file - file.as_ref().map_or(0, |f| f.len);
+            let most = room.min(FILE_CHUNK as u64);
+            if len < most {
+                let mut batch = BytesMut::from(&data[..]);
+                while (batch.len() as u64) < most {
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+                            .await;
+                    match polled {
+                        Poll::Pending => break,
+                        Poll::Ready(Some(Ok(f))) if f.is_data() => {
+                            let d = f.into_data().unwrap_or_default();
+                            if (batch.len() + d.len()) as u64 > room {
+                                next = Some(Some(Ok(Frame::data(d))));
+                                break;
+                            }
+                            batch.extend_from_slice(&d);
+                        }
+                        Poll::Ready(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                data = batch.freeze();
+                len = data.len() as u64;
             }
             let spilled = append(&mut file, data.clone(), &ahead.files, counters.as_ref()).await;
             match spilled {

@@ -94,7 +94,8 @@ impl Snapshot {
                                 p.max_idle_per_backend.min(c.per_backend)
                             }),
                         )
-                        .with_proxy_protocol(p.send_proxy_protocol),
+                        .with_proxy_protocol(p.send_proxy_protocol)
+                        .with_cap(p.capacity.map(|c| c.per_backend)),
                     )
                     .with_slow_start(p.slow_start)
                     .with_capacity(p)

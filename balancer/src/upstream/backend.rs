@@ -28,7 +28,7 @@ pub struct Backend {
     pub connections: Arc<ConnectionPool>,
     /// In-flight requests plus open WebSocket tunnels: the load that
     /// least-connections balances and that draining waits for.
-    open: AtomicUsize,
+    open: Arc<AtomicUsize>,
     /// Requests sent to this backend since it appeared.
     requests: AtomicU64,
     /// [`Health`] as a byte: written by the health checker, read by every pick.
@@ -114,12 +114,13 @@ impl Backend {
             .parse()
             // A SocketAddr always prints as a valid authority.
             .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0"));
+        let open = Arc::new(AtomicUsize::new(0));
         Self {
             id: id.into(),
             address,
             authority,
-            connections: ConnectionPool::new(address, connect, tls),
-            open: AtomicUsize::new(0),
+            connections: ConnectionPool::new(address, connect, tls, Arc::clone(&open)),
+            open,
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),
             health_changes: AtomicU64::new(0),

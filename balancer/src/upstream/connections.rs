@@ -39,6 +39,10 @@ pub struct UpstreamSettings {
     /// the key an idle one is reused by. The pool's own settings hold
     /// `LOCAL`; a request's hold its client's ([`Self::for_client`]).
     pub proxy_header: Option<ProxyHeader>,
+    /// `max_connections_per_backend`: a socket is pooled only while the
+    /// idle ones plus the requests open stay within it, so a backend never
+    /// has more connections from this process than the cap.
+    pub cap: Option<usize>,
 }
 
 impl UpstreamSettings {
@@ -48,7 +52,14 @@ impl UpstreamSettings {
             idle_timeout: timeouts.upstream_idle,
             max_idle,
             proxy_header: None,
+            cap: None,
         }
+    }
+
+    /// With `max_connections_per_backend` (`None`: no cap).
+    pub fn with_cap(mut self, cap: Option<usize>) -> Self {
+        self.cap = cap;
+        self
     }
 
     /// With `send_proxy_protocol` (`None`: off).
@@ -85,6 +96,8 @@ pub struct ConnectionPool {
     /// How often the reaper looks (ms): every second, or half the shortest
     /// idle time seen if that is sooner (never under 100 ms).
     reap_every: AtomicU64,
+    /// The backend's requests and tunnels open now (its `open` count).
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The reaper's period before any socket went idle, and its shortest.
@@ -96,6 +109,7 @@ impl ConnectionPool {
         addr: SocketAddr,
         connect_histogram: Option<prometheus::Histogram>,
         tls: Option<Arc<UpstreamTls>>,
+        open: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
@@ -105,6 +119,7 @@ impl ConnectionPool {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             reap_every: AtomicU64::new(REAP_START_MS),
+            open,
         });
         // Idle sockets close at their deadline even when no request comes
         // to notice: a reaper that lives as long as the pool (also while
@@ -113,6 +128,18 @@ impl ConnectionPool {
             rt.spawn(reap(Arc::downgrade(&pool)));
         }
         pool
+    }
+
+    /// Closes the oldest idle socket of the first list that has one.
+    fn evict_oldest(&self) {
+        for list in self.idle.iter() {
+            let oldest = match list.lock() {
+                Ok(mut l) if !l.is_empty() => l.remove(0),
+                _ => continue,
+            };
+            drop(oldest);
+            return;
+        }
     }
 
     /// Idle connections right now.
@@ -154,6 +181,12 @@ impl ConnectionPool {
     pub(super) fn checkin(&self, io: UpstreamStream, settings: &UpstreamSettings) {
         if settings.max_idle == 0 {
             return;
+        }
+        if let Some(cap) = settings.cap {
+            // `open` still counts the request giving the socket back.
+            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap {
+                return;
+            }
         }
         let idle_ms = millis(settings.idle_timeout);
         let period = (idle_ms / 2).max(REAP_MIN_MS);
@@ -230,6 +263,13 @@ impl ConnectionPool {
         &self,
         settings: &UpstreamSettings,
     ) -> Result<UpstreamStream, UpstreamError> {
+        if let Some(cap) = settings.cap {
+            // A socket idle on another worker's list would take this
+            // backend over the cap with the new one: it goes first.
+            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap {
+                self.evict_oldest();
+            }
+        }
         let start = std::time::Instant::now();
         let io = self
             .open(settings.connect_timeout, settings.proxy_header.as_ref())

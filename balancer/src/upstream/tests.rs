@@ -19,6 +19,7 @@ fn settings() -> UpstreamSettings {
         idle_timeout: Duration::from_secs(10),
         max_idle: 4,
         proxy_header: None,
+        cap: None,
     }
 }
 
@@ -47,7 +48,37 @@ async fn request(
 }
 
 fn pool(addr: SocketAddr) -> Arc<ConnectionPool> {
-    ConnectionPool::new(addr, None, None)
+    ConnectionPool::new(addr, None, None, Arc::default())
+}
+
+/// With `max_connections_per_backend`, idle sockets plus open requests
+/// never pass the cap: a socket given back over it is closed, and one
+/// idle on another worker's list is closed before a new one is opened.
+#[tokio::test]
+async fn under_a_cap_idle_sockets_and_open_requests_stay_within_it() {
+    let (addr, seen) = raw_backend(vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"; 4]).await;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = ConnectionPool::new(addr, None, None, Arc::clone(&open));
+    let capped = settings().with_cap(Some(1));
+    // One request open (its own): the socket goes back, 1 + 0 <= 1.
+    open.store(1, std::sync::atomic::Ordering::Relaxed);
+    request(&p, Method::GET, &capped).await.unwrap();
+    assert_eq!(p.idle_count(), 1);
+    // Another request open besides it: given back, it would make three.
+    open.store(2, std::sync::atomic::Ordering::Relaxed);
+    let io = p.connect(&capped).await.unwrap();
+    assert_eq!(
+        p.idle_count(),
+        0,
+        "the idle socket was closed before a new one"
+    );
+    p.checkin(io, &capped);
+    assert_eq!(p.idle_count(), 0, "a socket over the cap was pooled");
+    // Without a cap, the same is pooled.
+    let io = p.connect(&settings()).await.unwrap();
+    p.checkin(io, &settings());
+    assert_eq!(p.idle_count(), 1);
+    assert_eq!(seen.connections(), 3);
 }
 
 /// A bodiless GET to `addr` that must fail before a response head.
@@ -167,6 +198,7 @@ async fn idle_sockets_close_after_upstream_idle_and_max_idle_caps_the_pool() {
         idle_timeout: Duration::from_millis(200),
         max_idle: 1,
         proxy_header: None,
+        cap: None,
     };
     let p = pool(addr);
     // Two at once: two sockets, of which the pool keeps one.
