@@ -147,6 +147,17 @@ fn config(backend: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// [`config`] for a pool whose request bodies stream to the backend as
+/// they come (`buffer_body_file = 0`; by default bodies up to 16 MiB are
+/// read whole first, and the response timer has no upload to mind).
+fn streaming(backend: SocketAddr, extra: &str) -> String {
+    config(backend, extra).replacen(
+        "[[pool.backend]]",
+        "buffer_body_file = 0\n[[pool.backend]]",
+        1,
+    )
+}
+
 /// The value of `balancer_http2_limits_total{limit=...}` (0 before it is
 /// ever counted).
 fn http2_limit(metrics: &balancer::metrics::Metrics, limit: &str) -> u64 {
@@ -652,7 +663,7 @@ async fn post(
 #[tokio::test]
 async fn a_trickled_upload_is_not_cut_and_the_backends_time_starts_at_its_end() {
     let (b, seen, _release) = backend().await;
-    let lb = support::serve(&config(
+    let lb = support::serve(&streaming(
         b,
         "[timeouts]\nresponse_header = \"1s\"\n[limits]\nupload_min_rate = 0\n",
     ))
@@ -687,7 +698,7 @@ async fn a_trickled_upload_is_not_cut_and_the_backends_time_starts_at_its_end() 
 #[tokio::test]
 async fn a_backend_that_stops_reading_the_upload_gets_a_504() {
     let (b, seen, _release) = backend().await;
-    let lb = support::serve(&config(
+    let lb = support::serve(&streaming(
         b,
         "[timeouts]\nresponse_header = \"1s\"\n[limits]\nmax_request_body = 0\n",
     ))
@@ -724,7 +735,7 @@ async fn a_backend_that_stops_reading_the_upload_gets_a_504() {
 #[tokio::test]
 async fn a_stalled_upload_is_cut_by_the_upload_limits_not_by_response_header() {
     let (b, seen, _release) = backend().await;
-    let lb = support::serve(&config(
+    let lb = support::serve(&streaming(
         b,
         "[timeouts]\nresponse_header = \"500ms\"\n\
          [limits]\nupload_timeout = \"2s\"\nupload_min_rate = 0\n",
