@@ -21,6 +21,10 @@ pub struct RawLimits {
     pub upload_timeout: Option<String>,
     pub upload_min_rate: Option<i64>,
     pub http2_max_concurrent_streams: Option<i64>,
+    pub http2_max_backend_requests: Option<i64>,
+    pub http2_backend_queue_timeout: Option<String>,
+    pub http2_max_ping_rate: Option<i64>,
+    pub http2_max_settings_rate: Option<i64>,
     pub websocket_max_message: Option<i64>,
     pub websocket_max_message_rate: Option<i64>,
     pub buffer_files_total: Option<i64>,
@@ -48,6 +52,18 @@ pub struct Limits {
     pub upload_min_rate: u64,
     /// Concurrent streams one HTTP/2 client connection may open.
     pub http2_max_concurrent_streams: u32,
+    /// Requests one HTTP/2 client connection may have at backends at once
+    /// (each holds a backend connection: backends speak HTTP/1.1). A
+    /// stream past it waits for a place, in arrival order.
+    pub http2_max_backend_requests: u32,
+    /// How long such a stream waits before it gets a 503.
+    pub http2_backend_queue_timeout: Duration,
+    /// PING frames one HTTP/2 client connection may send in a second:
+    /// above it the connection is closed (GOAWAY `ENHANCE_YOUR_CALM`);
+    /// 0: no limit.
+    pub http2_max_ping_rate: u32,
+    /// The same for SETTINGS frames (not counting acknowledgements).
+    pub http2_max_settings_rate: u32,
     /// A WebSocket message from a client, bytes (fragments added up):
     /// above it the tunnel closes with 1009; 0: no limit.
     pub websocket_max_message: u64,
@@ -79,6 +95,10 @@ impl Default for Limits {
             upload_timeout: Duration::from_secs(300),
             upload_min_rate: 1024,
             http2_max_concurrent_streams: 100,
+            http2_max_backend_requests: 16,
+            http2_backend_queue_timeout: Duration::from_secs(5),
+            http2_max_ping_rate: 20,
+            http2_max_settings_rate: 10,
             websocket_max_message: 0,
             websocket_max_message_rate: 0,
             buffer_files_total: 4 * 1024 * 1024 * 1024,
@@ -152,6 +172,33 @@ pub(crate) fn limits_from(e: &mut Vec<ConfigError>, raw: Option<RawLimits>) -> L
             raw.http2_max_concurrent_streams,
             1..=10_000,
             i64::from(d.http2_max_concurrent_streams),
+        ) as u32,
+        http2_max_backend_requests: int(
+            e,
+            "http2_max_backend_requests",
+            raw.http2_max_backend_requests,
+            1..=10_000,
+            i64::from(d.http2_max_backend_requests),
+        ) as u32,
+        http2_backend_queue_timeout: raw
+            .http2_backend_queue_timeout
+            .and_then(|t| {
+                crate::validate::positive_duration(e, "limits.http2_backend_queue_timeout", &t)
+            })
+            .unwrap_or(d.http2_backend_queue_timeout),
+        http2_max_ping_rate: int(
+            e,
+            "http2_max_ping_rate",
+            raw.http2_max_ping_rate,
+            0..=1_000_000,
+            i64::from(d.http2_max_ping_rate),
+        ) as u32,
+        http2_max_settings_rate: int(
+            e,
+            "http2_max_settings_rate",
+            raw.http2_max_settings_rate,
+            0..=1_000_000,
+            i64::from(d.http2_max_settings_rate),
         ) as u32,
         websocket_max_message: int(
             e,
@@ -248,7 +295,9 @@ mod tests {
         let c = crate::parse(&format!(
             "{BASE}[limits]\nmax_connections = 20\nmax_connections_per_ip = 0\nmax_header_bytes = 16384\n\
              max_headers = 50\nmax_request_line = 1024\nmax_request_body = 0\nupload_timeout = \"30s\"\n\
-             upload_min_rate = 0\nhttp2_max_concurrent_streams = 10\nbuffer_files_total = 1000\n"
+             upload_min_rate = 0\nhttp2_max_concurrent_streams = 10\nbuffer_files_total = 1000\n\
+             http2_max_backend_requests = 4\nhttp2_backend_queue_timeout = \"250ms\"\n\
+             http2_max_ping_rate = 0\nhttp2_max_settings_rate = 3\n"
         ))
         .unwrap();
         assert_eq!(
@@ -263,6 +312,10 @@ mod tests {
                 upload_timeout: Duration::from_secs(30),
                 upload_min_rate: 0,
                 http2_max_concurrent_streams: 10,
+                http2_max_backend_requests: 4,
+                http2_backend_queue_timeout: Duration::from_millis(250),
+                http2_max_ping_rate: 0,
+                http2_max_settings_rate: 3,
                 websocket_max_message: 0,
                 websocket_max_message_rate: 0,
                 buffer_files_total: 1000,
@@ -275,7 +328,8 @@ mod tests {
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["limits.bogus"], "shape errors first: {errs:?}");
         let errs = crate::parse(&format!(
-            "{BASE}[limits]\nmax_connections = 0\nmax_header_bytes = 100\nupload_timeout = \"0s\"\n"
+            "{BASE}[limits]\nmax_connections = 0\nmax_header_bytes = 100\nupload_timeout = \"0s\"\n\
+             http2_max_backend_requests = 0\nhttp2_backend_queue_timeout = \"0s\"\nhttp2_max_ping_rate = -1\n"
         ))
         .unwrap_err();
         let mut paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
@@ -283,6 +337,9 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "limits.http2_backend_queue_timeout",
+                "limits.http2_max_backend_requests",
+                "limits.http2_max_ping_rate",
                 "limits.max_connections",
                 "limits.max_header_bytes",
                 "limits.upload_timeout"

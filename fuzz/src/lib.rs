@@ -9,6 +9,7 @@
 pub mod chunked;
 pub mod client_ip;
 pub mod config;
+pub mod h2_frames;
 pub mod hash_key;
 pub mod https_redirect;
 pub mod proxy_protocol;

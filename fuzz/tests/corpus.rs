@@ -73,3 +73,8 @@ fn config() {
 fn proxy_protocol() {
     replay("proxy_protocol", balancer_fuzz::proxy_protocol::check);
 }
+
+#[test]
+fn h2_frames() {
+    replay("h2_frames", balancer_fuzz::h2_frames::check);
+}

@@ -63,7 +63,7 @@ pub const METHODS: [&str; 8] = [
 /// Status classes used as the `code` label.
 pub const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Error causes used as the `cause` label (see `ProxyError::cause`).
-pub const CAUSES: [&str; 17] = [
+pub const CAUSES: [&str; 19] = [
     "no_route",
     "bad_host",
     "method",
@@ -81,6 +81,17 @@ pub const CAUSES: [&str; 17] = [
     "upload_timeout",
     "upload_too_slow",
     "backend_full",
+    "too_many_headers",
+    "http2_backend_requests",
+];
+
+/// HTTP/2 limits that trip on one client connection (`limit` label of
+/// `balancer_http2_limits_total`).
+pub const HTTP2_LIMITS: [&str; 4] = [
+    "backend_requests_queued",
+    "backend_requests_refused",
+    "ping_flood",
+    "settings_flood",
 ];
 
 /// TLS handshake outcomes used as the `outcome` label.
@@ -129,6 +140,7 @@ pub struct Metrics {
     buffer_files: IntCounterVec,
     buffer_files_refused: IntCounterVec,
     buffer_file_bytes: IntGauge,
+    http2_limits: IntCounterVec,
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
     connect_duration: HistogramVec,
@@ -242,6 +254,7 @@ impl Metrics {
             retries_refused: counter_vec(&r, "balancer_retries_refused_total", "Retries not made because the retry budget was spent (only retries of requests that may have reached a backend spend it).", &["pool"])?,
             client_connections: gauge_vec(&r, "balancer_client_connections", "Open client connections.", &["listener"])?,
             connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
+            http2_limits: counter_vec(&r, "balancer_http2_limits_total", "HTTP/2 client connections' limits tripping: backend_requests_queued (a stream waited for a place under http2_max_backend_requests), backend_requests_refused (it waited in vain: 503), ping_flood and settings_flood (the connection was closed).", &["listener", "limit"])?,
             websocket_limit: counter_vec(&r, "balancer_websocket_limit_closes_total", "WebSocket tunnels the balancer closed because the client broke a [limits] limit: message_too_big (close 1009), message_rate (close 1008).", &["pool", "reason"])?,
             buffer_files: counter_vec(&r, "balancer_buffer_files_total", "Bodies that went (in part) to a buffer file, by body (request, response).", &["pool", "body"])?,
             buffer_files_refused: counter_vec(&r, "balancer_buffer_files_refused_total", "Bodies that would have gone to a buffer file but streamed because limits.buffer_files_total was reached, by body (request, response).", &["pool", "body"])?,
@@ -337,6 +350,15 @@ impl Metrics {
     /// `balancer_buffer_file_bytes`.
     pub fn buffer_file_bytes(&self) -> IntGauge {
         self.buffer_file_bytes.clone()
+    }
+
+    /// Counts one HTTP/2 limit (one of [`HTTP2_LIMITS`]) tripping on a
+    /// connection of `listener`. A label lookup: these are rare by nature
+    /// (a flood trips once, then the connection is gone).
+    pub fn http2_limit(&self, listener: &str, limit: &str) {
+        self.http2_limits
+            .with_label_values(&[listener, limit])
+            .inc();
     }
 
     /// The admin listener's connection handles.

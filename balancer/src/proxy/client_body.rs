@@ -19,7 +19,6 @@ use http_body_util::BodyExt;
 
 use super::spool::{self, Files, Replay, Spooled, Spooling};
 use super::ProxyError;
-use crate::socket::LastActivity;
 use crate::upstream::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};
 use crate::BoxError;
 
@@ -241,17 +240,14 @@ impl ClientBody {
 
     /// The body for one attempt and a handle on how its upload goes;
     /// `None` when a streamed body was already sent.
-    pub fn attempt(
-        &mut self,
-        progress: LastActivity,
-    ) -> Option<(RequestBody, Arc<UploadProgress>)> {
+    pub fn attempt(&mut self) -> Option<(RequestBody, Arc<UploadProgress>)> {
         let body = match self {
             Self::Empty => AttemptBody::Empty,
             Self::Full(b) => AttemptBody::Full(b.clone()),
             Self::Spooled(s) => AttemptBody::Stream(Replay::new(Arc::clone(s)).boxed()),
             Self::Stream(s) => AttemptBody::Stream(s.take()?),
         };
-        Some(RequestBody::new(body, progress))
+        Some(RequestBody::new(body))
     }
 }
 

@@ -37,6 +37,15 @@ pub enum ProxyError {
     /// The client's body did not arrive in time.
     #[error("client request body not received within {0:?}")]
     ClientTimeout(Duration),
+    /// More header fields than `limits.max_headers` (HTTP/2: hyper
+    /// counts them only for HTTP/1.1).
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    /// An HTTP/2 connection already has `limits.http2_max_backend_requests`
+    /// requests at backends, and none finished within
+    /// `limits.http2_backend_queue_timeout`.
+    #[error("connection at its limit of requests at backends for {0:?}")]
+    ConnectionBusy(Duration),
     /// The request target is longer than `limits.max_request_line`.
     #[error("request target over {0} bytes")]
     UriTooLong(usize),
@@ -68,6 +77,8 @@ impl ProxyError {
             | Self::ClientBody(_)
             | Self::ClientTimeout(_)
             | Self::UriTooLong(_)
+            | Self::TooManyHeaders(_)
+            | Self::ConnectionBusy(_)
             | Self::BodyLimit(_) => Side::Downstream,
             Self::NoBackend { .. } | Self::BackendFull { .. } => Side::Internal,
             Self::Upstream(_) | Self::ResponseTimeout(_) => Side::Upstream,
@@ -92,6 +103,8 @@ impl ProxyError {
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::ConnectionBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyLimit(BodyLimit::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyLimit(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoBackend { .. } | Self::BackendFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,6 +124,10 @@ impl ProxyError {
             Self::ClientBody(_) => "400 bad request: request body incomplete\n",
             Self::ClientTimeout(_) => "408 request timeout: request body too slow\n",
             Self::UriTooLong(_) => "414 URI too long\n",
+            Self::TooManyHeaders(_) => "431 request header fields too large\n",
+            Self::ConnectionBusy(_) => {
+                "503 service unavailable: too many requests on this connection\n"
+            }
             Self::BodyLimit(BodyLimit::TooLarge(_)) => {
                 "413 content too large: request body over the limit\n"
             }
@@ -140,6 +157,8 @@ impl ProxyError {
             Self::ClientBody(_) => "client_body",
             Self::ClientTimeout(_) => "client_timeout",
             Self::UriTooLong(_) => "uri_too_long",
+            Self::TooManyHeaders(_) => "too_many_headers",
+            Self::ConnectionBusy(_) => "http2_backend_requests",
             Self::BodyLimit(BodyLimit::TooLarge(_)) => "body_too_large",
             Self::BodyLimit(BodyLimit::Deadline(_)) => "upload_timeout",
             Self::BodyLimit(BodyLimit::TooSlow(_)) => "upload_too_slow",

@@ -19,9 +19,10 @@ use super::{Proxy, ProxyError};
 use crate::clock::{now_ms, Now};
 use crate::runtime::{normalize_host, Pool, Snapshot, Upgrades};
 use crate::select::SelectionContext;
-use crate::socket::LastActivity;
 use crate::upstream::ejection::{Change, Event, Out};
-use crate::upstream::{is_idempotent, Backend, OpenGuard, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    is_idempotent, Backend, OpenGuard, UploadProgress, UpstreamBody, UpstreamError,
+};
 
 /// Where a request goes, and the authority it named.
 #[derive(Debug)]
@@ -335,8 +336,7 @@ impl Proxy {
             log.backend = Some(Arc::clone(&backend.id));
             log.backend_ref = Some(Arc::clone(&backend));
 
-            let progress = LastActivity::new();
-            let Some((attempt_body, upload)) = body.attempt(progress.clone()) else {
+            let Some((attempt_body, upload)) = body.attempt() else {
                 // A streamed body goes once; `retry::decide` never retries
                 // one, so this is the previous attempt's failure.
                 return Err(last_error.unwrap_or_else(|| {
@@ -366,16 +366,16 @@ impl Proxy {
             let sent = backend
                 .connections
                 .send(attempt, &backend.authority, &settings);
-            let result = await_response(sent, &progress, timeouts.response_header)
+            let result = await_response(sent, &upload, timeouts.response_header)
                 .await
                 .map_err(|e| {
-                    // Failures the client caused are not the backend's.
+                    // Failures the client caused are not the backend's. (A
+                    // response timeout never is: the clock stops while the
+                    // upload waits for the client.)
                     if let Some(limit) = upload.limit() {
                         ProxyError::BodyLimit(limit)
                     } else if upload.client_failed() {
                         ProxyError::ClientBody(e.to_string())
-                    } else if matches!(e, ProxyError::ResponseTimeout(_)) && !upload.finished() {
-                        ProxyError::ClientTimeout(timeouts.response_header)
                     } else {
                         e
                     }
@@ -589,12 +589,16 @@ fn report(pool: &Pool, backend: &Backend, event: Event, log: &AccessLog) {
     );
 }
 
-/// Waits for the response head. The timeout counts from the last upload
-/// progress, so a long upload to a backend that reads it all first is not
-/// cut off while bytes are still moving.
+/// Waits for the response head: at most `timeout` of the backend's time
+/// ([`UploadProgress::backend_since`]). With the body in hand that is
+/// `timeout` from the hand-over to the pool; with a streamed body, the
+/// clock stands while the upload waits for the client (the upload limits
+/// bound that), runs while the backend is slow to take a piece, and runs
+/// from the end of the body without restarting: the client's bytes cannot
+/// keep a silent backend's connection.
 async fn await_response<F>(
     fut: F,
-    progress: &LastActivity,
+    upload: &UploadProgress,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, ProxyError>
 where
@@ -602,12 +606,16 @@ where
 {
     tokio::pin!(fut);
     let limit = crate::clock::millis(timeout);
+    let overdue = |since: u64| now_ms().saturating_sub(since) >= limit;
     loop {
-        let waited = now_ms().saturating_sub(progress.get());
-        let remaining = Duration::from_millis(limit.saturating_sub(waited));
-        match tokio::time::timeout(remaining, &mut fut).await {
+        // Waiting for the client: look again within `timeout` (a stamp set
+        // meanwhile is later than now, so the deadline is never overshot).
+        let remaining = upload.backend_since().map_or(limit, |since| {
+            limit.saturating_sub(now_ms().saturating_sub(since))
+        });
+        match tokio::time::timeout(Duration::from_millis(remaining), &mut fut).await {
             Ok(r) => return r.map_err(ProxyError::Upstream),
-            Err(_) if now_ms().saturating_sub(progress.get()) >= limit => {
+            Err(_) if upload.backend_since().is_some_and(overdue) => {
                 return Err(ProxyError::ResponseTimeout(timeout))
             }
             Err(_) => continue,

@@ -33,8 +33,8 @@ mod tunnel;
 pub mod ws_frames;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -94,6 +94,17 @@ pub struct ConnInfo {
     pub edge: Arc<edge::Edge>,
     /// The TLS server name the client asked for (TLS listeners).
     pub sni: Option<Arc<str>>,
+    /// When ([`crate::clock::now_ms`]) the connection last had no request
+    /// in flight: it opened, or its last request finished. HTTP/2's
+    /// `client_idle` counts from here, so frames that carry no request
+    /// (PING, SETTINGS, WINDOW_UPDATE) never keep a connection open.
+    pub quiet_since: AtomicU64,
+    /// HTTP/2: the places for requests at backends
+    /// (`limits.http2_max_backend_requests`), set when the connection
+    /// turns out to be HTTP/2. An HTTP/1.1 connection has one request at a
+    /// time and needs none (boxed: a parked HTTP/1.1 connection pays 8
+    /// bytes for it, not the semaphore's size).
+    pub backend_slots: OnceLock<Box<tokio::sync::Semaphore>>,
 }
 
 impl ConnInfo {
@@ -110,6 +121,8 @@ impl ConnInfo {
             body_open: AtomicBool::new(false),
             edge: Arc::new(edge::Edge::default()),
             sni: None,
+            quiet_since: AtomicU64::new(crate::clock::now_ms()),
+            backend_slots: OnceLock::new(),
         }
     }
 
@@ -128,23 +141,91 @@ impl ConnInfo {
 }
 
 /// One request in flight on a connection, from arrival until its response
-/// body is done (so a long-poll or a slow stream never counts as idle).
+/// body is done (so a long-poll or a slow stream never counts as idle);
+/// on HTTP/2 it also holds the request's place at the backends, if it took
+/// one, for as long.
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnInfo>);
+pub struct InFlight {
+    conn: Arc<ConnInfo>,
+    /// Holds one of `conn.backend_slots` (given back on drop).
+    slot: bool,
+}
 
 impl InFlight {
     fn new(conn: &Arc<ConnInfo>) -> Self {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(conn))
+        Self {
+            conn: Arc::clone(conn),
+            slot: false,
+        }
+    }
+
+    /// Takes one of the connection's places at the backends (HTTP/2;
+    /// always granted on HTTP/1.1), waiting at most `wait` for one. A
+    /// stream that has to wait is counted and logged (at most once per
+    /// 10 s); one that waits in vain is a 503.
+    async fn take_backend_slot(
+        &mut self,
+        wait: std::time::Duration,
+        metrics: Option<&crate::metrics::Metrics>,
+    ) -> Result<(), ProxyError> {
+        let Some(slots) = self.conn.backend_slots.get() else {
+            return Ok(());
+        };
+        let permit = match slots.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                let conn = &self.conn;
+                let trip = |limit: &str| {
+                    if let Some(m) = metrics {
+                        m.http2_limit(&conn.listener, limit);
+                    }
+                };
+                trip("backend_requests_queued");
+                if let Some(unlogged) = H2_SLOTS_WARN.should_warn() {
+                    tracing::warn!(
+                        listener = &*conn.listener,
+                        peer = %conn.peer,
+                        queued_since_last_line = unlogged,
+                        "HTTP/2 connection at limits.http2_max_backend_requests: streams wait"
+                    );
+                }
+                match tokio::time::timeout(wait, slots.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    // Timed out (or closed: never, the semaphore lives with
+                    // the connection).
+                    _ => {
+                        trip("backend_requests_refused");
+                        return Err(ProxyError::ConnectionBusy(wait));
+                    }
+                }
+            }
+        };
+        permit.forget();
+        self.slot = true;
+        Ok(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.slot {
+            if let Some(slots) = self.conn.backend_slots.get() {
+                slots.add_permits(1);
+            }
+        }
+        if self.conn.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.conn
+                .quiet_since
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
     }
 }
+
+/// The log line of streams waiting for a place at the backends, process
+/// wide: at most once per 10 s.
+static H2_SLOTS_WARN: crate::logging::WarnEvery = crate::logging::WarnEvery::new();
 
 impl Proxy {
     /// Where this snapshot's buffer files go, and the budget they share.
@@ -162,9 +243,11 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let in_flight = InFlight::new(conn);
+        let mut in_flight = InFlight::new(conn);
 
         let snap = self.snapshot.load_full();
+        // Counted before the balancer adds its own.
+        let fields = req.headers().len();
         let request_id = headers::ensure_request_id(req.headers_mut());
         let mut log = AccessLog {
             request_id: request_id.clone(),
@@ -211,6 +294,15 @@ impl Proxy {
             }
         }
         let limits = &snap.limits;
+        // hyper holds HTTP/1.1 heads to `max_headers` itself; HTTP/2 ones
+        // only to their size (`max_header_list_size`).
+        if fields > limits.max_headers {
+            return error_response(
+                ProxyError::TooManyHeaders(limits.max_headers),
+                log,
+                request_id,
+            );
+        }
         let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if target > limits.max_request_line {
             return error_response(
@@ -269,6 +361,13 @@ impl Proxy {
                 snap.timeouts.request_header
             )
             .await
+        );
+        // HTTP/2: one connection's requests at backends are capped; the
+        // place is held until the response is done (with `in_flight`).
+        or_respond!(
+            in_flight
+                .take_backend_slot(limits.http2_backend_queue_timeout, self.metrics.as_deref())
+                .await
         );
         // Lent, not moved: the attempts' future stays small.
         let answered = or_respond!(

@@ -90,7 +90,7 @@ pub async fn run(
         };
         let idle = async {
             match idle_timeout {
-                Some(limit) => activity::idle(&last, &AtomicUsize::new(0), limit).await,
+                Some(limit) => activity::idle(last.stamp(), &AtomicUsize::new(0), limit).await,
                 None => std::future::pending().await,
             }
         };

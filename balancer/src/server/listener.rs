@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::body_end::BodyEnd;
 use super::conn_limits::{Admission, Refused, Slot};
+use super::h2_frames::FloodMeter;
+use super::h2_guard::FloodGuard;
 use super::{ClientStream, ListenerSettings};
 use crate::clock::instant_of;
 use crate::proxy::{ConnInfo, Proxy};
@@ -49,6 +51,11 @@ pub struct ConnSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Requests one HTTP/2 connection may have at backends at once.
+    pub http2_max_backend_requests: u32,
+    /// PING and SETTINGS frames an HTTP/2 client may send a second (0: any).
+    pub http2_max_ping_rate: u32,
+    pub http2_max_settings_rate: u32,
 }
 
 impl ConnSettings {
@@ -59,6 +66,9 @@ impl ConnSettings {
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
             http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+            http2_max_backend_requests: l.http2_max_backend_requests,
+            http2_max_ping_rate: l.http2_max_ping_rate,
+            http2_max_settings_rate: l.http2_max_settings_rate,
         }
     }
 
@@ -100,6 +110,8 @@ impl Shared {
             .max_headers(settings.max_headers)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // h2 answers a header list over this with 431 (and the stream is
+        // reset) before a request exists: no backend hears of it.
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(settings.http2_max_concurrent_streams);
@@ -338,7 +350,7 @@ async fn serve_connection(
         return;
     };
     if h2 {
-        Box::pin(serve_h2(io, prefix, &conn, &last, shared)).await;
+        Box::pin(serve_h2(io, prefix, &conn, shared)).await;
         return;
     }
     // hyper's keep-alive wait (its header timer) and `client_idle` both
@@ -494,22 +506,36 @@ fn service(
 }
 
 /// Serves an HTTP/2 connection until it closes, asking it to close
-/// gracefully (GOAWAY) at shutdown or when idle for `client_idle`.
-async fn serve_h2(
-    io: ClientIo,
-    prefix: Bytes,
-    conn: &Arc<ConnInfo>,
-    last: &LastActivity,
-    shared: &Shared,
-) {
-    let io = TokioIo::new(Rewind::new(prefix, io, Arc::clone(conn)));
+/// gracefully (GOAWAY) at shutdown or when idle for `client_idle`. Idle
+/// means no request in flight since the last one ended (or since the
+/// connection opened): PING, SETTINGS and other frames that carry no
+/// request keep nothing open. The client's bytes go through the PING and
+/// SETTINGS flood limits ([`FloodGuard`]), and its requests at backends
+/// are capped (`ConnInfo::backend_slots`).
+async fn serve_h2(io: ClientIo, prefix: Bytes, conn: &Arc<ConnInfo>, shared: &Shared) {
+    let settings = &shared.settings;
+    let _ = conn.backend_slots.set(Box::new(tokio::sync::Semaphore::new(
+        settings.http2_max_backend_requests as usize,
+    )));
+    conn.quiet_since
+        .store(crate::clock::now_ms(), Ordering::Relaxed);
+    let io = FloodGuard::new(
+        Rewind::new(prefix, io, Arc::clone(conn)),
+        FloodMeter::new(
+            settings.http2_max_ping_rate,
+            settings.http2_max_settings_rate,
+        ),
+        Arc::clone(conn),
+        shared.proxy.metrics.clone(),
+    );
+    let io = TokioIo::new(io);
     let mut http = pin!(shared.h2.serve_connection(io, service(conn, shared)));
     let mut draining = false;
     // An idle connection asked to close gets this long to do so (the peer
     // must acknowledge GOAWAY's PING); then it is dropped.
     let mut hard_close = pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let mut idle = pin!(activity::idle(
-        last,
+        &conn.quiet_since,
         &conn.in_flight,
         shared.settings.client_idle
     ));

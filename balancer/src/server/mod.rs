@@ -5,6 +5,8 @@
 
 mod body_end;
 pub mod conn_limits;
+pub mod h2_frames;
+mod h2_guard;
 mod listener;
 mod listeners;
 pub mod proxy_protocol;

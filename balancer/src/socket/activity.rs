@@ -29,6 +29,11 @@ impl LastActivity {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// The stamp itself, for [`idle`].
+    pub fn stamp(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl Default for LastActivity {
@@ -37,18 +42,21 @@ impl Default for LastActivity {
     }
 }
 
-/// Resolves once nothing moved for `idle` while `busy` reads zero.
-pub async fn idle(last: &LastActivity, busy: &AtomicUsize, idle: Duration) {
+/// Resolves once `idle` has passed since the stamp `last` (a
+/// [`now_ms`] value: bytes moved, or for HTTP/2 the last request ended)
+/// while `busy` reads zero.
+pub async fn idle(last: &AtomicU64, busy: &AtomicUsize, idle: Duration) {
     let idle_ms = crate::clock::millis(idle);
+    let get = || last.load(Ordering::Relaxed);
     loop {
-        let due = last.get().saturating_add(idle_ms);
+        let due = get().saturating_add(idle_ms);
         tokio::time::sleep_until(instant_of(due).into()).await;
-        if busy.load(Ordering::Relaxed) == 0 && now_ms().saturating_sub(last.get()) >= idle_ms {
+        if busy.load(Ordering::Relaxed) == 0 && now_ms().saturating_sub(get()) >= idle_ms {
             return;
         }
         if busy.load(Ordering::Relaxed) > 0 {
             // A request is in flight: it has its own timeouts. Look again later.
-            last.touch();
+            last.store(now_ms(), Ordering::Relaxed);
         }
     }
 }

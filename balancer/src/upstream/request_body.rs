@@ -1,11 +1,12 @@
 //! The body of one attempt sent upstream: empty, buffered whole (so a failed
 //! attempt can be replayed to another backend), or streamed from the client.
-//! Upload progress is recorded so the response timeout counts from the last
-//! byte sent, not from the start of a long upload, and so a failure the
+//! The upload records whom the attempt is waiting for, so the response-head
+//! timeout counts only the backend's time (never restarted by the client's
+//! bytes, see [`UploadProgress::backend_since`]), and so a failure the
 //! client caused is not blamed on the backend.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 
-use crate::socket::LastActivity;
+use crate::clock::now_ms;
 use crate::BoxError;
 
 /// A client body that streams, whatever its type.
@@ -33,7 +34,6 @@ pub enum AttemptBody {
 #[derive(Debug)]
 pub struct RequestBody {
     inner: AttemptBody,
-    progress: LastActivity,
     upload: Arc<UploadProgress>,
 }
 
@@ -71,7 +71,10 @@ pub struct UploadProgress {
     limit: std::sync::OnceLock<BodyLimit>,
     finished: AtomicBool,
     /// Body bytes sent to the backend.
-    bytes: std::sync::atomic::AtomicU64,
+    bytes: AtomicU64,
+    /// Since when ([`now_ms`]) the attempt has been waiting for the
+    /// backend; 0 while it waits for the client's next body bytes.
+    backend_since: AtomicU64,
 }
 
 impl UploadProgress {
@@ -94,19 +97,41 @@ impl UploadProgress {
     pub fn finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)
     }
+
+    /// Since when ([`now_ms`]) the attempt has been waiting for the
+    /// backend, or `None` while a streamed body waits for the client.
+    ///
+    /// The backend is waited for from the moment the attempt is handed to
+    /// its pool (checkout, connect, the head), while a piece of the body
+    /// is being written to it (a backend that stops reading), and from the
+    /// end of the body on. The stamp is set when each of those starts, so
+    /// the client's bytes never move it further than the write they cause,
+    /// and after the last one it stays put until the response head.
+    pub fn backend_since(&self) -> Option<u64> {
+        match self.backend_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    fn waiting_on_backend(&self) {
+        self.backend_since.store(now_ms(), Ordering::Relaxed);
+    }
 }
 
 impl RequestBody {
-    /// The body of one attempt and a handle on how its upload goes.
-    pub fn new(inner: AttemptBody, progress: LastActivity) -> (Self, Arc<UploadProgress>) {
+    /// The body of one attempt, about to be handed to a backend's pool
+    /// (the backend is waited for from now), and a handle on how its
+    /// upload goes.
+    pub fn new(inner: AttemptBody) -> (Self, Arc<UploadProgress>) {
         let upload = Arc::new(UploadProgress::default());
         // A buffered or empty body is entirely in hand already.
         if !matches!(inner, AttemptBody::Stream(_)) {
             upload.finished.store(true, Ordering::Relaxed);
         }
+        upload.waiting_on_backend();
         let body = Self {
             inner,
-            progress,
             upload: Arc::clone(&upload),
         };
         (body, upload)
@@ -122,7 +147,6 @@ impl RequestBody {
             AttemptBody::Full(b) => b,
             _ => Bytes::new(),
         };
-        self.progress.touch();
         self.upload
             .bytes
             .fetch_add(whole.len() as u64, Ordering::Relaxed);
@@ -148,8 +172,14 @@ impl Body for RequestBody {
             },
             AttemptBody::Stream(s) => Pin::new(s).poll_frame(cx),
         };
+        if r.is_pending() {
+            // Waiting for the client: its time, bounded by its upload
+            // limits, not by the backend's response timeout.
+            this.upload.backend_since.store(0, Ordering::Relaxed);
+        }
         if let Poll::Ready(ready) = &r {
-            this.progress.touch();
+            // A piece to write, or the end: the backend's turn.
+            this.upload.waiting_on_backend();
             match ready {
                 Some(Err(e)) => {
                     this.upload.client_failed.store(true, Ordering::Relaxed);

@@ -11,7 +11,6 @@ use http_body_util::BodyExt;
 
 use super::testing::{closed_port, raw_backend};
 use super::*;
-use crate::socket::LastActivity;
 
 fn settings() -> UpstreamSettings {
     UpstreamSettings {
@@ -28,7 +27,7 @@ async fn request(
     method: Method,
     settings: &UpstreamSettings,
 ) -> Result<(StatusCode, Bytes), String> {
-    let (body, _upload) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
+    let (body, _upload) = RequestBody::new(AttemptBody::Empty);
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = http::Uri::from_static("/x?y=1");
@@ -83,7 +82,7 @@ async fn under_a_cap_idle_sockets_and_open_requests_stay_within_it() {
 
 /// A bodiless GET to `addr` that must fail before a response head.
 async fn failed_get(addr: SocketAddr) -> UpstreamError {
-    let (body, _) = RequestBody::new(AttemptBody::Empty, LastActivity::new());
+    let (body, _) = RequestBody::new(AttemptBody::Empty);
     let authority = http::uri::Authority::from_static("x");
     match pool(addr)
         .send(Request::new(body), &authority, &settings())
