@@ -286,7 +286,7 @@ async fn flush(
 fn log_spill(e: &Spill, body: &str) {
     match e {
         Spill::Full => {
-            if let Some(unlogged) = FULL_WARNED.now() {
+            if let Some(unlogged) = FULL_WARNED.should_warn() {
                 tracing::warn!(
                     body,
                     not_logged_since_last_line = unlogged,
@@ -295,15 +295,15 @@ fn log_spill(e: &Spill, body: &str) {
             }
         }
         Spill::Io(e) => {
-            if let Some(unlogged) = IO_WARNED.now() {
+            if let Some(unlogged) = IO_WARNED.should_warn() {
                 tracing::warn!(body, error = %e, not_logged_since_last_line = unlogged, "cannot write a buffer file in buffer_dir: a body streams instead");
             }
         }
     }
 }
 
-static FULL_WARNED: crate::clock::LogEvery = crate::clock::LogEvery::new();
-static IO_WARNED: crate::clock::LogEvery = crate::clock::LogEvery::new();
+static FULL_WARNED: crate::logging::WarnEvery = crate::logging::WarnEvery::new();
+static IO_WARNED: crate::logging::WarnEvery = crate::logging::WarnEvery::new();
 
 /// One attempt's copy of a [`Spooled`] body: memory, then the file.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ pub struct ConnLimits {
     total: AtomicUsize,
     per_ip: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
     /// Refusals are logged at most once per 10 s.
-    warned: crate::clock::LogEvery,
+    warned: crate::logging::WarnEvery,
 }
 
 /// Why a connection was refused: the metric's `reason` label.
@@ -126,7 +126,7 @@ impl ConnLimits {
     /// Whether a refusal should be logged now (at most one line per 10 s,
     /// with the count of the ones not logged); returns that count.
     pub fn should_warn(&self) -> Option<u64> {
-        self.warned.now()
+        self.warned.should_warn()
     }
 }
 
