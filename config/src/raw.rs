@@ -209,6 +209,7 @@ pub struct RawTimeouts {
     pub client_idle: Option<String>,
     pub upstream_idle: Option<String>,
     pub websocket_idle: Option<String>,
+    pub websocket_ping: Option<String>,
     pub shutdown_grace: Option<String>,
 }
 

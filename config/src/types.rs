@@ -362,6 +362,9 @@ pub struct Timeouts {
     pub upstream_idle: Duration,
     /// A WebSocket tunnel with no bytes in either direction; `None` = never.
     pub websocket_idle: Option<Duration>,
+    /// A WebSocket tunnel whose client sent nothing for this long gets a
+    /// Ping from the balancer (NAT and carrier keep-alive); `None` = never.
+    pub websocket_ping: Option<Duration>,
     /// After SIGTERM/SIGINT, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
 }
@@ -379,6 +382,10 @@ impl Default for Timeouts {
             // A half-open tunnel (a phone that went away without a FIN)
             // must not live for ever; game sockets ping far more often.
             websocket_idle: Some(Duration::from_secs(600)),
+            // Off: most game libraries ping on their own (Socket.IO every
+            // 25 s), and a Ping the client did not expect from its server
+            // is a change of protocol behaviour the operator should choose.
+            websocket_ping: None,
             shutdown_grace: Duration::from_secs(30),
         }
     }

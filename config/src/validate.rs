@@ -475,6 +475,23 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
         Some("none") => None,
         Some(v) => positive_duration(e, "timeouts.websocket_idle", v),
     };
+    let websocket_ping = match raw.websocket_ping.as_deref() {
+        None => d.websocket_ping,
+        Some("none") => None,
+        Some(v) => positive_duration(e, "timeouts.websocket_ping", v),
+    };
+    if let (Some(ping), Some(idle)) = (websocket_ping, websocket_idle) {
+        // The client's Pong is what keeps a quiet tunnel open: a tunnel
+        // that closes before its first Ping never gets one.
+        if ping >= idle {
+            e.push(ConfigError::new(
+                "timeouts.websocket_ping",
+                format!(
+                    "must be shorter than timeouts.websocket_idle ({idle:?}): a quiet tunnel would close before its first ping"
+                ),
+            ));
+        }
+    }
     Timeouts {
         connect,
         request_header,
@@ -482,6 +499,7 @@ fn timeouts_from(e: &mut Vec<ConfigError>, raw: RawTimeouts) -> Timeouts {
         client_idle,
         upstream_idle,
         websocket_idle,
+        websocket_ping,
         shutdown_grace,
     }
 }
@@ -999,6 +1017,39 @@ mod tests {
         assert_eq!(c.timeouts.connect.as_millis(), 250);
         assert_eq!(c.timeouts.websocket_idle.unwrap().as_secs(), 300);
         assert_eq!(c.timeouts.request_header.as_secs(), 10);
+    }
+
+    #[test]
+    fn websocket_ping_is_off_by_default_and_shorter_than_websocket_idle() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.timeouts.websocket_ping, None);
+        let with = |t: &str| GOOD.replace("websocket_idle = \"5m\"", t);
+        let c = parse(&with("websocket_ping = \"30s\"")).unwrap();
+        assert_eq!(
+            c.timeouts.websocket_ping,
+            Some(std::time::Duration::from_secs(30))
+        );
+        let c = parse(&with("websocket_ping = \"none\"")).unwrap();
+        assert_eq!(c.timeouts.websocket_ping, None);
+        // Without an idle limit any interval goes.
+        let c = parse(&with("websocket_idle = \"none\"\nwebsocket_ping = \"2h\"")).unwrap();
+        assert_eq!(
+            c.timeouts.websocket_ping,
+            Some(std::time::Duration::from_secs(7200))
+        );
+        for bad in [
+            "websocket_ping = \"0s\"",
+            "websocket_ping = \"off\"",
+            "websocket_ping = \"10m\"",
+            "websocket_idle = \"1s\"\nwebsocket_ping = \"1s\"",
+        ] {
+            let errs = errors(&with(bad));
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(
+                errs[0].starts_with("timeouts.websocket_ping:"),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     proxy_protocol: IntCounterVec,
     websocket_limit: IntCounterVec,
+    websocket_pings: IntCounterVec,
     buffer_files: IntCounterVec,
     buffer_files_refused: IntCounterVec,
     buffer_file_bytes: IntGauge,
@@ -256,6 +257,7 @@ impl Metrics {
             connections_refused: counter_vec(&r, "balancer_connections_refused_total", "Client connections refused as they were accepted, by the limit that was full (max_connections, listener_max_connections, max_connections_per_ip).", &["listener", "reason"])?,
             http2_limits: counter_vec(&r, "balancer_http2_limits_total", "HTTP/2 client connections' limits tripping: backend_requests_queued (a stream waited for a place under http2_max_backend_requests), backend_requests_refused (it waited in vain: 503), ping_flood and settings_flood (the connection was closed).", &["listener", "limit"])?,
             websocket_limit: counter_vec(&r, "balancer_websocket_limit_closes_total", "WebSocket tunnels the balancer closed because the client broke a [limits] limit: message_too_big (close 1009), message_rate (close 1008).", &["pool", "reason"])?,
+            websocket_pings: counter_vec(&r, "balancer_websocket_pings_total", "Keep-alive Pings the balancer sent to WebSocket clients that were quiet for timeouts.websocket_ping.", &["pool"])?,
             buffer_files: counter_vec(&r, "balancer_buffer_files_total", "Bodies that went (in part) to a buffer file, by body (request, response).", &["pool", "body"])?,
             buffer_files_refused: counter_vec(&r, "balancer_buffer_files_refused_total", "Bodies that would have gone to a buffer file but streamed because limits.buffer_files_total was reached, by body (request, response).", &["pool", "body"])?,
             buffer_file_bytes,
@@ -306,6 +308,7 @@ impl Metrics {
             retries_refused: self.retries_refused.with_label_values(&[pool]),
             websocket_limit: ["message_too_big", "message_rate"]
                 .map(|r| self.websocket_limit.with_label_values(&[pool, r])),
+            websocket_pings: self.websocket_pings.with_label_values(&[pool]),
             buffer_files: ["request", "response"]
                 .map(|b| self.buffer_files.with_label_values(&[pool, b])),
             buffer_files_refused: ["request", "response"]
@@ -536,6 +539,8 @@ pub struct PoolMetrics {
     pub retries_refused: IntCounter,
     /// Tunnels closed for a `[limits]` WebSocket limit: message size, rate.
     pub websocket_limit: [IntCounter; 2],
+    /// Keep-alive Pings sent to quiet clients (`timeouts.websocket_ping`).
+    pub websocket_pings: IntCounter,
     /// Bodies that went to a buffer file: request, response.
     pub buffer_files: [IntCounter; 2],
     /// Bodies that streamed because the buffer files were full: request, response.

@@ -488,6 +488,7 @@ impl Proxy {
                 metrics: pool.metrics.clone(),
                 max_message: snap.limits.websocket_max_message,
                 max_message_rate: snap.limits.websocket_max_message_rate,
+                ping: snap.timeouts.websocket_ping,
             };
             self.tasks.spawn(tunnel::run(
                 client_upgrade,

@@ -13,7 +13,8 @@
 //! Semantics match `copy_bidirectional`: when one side reaches EOF, the
 //! other side's write half is shut down (a TCP half-close) and the other
 //! direction goes on; the copy ends when both directions have finished, or
-//! at the first error.
+//! at the first error. A side task polled with the copy may write into the
+//! first side between copied bytes (a tunnel's keep-alive Ping).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -163,16 +164,32 @@ where
 
 /// Copies both ways between `a` and `b` until both directions end; returns
 /// the bytes copied `(a to b, b to a)`.
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+///
+/// `side` is called with `a` each time the copy is polled, after both
+/// directions had their turn: a tunnel writes frames
+/// of its own into `a` from there (the keep-alive Ping) once the bytes
+/// copied into it have reached a frame boundary. `side` registers its own
+/// wake-ups (a timer); an error from it ends the copy like a copy error.
+pub async fn copy_bidirectional<A, B, F>(
+    a: &mut A,
+    b: &mut B,
+    mut side: F,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    F: FnMut(&mut Context<'_>, &mut A) -> io::Result<()>,
 {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     poll_fn(|cx| {
         let ab = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
         let ba = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        if !matches!(ba, Poll::Ready(_)) {
+            // Only while `a` is still written to: after `b`'s EOF its
+            // write half is shut down.
+            side(cx, &mut *a)?;
+        }
         match (ab, ba) {
             (Poll::Ready(x), Poll::Ready(y)) => Poll::Ready(Ok((x, y))),
             _ => Poll::Pending,
@@ -190,7 +207,8 @@ mod tests {
     async fn copies_both_ways_and_passes_half_close_on() {
         let (mut client, mut a) = tokio::io::duplex(64);
         let (mut b, mut server) = tokio::io::duplex(64);
-        let copy = tokio::spawn(async move { copy_bidirectional(&mut a, &mut b).await });
+        let copy =
+            tokio::spawn(async move { copy_bidirectional(&mut a, &mut b, |_, _| Ok(())).await });
         // More than the duplex capacity and the scratch buffer: exercises
         // backpressure (the pending buffer) in both directions.
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();

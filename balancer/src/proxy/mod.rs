@@ -31,6 +31,7 @@ pub mod spool;
 mod tests;
 mod tunnel;
 pub mod ws_frames;
+mod ws_ping;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

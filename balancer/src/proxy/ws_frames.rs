@@ -5,7 +5,9 @@
 //! backend is halfway through sending, so the client-bound byte stream runs
 //! through a [`FrameBoundary`] tracker: it follows frame headers and payload
 //! lengths and says whether everything written so far ends on a frame
-//! boundary. Pure, any input is safe.
+//! boundary. The same tracker decides where the balancer's own keep-alive
+//! Ping may go ([`FrameBoundary::to_boundary`], [`PING_FRAME`]). Pure, any
+//! input is safe.
 
 /// Follows frame boundaries in one direction of a WebSocket byte stream.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +62,32 @@ impl FrameBoundary {
             }
         }
         true
+    }
+
+    /// How many of `bytes` take the stream to the end of the frame it is
+    /// in: 0 at a boundary, `bytes.len()` if the frame goes on past them.
+    /// Writing that many, then something else, never cuts into a frame.
+    pub fn to_boundary(&self, bytes: &[u8]) -> usize {
+        if self.at_boundary() {
+            return 0;
+        }
+        let mut probe = self.clone();
+        let mut used = 0;
+        while used < bytes.len() {
+            if probe.payload_left > 0 {
+                let n = probe.payload_left.min((bytes.len() - used) as u64);
+                probe.payload_left -= n;
+                used += n as usize;
+            } else {
+                // A header byte: at most 14 of these before a payload.
+                probe.feed(&bytes[used..=used]);
+                used += 1;
+            }
+            if probe.at_boundary() {
+                return used;
+            }
+        }
+        bytes.len()
     }
 
     /// `(header size, payload length)` once the header is complete.
@@ -186,6 +214,12 @@ impl MessageMeter {
     }
 }
 
+/// The Ping the balancer sends a quiet client (`timeouts.websocket_ping`):
+/// unmasked, as every server-to-client frame, FIN, payload `lb` so a
+/// packet capture tells it from the backend's own pings. A client answers
+/// with a Pong carrying the same payload (RFC 6455 5.5.2).
+pub const PING_FRAME: [u8; 4] = [0x89, 0x02, b'l', b'b'];
+
 /// An unmasked (server-to-client) Close frame with `code` and a reason.
 pub fn close_frame(code: u16) -> Vec<u8> {
     let reason: &[u8] = match code {
@@ -297,6 +331,48 @@ mod tests {
         assert_eq!(&close_frame(1012)[2..4], &[0x03, 0xf4]);
     }
 
+    #[test]
+    fn to_boundary_stops_at_the_end_of_the_current_frame() {
+        let stream: Vec<u8> = [frame(5, false), frame(300, false), frame(0, false)].concat();
+        let ends = [7usize, 7 + 304, 7 + 304 + 2];
+        for start in 0..stream.len() {
+            let mut t = FrameBoundary::default();
+            t.feed(&stream[..start]);
+            let k = t.to_boundary(&stream[start..]);
+            let want = if start == 0 || ends.contains(&start) {
+                0
+            } else {
+                ends.iter()
+                    .find(|&&e| e > start)
+                    .map_or(stream.len(), |&e| e)
+                    - start
+            };
+            assert_eq!(k, want, "from byte {start}");
+            t.feed(&stream[start..start + k]);
+            assert!(t.at_boundary(), "from byte {start}");
+        }
+        // A frame that goes on past the bytes given: all of them.
+        let mut t = FrameBoundary::default();
+        t.feed(&frame(300, false)[..10]);
+        assert_eq!(t.to_boundary(&[0u8; 50]), 50);
+        assert_eq!(PING_FRAME.len(), 4);
+        let mut t = FrameBoundary::default();
+        let mut heads = Vec::new();
+        t.feed_frames(&PING_FRAME, |h| {
+            heads.push(h);
+            true
+        });
+        assert_eq!(
+            heads,
+            [FrameHead {
+                fin: true,
+                opcode: 9,
+                len: 2
+            }]
+        );
+        assert!(t.at_boundary());
+    }
+
     proptest! {
         #[test]
         fn any_bytes_are_safe(bytes in prop::collection::vec(any::<u8>(), 0..2000), cut in 0usize..2000) {
@@ -305,6 +381,24 @@ mod tests {
             t.feed(&bytes[..cut]);
             t.feed(&bytes[cut..]);
             let _ = t.at_boundary();
+        }
+
+        #[test]
+        fn to_boundary_never_cuts_a_frame(bytes in prop::collection::vec(any::<u8>(), 0..600), cut in 0usize..600) {
+            let mut t = FrameBoundary::default();
+            let cut = cut.min(bytes.len());
+            t.feed(&bytes[..cut]);
+            let k = t.to_boundary(&bytes[cut..]);
+            prop_assert!(k <= bytes.len() - cut);
+            let mut after = t.clone();
+            after.feed(&bytes[cut..cut + k]);
+            prop_assert!(after.at_boundary() || k == bytes.len() - cut);
+            // No boundary is skipped on the way.
+            for j in 1..k {
+                let mut mid = t.clone();
+                mid.feed(&bytes[cut..cut + j]);
+                prop_assert!(!mid.at_boundary(), "boundary at {j} < {k}");
+            }
         }
     }
 }

@@ -86,6 +86,13 @@ impl<T> Activity<T> {
         &self.inner
     }
 
+    /// The wrapped IO object, to write past the stamp: bytes the balancer
+    /// sends on its own (a tunnel's keep-alive Ping) are not the peers'
+    /// activity, or a dead peer would never go idle.
+    pub fn get_mut_unstamped(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Also counts the bytes read into `read`.
     pub fn count_reads(mut self, read: Arc<AtomicU64>) -> Self {
         self.read = Some(read);
