@@ -20,6 +20,8 @@ use crate::BoxError;
 
 /// Read buffer for response heads and bodies; grows only for big heads.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// Read buffer for the rest of a body longer than this.
+const BIG_READ: usize = 64 * 1024;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -175,7 +177,13 @@ impl UpstreamBody {
             self.reusable = false;
         }
         if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+            // A long body is read in bigger pieces: 8x fewer reads (and
+            // pieces to pass on) for a download of megabytes.
+            let want = match self.framing {
+                Framing::Length(left) if left > BIG_READ as u64 => BIG_READ,
+                _ => READ_CHUNK,
+            };
+            self.buf.reserve(want);
         }
         let read = match sock {
             Sock::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf),
