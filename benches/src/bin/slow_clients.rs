@@ -276,6 +276,7 @@ async fn measure(
         .args(["--log-format", "json"])
         .env("RUST_LOG", "info,access=off");
     let mut balancer = Child::spawn("balancer", cmd, &dir.join("balancer.log"))?;
+    backend_conns::watch(balancer.pid());
     let front_addr = logged_address(&mut balancer, "listening").await?;
     let admin = logged_address(&mut balancer, "admin listening").await?;
     let front = Endpoint::plain(front_addr);

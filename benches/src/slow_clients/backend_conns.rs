@@ -2,9 +2,11 @@
 //! sampled over a run and kept as peaks:
 //!
 //! * TCP: sockets in `ESTABLISHED` whose remote end is a backend's port,
-//!   from `/proc/net/tcp` (loopback only, so every such socket is the
-//!   balancer's end of a backend connection; the backend's end has the
-//!   port as its local one). This counts idle pooled connections too.
+//!   from `/proc/net/tcp`, counted only if the balancer process holds
+//!   them (their inode is among its `/proc/<pid>/fd`, see [`watch`]):
+//!   a client of the balancer whose ephemeral port happens to equal a
+//!   backend's port, or a connection not yet accepted, is not one. This
+//!   counts idle pooled connections too.
 //! * In use: the admin API's `open` per backend (`GET /api/status`), the
 //!   count `max_connections_per_backend` caps (requests and tunnels in
 //!   flight).
@@ -30,9 +32,34 @@ pub struct Peaks {
     pub admin_errors: u64,
 }
 
+/// The process whose sockets [`established_to`] counts (none: all).
+static WATCHED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// Counts only the sockets of process `pid` from now on.
+pub fn watch(pid: i32) {
+    let _ = WATCHED.set(pid);
+}
+
+/// The socket inodes process `pid` holds now.
+fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
 /// `ESTABLISHED` sockets whose remote port is each of `ports`, from the
-/// text of `/proc/net/tcp`.
-pub fn parse_proc_net_tcp(text: &str, ports: &[u16]) -> Vec<usize> {
+/// text of `/proc/net/tcp`; with `owned`, only sockets with those inodes.
+pub fn parse_proc_net_tcp(
+    text: &str,
+    ports: &[u16],
+    owned: Option<&std::collections::HashSet<u64>>,
+) -> Vec<usize> {
     let mut counts = vec![0; ports.len()];
     for line in text.lines().skip(1) {
         let mut f = line.split_ascii_whitespace();
@@ -43,6 +70,13 @@ pub fn parse_proc_net_tcp(text: &str, ports: &[u16]) -> Vec<usize> {
         };
         if state != "01" {
             continue;
+        }
+        // tx:rx queue, tr:when, retrnsmt, uid, timeout, then the inode.
+        let inode = f.nth(5).and_then(|i| i.parse::<u64>().ok());
+        if let Some(owned) = owned {
+            if !inode.is_some_and(|i| owned.contains(&i)) {
+                continue;
+            }
         }
         let Some(port) = remote
             .rsplit_once(':')
@@ -59,8 +93,9 @@ pub fn parse_proc_net_tcp(text: &str, ports: &[u16]) -> Vec<usize> {
 
 /// [`parse_proc_net_tcp`] of this machine's `/proc/net/tcp` now.
 pub fn established_to(ports: &[u16]) -> Vec<usize> {
+    let owned = WATCHED.get().map(|&pid| socket_inodes(pid));
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    parse_proc_net_tcp(&text, ports)
+    parse_proc_net_tcp(&text, ports, owned.as_ref())
 }
 
 /// `open` of each backend in `GET /api/status`, in the order of `addrs`.
@@ -132,14 +167,19 @@ mod tests {
     fn counts_established_by_remote_port() {
         // 0x1F90 = 8080, 0x1F91 = 8081; state 01 established, 0A listen,
         // 06 time-wait.
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
-            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
-            1: 0100007F:D431 0100007F:1F90 01 00000000:00000000\n\
-            2: 0100007F:D432 0100007F:1F90 01 00000000:00000000\n\
-            3: 0100007F:1F90 0100007F:D431 01 00000000:00000000\n\
-            4: 0100007F:D433 0100007F:1F91 06 00000000:00000000\n\
-            5: 0100007F:D434 0100007F:1F91 01 00000000:00000000\n";
-        assert_eq!(parse_proc_net_tcp(text, &[8080, 8081]), vec![2, 1]);
-        assert_eq!(parse_proc_net_tcp("", &[8080]), vec![0]);
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 11\n\
+            1: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 12\n\
+            2: 0100007F:D432 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 13\n\
+            3: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 14\n\
+            4: 0100007F:D433 0100007F:1F91 06 00000000:00000000 00:00000000 00000000  1000        0 15\n\
+            5: 0100007F:D434 0100007F:1F91 01 00000000:00000000 00:00000000 00000000  1000        0 16\n";
+        assert_eq!(parse_proc_net_tcp(text, &[8080, 8081], None), vec![2, 1]);
+        assert_eq!(parse_proc_net_tcp("", &[8080], None), vec![0]);
+        let owned: std::collections::HashSet<u64> = [13, 16].into();
+        assert_eq!(
+            parse_proc_net_tcp(text, &[8080, 8081], Some(&owned)),
+            vec![1, 1]
+        );
     }
 }
