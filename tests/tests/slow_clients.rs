@@ -106,12 +106,12 @@ async fn slow_client(lb: SocketAddr, kind: Kind) -> Ending {
 /// A balancer with an admin listener in front of `backends`, with
 /// `max_connections_per_backend = cap`, a 2 s head timeout and upload
 /// deadline, and no per-address limit (every client is 127.0.0.1).
-fn balancer(backends: &[&Backend], cap: usize, queue: usize) -> Balancer {
+fn balancer(backends: &[&Backend], cap: usize, queue: usize, pool: &str) -> Balancer {
     let mut config = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n\n\
          [limits]\nmax_connections_per_ip = 0\nupload_timeout = \"2s\"\n\n\
          [[listener]]\nname = \"front\"\naddress = \"127.0.0.1:0\"\n\n\
-         [[pool]]\nname = \"up\"\nmax_connections_per_backend = {cap}\nqueue_size = {queue}\n"
+         [[pool]]\nname = \"up\"\nmax_connections_per_backend = {cap}\nqueue_size = {queue}\n{pool}\n"
     );
     for b in backends {
         config.push_str(&format!(
@@ -157,7 +157,7 @@ async fn normal_clients_beside(n: usize) {
     // Above what the slow clients can hold, so normal requests never wait
     // for a place; the cap is still checked at every sample.
     let cap = n;
-    let lb = balancer(&[&b1, &b2], cap, 64);
+    let lb = balancer(&[&b1, &b2], cap, 64, "");
     let (front, admin) = (lb.listeners["front"], lb.admin_addr());
 
     let kinds = [Kind::Head, Kind::Body, Kind::Read];
@@ -213,36 +213,45 @@ async fn normal_clients_are_served_beside_256_slow_clients() {
     normal_clients_beside(256).await;
 }
 
-/// 64 slow bodies against one backend capped at 8 with a queue of 8: the
-/// backend never has more than 8 open, the ones over the cap and the queue
-/// get a 503, and every one that reached the backend is cut off with a
-/// 408 by the upload deadline.
+/// 64 slow bodies against one backend capped at 8 with a queue of 8.
+/// Buffered (the default: 1 MiB is within `buffer_body + buffer_body_file`),
+/// none reaches the backend and every one is cut off with a 408 by the
+/// upload deadline. Streamed (`buffer_body_file = 0`), the backend never
+/// has more than 8 open, the ones over the cap and the queue get a 503,
+/// and every one that reached the backend is cut off with a 408.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_bodies_beyond_the_cap_wait_or_get_503() {
-    let b = Backend::start("b");
-    let cap = 8;
-    let lb = balancer(&[&b], cap, 8);
-    let (front, admin) = (lb.listeners["front"], lb.admin_addr());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_open(admin, stop.clone());
-    let mut slow = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        slow.spawn(slow_client(front, Kind::Body));
+async fn slow_bodies_are_buffered_or_wait_or_get_503() {
+    for (pool, streamed) in [("", false), ("buffer_body_file = 0", true)] {
+        let b = Backend::start("b");
+        let cap = 8;
+        let lb = balancer(&[&b], cap, 8, pool);
+        let (front, admin) = (lb.listeners["front"], lb.admin_addr());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample_open(admin, stop.clone());
+        let mut slow = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            slow.spawn(slow_client(front, Kind::Body));
+        }
+        let mut statuses = Vec::new();
+        while let Some(e) = slow.join_next().await {
+            let e = e.unwrap();
+            assert!(e.cut_off, "a slow body was never cut off: {e:?}");
+            statuses.push(e.status);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (peak, samples) = sampler.await.unwrap();
+        assert!(samples > 0);
+        if streamed {
+            assert!(peak <= cap as u64, "the backend had {peak} open, cap {cap}");
+            assert!(
+                statuses.iter().all(|s| matches!(s, Some(408 | 503))),
+                "{statuses:?}"
+            );
+            assert!(statuses.contains(&Some(503)), "{statuses:?}");
+            assert!(statuses.contains(&Some(408)), "{statuses:?}");
+        } else {
+            assert_eq!(peak, 0, "a buffered slow body reached the backend");
+            assert!(statuses.iter().all(|s| *s == Some(408)), "{statuses:?}");
+        }
     }
-    let mut statuses = Vec::new();
-    while let Some(e) = slow.join_next().await {
-        let e = e.unwrap();
-        assert!(e.cut_off, "a slow body was never cut off: {e:?}");
-        statuses.push(e.status);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let (peak, samples) = sampler.await.unwrap();
-    assert!(samples > 0);
-    assert!(peak <= cap as u64, "the backend had {peak} open, cap {cap}");
-    assert!(
-        statuses.iter().all(|s| matches!(s, Some(408 | 503))),
-        "{statuses:?}"
-    );
-    assert!(statuses.contains(&Some(503)), "{statuses:?}");
-    assert!(statuses.contains(&Some(408)), "{statuses:?}");
 }
