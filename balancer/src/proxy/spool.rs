@@ -233,7 +233,9 @@ where
             continue;
         };
         total += data.len() as u64;
-        if file.is_none() && head.len() as u64 + data.len() as u64 <= memory {
+        // Memory only until the first piece that does not fit: after it,
+        // everything goes to the file, in order.
+        if file.is_none() && batch.is_empty() && head.len() as u64 + data.len() as u64 <= memory {
             head.extend_from_slice(&data);
             continue;
         }
@@ -1000,6 +1002,30 @@ mod tests {
         }
         drop(s);
         assert_eq!(f.budget.used(), 0);
+
+        // Uneven pieces: one that does not fit in memory, then small ones
+        // that would; they must follow it into the file, in order.
+        let uneven: Vec<Bytes> = (0..60)
+            .map(|i| {
+                let n = if i % 2 == 0 { 6_000 } else { 300 };
+                Bytes::from(
+                    (0..n)
+                        .map(|k| ((i * 31 + k) % 251) as u8)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let Spooling::Whole(s) = spool_request(body_of(uneven.clone()), 10_000, 1 << 20, &f)
+            .await
+            .unwrap()
+        else {
+            panic!("fits");
+        };
+        let mut r = Replay::new(Arc::new(s));
+        assert!(
+            read_all(&mut r).await == uneven.concat(),
+            "pieces out of order"
+        );
 
         let Spooling::Partial(s, rest) = spool_request(body_of(data), 50_000, 200_000, &f)
             .await
