@@ -1038,3 +1038,64 @@ mod tests {
         assert_eq!(read_all(&mut chain).await, whole);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::convert::Infallible;
+
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever the pieces, the memory limit and the maximum, what a
+        /// spooled body gives back (whole, or what was read plus the rest)
+        /// is the body, byte for byte, and its files leave the budget.
+        #[test]
+        fn a_spooled_body_comes_back_as_it_went_in(
+            sizes in proptest::collection::vec(0usize..20_000, 0..40),
+            memory in 0u64..40_000,
+            extra in 0u64..200_000,
+        ) {
+            let pieces: Vec<Bytes> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Bytes::from((0..n).map(|k| ((i * 7 + k) % 253) as u8).collect::<Vec<_>>()))
+                .collect();
+            let whole = pieces.concat();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let files = Files {
+                dir: std::env::temp_dir(),
+                budget: Arc::new(FileBudget::default()),
+                total: u64::MAX,
+            };
+            let out = rt.block_on(async {
+                let body = StreamBody::new(stream::iter(
+                    pieces.into_iter().map(|b| Ok::<_, Infallible>(Frame::data(b))),
+                ));
+                let mut out = Vec::new();
+                match spool_request(body, memory, memory + extra, &files).await.unwrap() {
+                    Spooling::Whole(s) => {
+                        let mut r = Replay::new(Arc::new(s));
+                        while let Some(f) = r.frame().await {
+                            out.extend_from_slice(&f.unwrap().into_data().unwrap());
+                        }
+                    }
+                    Spooling::Partial(s, rest) => {
+                        let mut c = Chain::new(s, rest);
+                        while let Some(f) = c.frame().await {
+                            out.extend_from_slice(&f.unwrap().into_data().unwrap());
+                        }
+                    }
+                }
+                out
+            });
+            prop_assert!(out == whole, "{} bytes in, {} out", whole.len(), out.len());
+            prop_assert_eq!(files.budget.used(), 0);
+        }
+    }
+}
