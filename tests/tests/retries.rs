@@ -49,7 +49,7 @@ async fn refused_connection_is_retried_transparently_and_the_backend_ejected() {
 }
 
 #[tokio::test]
-async fn small_bodies_are_replayed_large_ones_are_not() {
+async fn buffered_bodies_are_replayed_streamed_ones_are_not() {
     let live = Backend::start("live");
     let lb = Balancer::start(&dead_first(&live, NO_EJECTION));
     let c = h1();
@@ -65,18 +65,46 @@ async fn small_bodies_are_replayed_large_ones_are_not() {
     assert_eq!(r.status, 200);
     assert!(r.body == small);
     // Next pick is the live one; then the dead one again, now with 1 MiB:
-    // too large to buffer, so no retry and the client sees the 502.
+    // past `max_body`, but read whole (memory and a buffer file, the
+    // defaults) before a backend is picked, so it is replayed too.
     let r = get(&c, &lb.url("/whoami")).await;
     assert_eq!(r.status, 200);
     let big = vec![9u8; 1 << 20];
     let r = send(
         &c,
         ::http::Request::post(lb.url("/echo"))
-            .body(full(big))
+            .body(full(big.clone()))
             .unwrap(),
     )
     .await;
-    assert_eq!(r.status, 502, "a 1 MiB body is not retried");
+    assert_eq!(r.status, 200, "a buffered 1 MiB body is replayed");
+    assert!(r.body == big);
+
+    // Without buffer files (`buffer_body_file = 0`) it streams: once, so
+    // no retry, and the client sees the 502.
+    let streaming = dead_first(&live, NO_EJECTION).replace(
+        "name = \"game\"\n",
+        "name = \"game\"\nbuffer_body_file = 0\n",
+    );
+    let lb = Balancer::start(&streaming);
+    let r = send(
+        &c,
+        ::http::Request::post(lb.url("/echo"))
+            .body(full(small.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "a 1 KiB body is still buffered and replayed");
+    let r = get(&c, &lb.url("/whoami")).await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        &c,
+        ::http::Request::post(lb.url("/echo"))
+            .body(full(vec![9u8; 1 << 20]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 502, "a streamed 1 MiB body is not retried");
 }
 
 /// A refused connection reached no backend: retrying it costs nothing, so
