@@ -164,15 +164,6 @@ async fn exchange(lb: SocketAddr, request: &[u8]) -> String {
 
 const GET: &[u8] = b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
-/// Waits (10 s at most) until `ok` holds.
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A client with a 4 KiB receive buffer that asks for `/big` and reads
 /// nothing until told to.
 async fn slow_reader(lb: SocketAddr) -> TcpStream {
@@ -210,7 +201,7 @@ async fn a_slow_reader_holds_no_backend() {
     let (b, seen) = backend().await;
     let lb = balancer(&[b], "", "").await;
     let reader = slow_reader(lb).await;
-    until("the backend sent /big whole", || {
+    support::until("the backend sent /big whole", || {
         seen.lock().unwrap().big_sent == 1
     })
     .await;
@@ -236,7 +227,7 @@ async fn without_a_file_a_slow_reader_holds_its_backend() {
         let (b, seen) = backend().await;
         let lb = balancer(&[b], pool, limits).await;
         let reader = slow_reader(lb).await;
-        until("the backend got /big", || {
+        support::until("the backend got /big", || {
             !seen.lock().unwrap().requests.is_empty()
         })
         .await;

@@ -169,15 +169,6 @@ fn http2_limit(metrics: &balancer::metrics::Metrics, limit: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
-/// Waits until `cond` holds, for 10 s at most.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // === HTTP/2 clients ===
 
 /// An `h2` client connection to the balancer.
@@ -399,11 +390,11 @@ async fn streams_past_the_cap_wait_for_a_place_and_are_all_answered() {
             send(&mut c, request("GET", "/hold").body(()).unwrap()).await
         }));
     }
-    until("4 requests at the backend", || {
+    support::until("4 requests at the backend", || {
         seen.lock().unwrap().holding == 4
     })
     .await;
-    until("6 streams queued", || {
+    support::until("6 streams queued", || {
         http2_limit(&metrics, "backend_requests_queued") == 6
     })
     .await;
@@ -438,7 +429,7 @@ async fn a_stream_that_waits_in_vain_gets_503() {
             send(&mut c, request("GET", "/hold").body(()).unwrap()).await
         }));
     }
-    until("2 requests at the backend", || {
+    support::until("2 requests at the backend", || {
         seen.lock().unwrap().holding == 2
     })
     .await;
@@ -581,7 +572,7 @@ async fn a_ping_flood_closes_the_connection_with_goaway() {
     // Over it: a request in flight, then 50 PINGs.
     let mut c = raw::Conn::open(lb).await;
     c.send(&raw::get(3, "/hold")).await.unwrap();
-    until("the request at the backend", || {
+    support::until("the request at the backend", || {
         seen.lock().unwrap().holding == 1
     })
     .await;
@@ -600,7 +591,7 @@ async fn a_ping_flood_closes_the_connection_with_goaway() {
         .filter(|f| f.kind == raw::PING && f.flags & raw::ACK != 0)
         .count();
     assert!(acks <= 20, "{acks} PINGs answered");
-    until("the flood counted", || {
+    support::until("the flood counted", || {
         http2_limit(&metrics, "ping_flood") == 1
     })
     .await;
@@ -637,7 +628,7 @@ async fn a_settings_flood_closes_the_connection_with_goaway() {
         .find(|f| f.kind == raw::GOAWAY)
         .expect("a GOAWAY");
     assert_eq!(raw::goaway(goaway), (0, 0xb, "settings_flood".to_string()));
-    until("the flood counted", || {
+    support::until("the flood counted", || {
         http2_limit(&metrics, "settings_flood") == 1
     })
     .await;
@@ -672,7 +663,7 @@ async fn a_trickled_upload_is_not_cut_and_the_backends_time_starts_at_its_end() 
     let (resp, mut body) = post(&mut client, "/silent").await;
     for i in 0..6 {
         body.send_data(Bytes::from(vec![b'a'; 100]), false).unwrap();
-        until("the piece at the backend", || {
+        support::until("the piece at the backend", || {
             seen.lock().unwrap().body_bytes >= (i + 1) * 100
         })
         .await;
@@ -753,7 +744,7 @@ async fn a_stalled_upload_is_cut_by_the_upload_limits_not_by_response_header() {
         "408 after {waited:?}"
     );
     assert_eq!(seen.lock().unwrap().heads.len(), 1);
-    until("the backend connection closed", || {
+    support::until("the backend connection closed", || {
         seen.lock().unwrap().closed >= 1
     })
     .await;

@@ -186,14 +186,10 @@ fn chunked_body() -> Vec<u8> {
 
 /// Waits (10 s at most) until the backend saw `n` connections end.
 async fn until_closed(seen: &Mutex<Seen>, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().closed < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backend connection stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::until("the backend connection to close", || {
+        seen.lock().unwrap().closed >= n
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -383,14 +379,10 @@ async fn capped_balancer(backend: SocketAddr, queue_timeout: &str) -> SocketAddr
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 async fn until_held(held: &Mutex<(usize, usize)>, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while held.lock().unwrap().0 < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backend never held {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::until(&format!("the backend to hold {n}"), || {
+        held.lock().unwrap().0 >= n
+    })
+    .await;
 }
 
 /// `max_connections_per_backend = 2` with a queue of 2: of five requests

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What the backend saw: each request head (lower-cased), and the bytes
@@ -89,24 +89,6 @@ async fn balancer(backend: SocketAddr, route: &str, tables: &str) -> SocketAddr 
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-/// Reads a response head; returns it and the bytes read past it.
-async fn read_head<R: AsyncRead + Unpin>(s: &mut R) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(WITHIN, async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before a head: {buf:?}");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("a response head in time");
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let rest = buf.split_off(end);
-    (String::from_utf8_lossy(&buf).into_owned(), rest)
-}
-
 /// Reads until `want` bytes have come (the `already` ones count).
 async fn read_n(s: &mut TcpStream, mut already: Vec<u8>, want: usize) -> Vec<u8> {
     let mut chunk = [0u8; 4096];
@@ -163,7 +145,7 @@ async fn an_allowed_protocol_becomes_a_raw_tunnel_both_ways() {
     .await;
     let mut s = TcpStream::connect(lb).await.unwrap();
     s.write_all(GAME_UPGRADE).await.unwrap();
-    let (head, rest) = read_head(&mut s).await;
+    let (head, rest) = support::read_head(&mut s).await;
     let lower = head.to_ascii_lowercase();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(lower.contains("\r\nupgrade: mygame\r\n"), "{head}");
@@ -200,7 +182,7 @@ async fn an_unlisted_protocol_is_stripped() {
         let lb = balancer(b, route, "").await;
         let mut s = TcpStream::connect(lb).await.unwrap();
         s.write_all(GAME_UPGRADE).await.unwrap();
-        let (head, _) = read_head(&mut s).await;
+        let (head, _) = support::read_head(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{route}: {head}");
         let backend_head = seen.lock().unwrap().heads.pop().unwrap();
         for gone in ["upgrade:", "connection: upgrade", "mygame", "h2c"] {
@@ -213,7 +195,7 @@ async fn an_unlisted_protocol_is_stripped() {
     let lb = balancer(b, "upgrades = [\"mygame\"]", "").await;
     let mut s = TcpStream::connect(lb).await.unwrap();
     s.write_all(WS_UPGRADE).await.unwrap();
-    let (head, _) = read_head(&mut s).await;
+    let (head, _) = support::read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let backend_head = seen.lock().unwrap().heads.pop().unwrap();
     assert!(!backend_head.contains("upgrade:"), "{backend_head}");
@@ -234,7 +216,7 @@ async fn a_101_with_the_wrong_token_is_a_502() {
         let lb = balancer(b, "upgrades = [\"websocket\", \"mygame\"]", "").await;
         let mut s = TcpStream::connect(lb).await.unwrap();
         s.write_all(GAME_UPGRADE).await.unwrap();
-        let (head, _) = read_head(&mut s).await;
+        let (head, _) = support::read_head(&mut s).await;
         let answer = String::from_utf8_lossy(answer);
         assert!(head.starts_with("HTTP/1.1 502"), "{answer:?} gave {head}");
         let _ = s.write_all(b"not for the backend").await;
@@ -263,7 +245,7 @@ async fn websocket_still_works_and_keeps_its_limits() {
         let lb = balancer(b, route, "[limits]\nwebsocket_max_message = 16\n").await;
         let mut s = TcpStream::connect(lb).await.unwrap();
         s.write_all(WS_UPGRADE).await.unwrap();
-        let (head, rest) = read_head(&mut s).await;
+        let (head, rest) = support::read_head(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{route}: {head}");
         assert!(
             head.to_ascii_lowercase()

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -68,7 +68,7 @@ async fn streaming_backend(
         let Ok((mut s, _)) = listener.accept().await else {
             return;
         };
-        let (head, _) = read_head(&mut s).await;
+        let (head, _) = support::read_head(&mut s).await;
         let key = head
             .lines()
             .find_map(|l| {
@@ -116,29 +116,11 @@ fn config_text(backend: SocketAddr, route: &str, timeouts: &str) -> String {
     )
 }
 
-/// Reads a head; returns it and the bytes read past it.
-async fn read_head<R: AsyncRead + Unpin>(s: &mut R) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(WITHIN, async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before a head: {buf:?}");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .expect("a head in time");
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let rest = buf.split_off(end);
-    (String::from_utf8_lossy(&buf).into_owned(), rest)
-}
-
 /// A raw client through its `101`: the socket and the bytes past the head.
 async fn raw_client(lb: SocketAddr, upgrade: &[u8]) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(lb).await.unwrap();
     s.write_all(upgrade).await.unwrap();
-    let (head, rest) = read_head(&mut s).await;
+    let (head, rest) = support::read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     (s, rest)
 }
@@ -428,7 +410,7 @@ async fn raw_tunnels_get_no_pings() {
         let Ok((mut s, _)) = listener.accept().await else {
             return;
         };
-        let _ = read_head(&mut s).await;
+        let _ = support::read_head(&mut s).await;
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: mygame\r\nConnection: Upgrade\r\n\r\n",
         )

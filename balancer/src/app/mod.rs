@@ -82,7 +82,7 @@ impl App {
             metrics.as_deref(),
             &upstream_tls,
         )));
-        let buffer_files = Arc::new(crate::proxy::spool::FileBudget::new(
+        let buffer_files = Arc::new(crate::proxy::buffering::FileBudget::new(
             metrics.as_ref().map(|m| m.buffer_file_bytes()),
         ));
         let proxy = Arc::new(Proxy {

@@ -114,8 +114,8 @@ impl Drop for AccessLog {
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
-    /// Read ahead of the client by a pump (see `spool`).
-    Pumped(super::spool::Pumped),
+    /// Read ahead of the client by a pump (see `buffering`).
+    Pumped(super::buffering::Pumped),
     /// The backend's body failed; the error waits one poll (see
     /// `ProxyBody::poll_frame`).
     Failed(Option<BoxError>),
@@ -154,7 +154,7 @@ impl ProxyBody {
 
     /// A response read ahead of the client; the backend's guard is the
     /// pump's.
-    pub fn pumped(body: super::spool::Pumped, log: AccessLog, in_flight: InFlight) -> Self {
+    pub fn pumped(body: super::buffering::Pumped, log: AccessLog, in_flight: InFlight) -> Self {
         Self {
             inner: Inner::Pumped(body),
             bytes: 0,

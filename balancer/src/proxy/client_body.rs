@@ -1,6 +1,6 @@
 //! What the proxy holds of a client's request body between attempts: a
 //! small body of known length is buffered in memory, a bigger one (up to
-//! `buffer_body_file` more) in memory and a file ([`super::spool`]), so
+//! `buffer_body_file` more) in memory and a file ([`super::buffering`]), so
 //! it can be sent again to another backend and no backend waits on a slow
 //! upload; anything else streams, once. Either way the body is
 //! [`Limited`]: its size, its deadline and its rate (`[limits]`).
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::spool::{self, Files, Replay, Spooled, Spooling};
+use super::buffering::{self, Files, Replay, Spooled, Spooling};
 use super::ProxyError;
 use crate::upstream::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};
 use crate::BoxError;
@@ -161,14 +161,18 @@ pub enum ClientBody {
 pub struct BodyBuffering<'a> {
     pub memory: u64,
     pub file: u64,
-    pub files: &'a Files,
+    /// `buffer_dir`, the process's file budget and `limits.buffer_files_total`,
+    /// lent: a [`Files`] is made only for a body that goes to a file.
+    pub dir: &'a Arc<std::path::Path>,
+    pub budget: &'a Arc<buffering::FileBudget>,
+    pub total: u64,
     /// `balancer_buffer_files_total` and `..._refused_total` for requests.
     pub counters: Option<(&'a prometheus::IntCounter, &'a prometheus::IntCounter)>,
 }
 
 impl ClientBody {
     /// Buffers `body` in memory when it has a known length of at most
-    /// `buffering.memory` (`pool.buffer_body`), or of at most
+    /// `plan.memory` (`pool.buffer_body`), or of at most
     /// `retry.max_body` with retries on, reading it within `limit`. A
     /// bigger body, or one of unknown length, of at most `memory + file`
     /// bytes is read whole too, past `memory` into a file; a body over
@@ -177,7 +181,7 @@ impl ClientBody {
     pub async fn read<B>(
         body: B,
         retry: &config::RetryConfig,
-        buffering: BodyBuffering<'_>,
+        plan: BodyBuffering<'_>,
         limit: Duration,
     ) -> Result<Self, ProxyError>
     where
@@ -194,7 +198,7 @@ impl ClientBody {
         };
         let exact = body.size_hint().exact();
         if let Some(n) = exact {
-            if n <= buffering.memory.max(for_retries) {
+            if n <= plan.memory.max(for_retries) {
                 return match tokio::time::timeout(limit, body.collect()).await {
                     Ok(Ok(c)) => Ok(Self::Full(c.to_bytes())),
                     Ok(Err(e)) => Err(body_failed(e.into())),
@@ -202,34 +206,38 @@ impl ClientBody {
                 };
             }
         }
-        let max = buffering.memory.saturating_add(buffering.file);
-        let files = buffering.files;
+        let max = plan.memory.saturating_add(plan.file);
         let fits = exact.is_none_or(|n| n <= max);
-        let room = files.total > 0 && files.budget.used() < files.total;
-        if buffering.file == 0 || !fits {
+        let room = plan.total > 0 && plan.budget.used() < plan.total;
+        if plan.file == 0 || !fits {
             return Ok(Self::Stream(Some(body.map_err(Into::into).boxed())));
         }
         if !room {
-            if let Some((_, refused)) = buffering.counters {
+            if let Some((_, refused)) = plan.counters {
                 refused.inc();
             }
             return Ok(Self::Stream(Some(body.map_err(Into::into).boxed())));
         }
         // `Limited` holds the upload to its deadline and rate meanwhile.
-        let spooled = spool::spool_request(body, buffering.memory, max, files)
+        let files = Files {
+            dir: Arc::clone(plan.dir),
+            budget: Arc::clone(plan.budget),
+            total: plan.total,
+        };
+        let spooled = buffering::spool_request(body, plan.memory, max, &files)
             .await
             .map_err(body_failed)?;
         let (Spooling::Whole(s) | Spooling::Partial(s, _)) = &spooled;
         if s.in_file() {
-            if let Some((to_file, _)) = buffering.counters {
+            if let Some((to_file, _)) = plan.counters {
                 to_file.inc();
             }
         }
         Ok(match spooled {
             Spooling::Whole(s) => Self::Spooled(Arc::new(s)),
-            Spooling::Partial(s, rest) => {
-                Self::Stream(Some(spool::Chain::new(s, rest.map_err(Into::into)).boxed()))
-            }
+            Spooling::Partial(s, rest) => Self::Stream(Some(
+                buffering::Chain::new(s, rest.map_err(Into::into)).boxed(),
+            )),
         })
     }
 

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 
 use super::retry::{self, Decision};
-use super::{headers, spool, tunnel, AccessLog, ClientBody, InFlight, ProxyBody};
+use super::{buffering, headers, tunnel, AccessLog, ClientBody, InFlight, ProxyBody};
 use super::{Proxy, ProxyError};
 use crate::clock::{now_ms, Now};
 use crate::runtime::{normalize_host, Pool, Snapshot, Upgrades};
@@ -506,9 +506,9 @@ impl Proxy {
         let log = log.take();
         let ahead = pool.buffering.response;
         if ahead > 0 && !body.is_in_hand() {
-            // Read ahead of the client (see `spool`): the backend's
+            // Read ahead of the client (see `buffering`): the backend's
             // connection and its place are freed once it has sent it all.
-            let ahead = spool::Ahead {
+            let ahead = buffering::Ahead {
                 memory: ahead,
                 file: pool.buffering.response_file,
                 files: self.files(snap),
@@ -517,7 +517,7 @@ impl Proxy {
                 .metrics
                 .as_ref()
                 .map(|m| (m.buffer_files[1].clone(), m.buffer_files_refused[1].clone()));
-            let pumped = spool::pump(body, guard, ahead, counters);
+            let pumped = buffering::pump(body, guard, ahead, counters);
             return Ok(Response::from_parts(
                 parts,
                 ProxyBody::pumped(pumped, log, in_flight),

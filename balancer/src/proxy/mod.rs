@@ -18,6 +18,7 @@
 //! rewriting, retries, ejection) runs in tests without a client socket.
 
 mod body;
+pub mod buffering;
 mod client_body;
 pub mod client_ip;
 pub mod edge;
@@ -26,7 +27,6 @@ mod forward;
 pub mod headers;
 mod lazy_copy;
 pub mod retry;
-pub mod spool;
 #[cfg(test)]
 mod tests;
 mod tunnel;
@@ -66,7 +66,7 @@ pub struct Proxy {
     /// Open client connections against `[limits]`, process-wide.
     pub connections: Arc<crate::server::conn_limits::ConnLimits>,
     /// Bytes in buffer files, against `limits.buffer_files_total`.
-    pub buffer_files: Arc<spool::FileBudget>,
+    pub buffer_files: Arc<buffering::FileBudget>,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -230,9 +230,9 @@ static H2_SLOTS_WARN: crate::logging::WarnEvery = crate::logging::WarnEvery::new
 
 impl Proxy {
     /// Where this snapshot's buffer files go, and the budget they share.
-    pub(crate) fn files(&self, snap: &Snapshot) -> spool::Files {
-        spool::Files {
-            dir: snap.buffer_dir.clone(),
+    pub(crate) fn files(&self, snap: &Snapshot) -> buffering::Files {
+        buffering::Files {
+            dir: Arc::clone(&snap.buffer_dir),
             budget: Arc::clone(&self.buffer_files),
             total: snap.limits.buffer_files_total,
         }
@@ -353,7 +353,9 @@ impl Proxy {
                 client_body::BodyBuffering {
                     memory: pool.buffer_body,
                     file: pool.buffering.body_file,
-                    files: &self.files(&snap),
+                    dir: &snap.buffer_dir,
+                    budget: &self.buffer_files,
+                    total: snap.limits.buffer_files_total,
                     counters: pool
                         .metrics
                         .as_ref()

@@ -41,7 +41,7 @@ pub struct Pool {
     pub queued: std::sync::atomic::AtomicUsize,
 }
 
-/// How far bodies are buffered past `buffer_body` (see `proxy::spool`).
+/// How far bodies are buffered past `buffer_body` (see `proxy::buffering`).
 #[derive(Debug, Clone, Copy)]
 pub struct Buffering {
     /// Request body bytes past `buffer_body` that may go to a file.

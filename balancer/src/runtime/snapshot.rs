@@ -35,7 +35,7 @@ pub struct Snapshot {
     /// `[limits]`.
     pub limits: config::Limits,
     /// `buffer_dir`, or the system's temporary directory.
-    pub buffer_dir: std::path::PathBuf,
+    pub buffer_dir: Arc<std::path::Path>,
     /// `client_ip_header`: where the computed client address is sent.
     pub client_ip_header: Option<http::HeaderName>,
     /// Close code sent to WebSocket clients whose tunnel the balancer ends.
@@ -127,7 +127,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits,
-            buffer_dir: crate::proxy::spool::dir_of(config.buffer_dir.as_deref()),
+            buffer_dir: crate::proxy::buffering::dir_of(config.buffer_dir.as_deref()).into(),
             client_ip_header: config
                 .client_ip_header
                 .as_deref()

@@ -94,7 +94,7 @@ impl FileBudget {
 /// Where a body's file goes and how much all files may hold.
 #[derive(Debug, Clone)]
 pub struct Files {
-    pub dir: PathBuf,
+    pub dir: Arc<Path>,
     pub budget: Arc<FileBudget>,
     /// `limits.buffer_files_total`.
     pub total: u64,
@@ -151,18 +151,30 @@ impl Drop for BufferFile {
     }
 }
 
-/// Reads `len` bytes at `at` on the blocking pool.
-fn read_at(file: &Arc<File>, at: u64, len: usize) -> JoinHandle<io::Result<Bytes>> {
-    let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, at)?;
-        Ok(Bytes::from(buf))
-    })
-}
+/// At most one read of a buffer file under way, on the blocking pool.
+#[derive(Debug, Default)]
+struct FileRead(Option<JoinHandle<io::Result<Bytes>>>);
 
-fn joined(r: Result<io::Result<Bytes>, tokio::task::JoinError>) -> io::Result<Bytes> {
-    r.map_err(io::Error::other)?
+impl FileRead {
+    /// Starts reading `len` bytes at `at`.
+    fn start(&mut self, file: &Arc<File>, at: u64, len: usize) {
+        let file = Arc::clone(file);
+        self.0 = Some(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, at)?;
+            Ok(Bytes::from(buf))
+        }));
+    }
+
+    /// The read under way, once done; `Ready(None)` when none is.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(reading) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = ready!(Pin::new(reading).poll(cx));
+        self.0 = None;
+        Poll::Ready(Some(r.map_err(io::Error::other).and_then(|r| r)))
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -313,7 +325,7 @@ pub struct Replay {
     spooled: Arc<Spooled>,
     /// Bytes handed out so far.
     at: u64,
-    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    reading: FileRead,
 }
 
 impl Replay {
@@ -321,7 +333,7 @@ impl Replay {
         Self {
             spooled,
             at: 0,
-            reading: None,
+            reading: FileRead::default(),
         }
     }
 }
@@ -335,9 +347,7 @@ impl Body for Replay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(reading) = this.reading.as_mut() {
-            let r = joined(ready!(Pin::new(reading).poll(cx)));
-            this.reading = None;
+        if let Some(r) = ready!(this.reading.poll(cx)) {
             return Poll::Ready(Some(match r {
                 Ok(b) => {
                     this.at += b.len() as u64;
@@ -359,7 +369,7 @@ impl Body for Replay {
             return Poll::Ready(None);
         }
         let n = (file.len - off).min(FILE_CHUNK as u64) as usize;
-        this.reading = Some(read_at(&file.file, off, n));
+        this.reading.start(&file.file, off, n);
         self.poll_frame(cx)
     }
 
@@ -499,7 +509,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Pumped {
     shared: Arc<Shared>,
-    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    reading: FileRead,
     /// Bytes still to come when the length is known.
     left: Option<u64>,
     done: bool,
@@ -528,7 +538,7 @@ where
     tokio::spawn(run_pump(body, keep, ahead, counters, Arc::clone(&shared)));
     Pumped {
         shared,
-        reading: None,
+        reading: FileRead::default(),
         left,
         done: false,
     }
@@ -731,9 +741,7 @@ impl Body for Pumped {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(reading) = this.reading.as_mut() {
-            let r = joined(ready!(Pin::new(reading).poll(cx)));
-            this.reading = None;
+        if let Some(r) = ready!(this.reading.poll(cx)) {
             return Poll::Ready(Some(match r {
                 Ok(b) => {
                     this.shared.state().file_read += b.len() as u64;
@@ -757,7 +765,7 @@ impl Body for Pumped {
         }
         if let (true, Some(file)) = (st.file_read < st.file_len, st.file.clone()) {
             let n = (st.file_len - st.file_read).min(FILE_CHUNK as u64) as usize;
-            this.reading = Some(read_at(&file, st.file_read, n));
+            this.reading.start(&file, st.file_read, n);
             drop(st);
             return Pin::new(this).poll_frame(cx);
         }
@@ -820,7 +828,7 @@ mod tests {
 
     fn files(total: u64) -> Files {
         Files {
-            dir: std::env::temp_dir(),
+            dir: std::env::temp_dir().into(),
             budget: Arc::new(FileBudget::default()),
             total,
         }
@@ -1069,7 +1077,7 @@ mod properties {
             let whole = pieces.concat();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let files = Files {
-                dir: std::env::temp_dir(),
+                dir: std::env::temp_dir().into(),
                 budget: Arc::new(FileBudget::default()),
                 total: u64::MAX,
             };
