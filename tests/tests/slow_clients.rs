@@ -148,6 +148,21 @@ fn sample_open(admin: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHan
     })
 }
 
+/// The most TCP connections any backend had at once
+/// (`tcp_connections_peak` in `GET /api/status`: counted by the balancer
+/// as each socket opens and closes, so nothing between samples is missed).
+async fn tcp_peak(admin: SocketAddr) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&get_text(admin, "/api/status").await).unwrap();
+    let mut peak = 0;
+    for pool in status["pools"].as_array().unwrap() {
+        for b in pool["backends"].as_array().unwrap() {
+            peak = peak.max(b["tcp_connections_peak"].as_u64().unwrap());
+        }
+    }
+    peak
+}
+
 /// `n` slow clients (a third of each kind) and 8 keep-alive GET clients at
 /// once: every normal request succeeds, no backend ever has more than the
 /// cap open, and every slow head and slow body is cut off by the
@@ -195,6 +210,11 @@ async fn normal_clients_beside(n: usize) {
     assert!(passed > 0, "no normal request was served");
     assert!(samples > 0);
     assert!(peak <= cap as u64, "a backend had {peak} open, cap {cap}");
+    let sockets = tcp_peak(admin).await;
+    assert!(
+        (1..=cap as u64).contains(&sockets),
+        "a backend had {sockets} TCP connections at once, cap {cap}"
+    );
     for (kind, e) in &endings {
         assert!(e.cut_off, "a {kind:?} client was never cut off: {e:?}");
         if *kind == Kind::Body {
@@ -241,8 +261,13 @@ async fn slow_bodies_are_buffered_or_wait_or_get_503() {
         stop.store(true, Ordering::Relaxed);
         let (peak, samples) = sampler.await.unwrap();
         assert!(samples > 0);
+        let sockets = tcp_peak(admin).await;
         if streamed {
             assert!(peak <= cap as u64, "the backend had {peak} open, cap {cap}");
+            assert!(
+                (1..=cap as u64).contains(&sockets),
+                "the backend had {sockets} TCP connections at once, cap {cap}"
+            );
             assert!(
                 statuses.iter().all(|s| matches!(s, Some(408 | 503))),
                 "{statuses:?}"
@@ -251,6 +276,7 @@ async fn slow_bodies_are_buffered_or_wait_or_get_503() {
             assert!(statuses.contains(&Some(408)), "{statuses:?}");
         } else {
             assert_eq!(peak, 0, "a buffered slow body reached the backend");
+            assert_eq!(sockets, 0, "a connection was opened to the backend");
             assert!(statuses.iter().all(|s| *s == Some(408)), "{statuses:?}");
         }
     }

@@ -50,6 +50,8 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                         "open": b.open_connections(),
                         "in_flight": b.open_connections().saturating_sub(b.tunnels()),
                         "tunnels": b.tunnels(),
+                        "tcp_connections": b.connections.sockets().now(),
+                        "tcp_connections_peak": b.connections.sockets().peak(),
                         "requests": b.requests_total(),
                     })
                 })
@@ -130,6 +132,7 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
         up,
         in_flight: b.open_connections().saturating_sub(b.tunnels()),
         tunnels: b.tunnels(),
+        tcp_connections: b.connections.sockets().now(),
         ejections: b.ejection.total(),
         health_changes: b.health_changes(),
     };

@@ -52,6 +52,8 @@ pub struct BackendSample {
     pub up: bool,
     pub in_flight: usize,
     pub tunnels: usize,
+    /// TCP connections open to it (see [`crate::upstream::Sockets`]).
+    pub tcp_connections: usize,
     pub ejections: u64,
     pub health_changes: u64,
 }
@@ -154,6 +156,7 @@ pub struct Metrics {
     backend_up: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_tunnels: IntGaugeVec,
+    backend_tcp_connections: IntGaugeVec,
     backend_ejections: IntCounterVec,
     backend_health_changes: IntCounterVec,
     generation: IntGauge,
@@ -273,6 +276,7 @@ impl Metrics {
             backend_up: gauge_vec(&r, "balancer_backend_up", "1 when the backend takes new requests (healthy, not ejected, enabled), else 0.", &["pool", "backend"])?,
             backend_in_flight: gauge_vec(&r, "balancer_backend_in_flight_requests", "HTTP requests in flight to the backend.", &["pool", "backend"])?,
             backend_tunnels: gauge_vec(&r, "balancer_backend_websocket_tunnels", "Open WebSocket tunnels to the backend.", &["pool", "backend"])?,
+            backend_tcp_connections: gauge_vec(&r, "balancer_backend_tcp_connections", "TCP connections open to the backend: in use, idle and health checks.", &["pool", "backend"])?,
             backend_ejections: counter_vec(&r, "balancer_backend_ejections_total", "Passive ejections of the backend (consecutive failures or a refused connection).", &["pool", "backend"])?,
             backend_health_changes: counter_vec(&r, "balancer_backend_health_changes_total", "Health state changes of the backend.", &["pool", "backend"])?,
             reloads: counter_vec(&r, "balancer_config_reloads_total", "Config reloads, by result.", &["result"])?,
@@ -391,6 +395,7 @@ impl Metrics {
             &self.backend_up,
             &self.backend_in_flight,
             &self.backend_tunnels,
+            &self.backend_tcp_connections,
         ] {
             v.reset();
         }
@@ -405,6 +410,9 @@ impl Metrics {
             self.backend_tunnels
                 .with_label_values(&l)
                 .set(b.tunnels as i64);
+            self.backend_tcp_connections
+                .with_label_values(&l)
+                .set(b.tcp_connections as i64);
             self.backend_ejections
                 .with_label_values(&l)
                 .inc_by(b.ejections);

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 
 use super::{ProxyHeader, UpstreamError, UpstreamStream, UpstreamTls};
 use crate::clock::{millis, now_ms};
+use crate::socket::MaybeTls;
 
 /// What opening and keeping upstream connections follows; from the
 /// config's `[timeouts]` and the pool's `max_idle_per_backend` and
@@ -79,6 +80,44 @@ impl UpstreamSettings {
     }
 }
 
+/// The TCP connections open to one backend now (requests, tunnels, idle
+/// ones and health checks alike), and the most there ever were at once:
+/// what the backend sees of this process, exactly, not a sample. Each
+/// [`UpstreamStream`] holds a [`Counted`] from its connect until it closes.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Sockets {
+    /// Open now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// The most open at once since the backend appeared.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn count(self: &Arc<Self>) -> Counted {
+        let n = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(n, Ordering::Relaxed);
+        Counted(Arc::clone(self))
+    }
+}
+
+/// One socket of [`Sockets`]; dropping it (with the socket) uncounts it.
+#[derive(Debug)]
+pub struct Counted(Arc<Sockets>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Idle sockets with the time ([`now_ms`]) each expires and the PROXY
 /// header each started with, newest last.
 type IdleList = Mutex<Vec<(UpstreamStream, u64, Option<ProxyHeader>)>>;
@@ -97,7 +136,9 @@ pub struct ConnectionPool {
     /// idle time seen if that is sooner (never under 100 ms).
     reap_every: AtomicU64,
     /// The backend's requests and tunnels open now (its `open` count).
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    /// Its TCP connections open now, each counted by its stream.
+    sockets: Arc<Sockets>,
 }
 
 /// The reaper's period before any socket went idle, and its shortest.
@@ -109,7 +150,7 @@ impl ConnectionPool {
         addr: SocketAddr,
         connect_histogram: Option<prometheus::Histogram>,
         tls: Option<Arc<UpstreamTls>>,
-        open: Arc<std::sync::atomic::AtomicUsize>,
+        open: Arc<AtomicUsize>,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
@@ -120,6 +161,7 @@ impl ConnectionPool {
                 .collect(),
             reap_every: AtomicU64::new(REAP_START_MS),
             open,
+            sockets: Arc::default(),
         });
         // Idle sockets close at their deadline even when no request comes
         // to notice: a reaper that lives as long as the pool (also while
@@ -140,6 +182,11 @@ impl ConnectionPool {
             drop(oldest);
             return;
         }
+    }
+
+    /// The TCP connections open to the backend (see [`Sockets`]).
+    pub fn sockets(&self) -> &Sockets {
+        &self.sockets
     }
 
     /// Idle connections right now.
@@ -183,8 +230,11 @@ impl ConnectionPool {
             return;
         }
         if let Some(cap) = settings.cap {
-            // `open` still counts the request giving the socket back.
-            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap {
+            // `open` still counts the request giving the socket back, and
+            // `sockets` the socket itself.
+            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap
+                || self.sockets.now() > cap
+            {
                 return;
             }
         }
@@ -216,7 +266,7 @@ impl ConnectionPool {
     }
 
     /// Closes sockets whose idle time is over at `now`.
-    fn reap_expired(&self, now: u64) {
+    pub(super) fn reap_expired(&self, now: u64) {
         for list in self.idle.iter() {
             let expired: Vec<_> = match list.lock() {
                 Ok(mut idle) => {
@@ -266,7 +316,9 @@ impl ConnectionPool {
         if let Some(cap) = settings.cap {
             // A socket idle on another worker's list would take this
             // backend over the cap with the new one: it goes first.
-            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap {
+            if self.idle_count() + self.open.load(Ordering::Relaxed) > cap
+                || self.sockets.now() >= cap
+            {
                 self.evict_oldest();
             }
         }
@@ -303,6 +355,9 @@ impl ConnectionPool {
             Err(_) => return Err(UpstreamError::ConnectTimeout(limit)),
         };
         let _ = io.set_nodelay(true);
+        // Counted from here: a socket that fails its PROXY header or TLS
+        // handshake below is uncounted as it closes.
+        let counted = self.sockets.count();
         let mut io = io;
         if let Some(h) = proxy_header {
             use tokio::io::AsyncWriteExt;
@@ -324,11 +379,11 @@ impl ConnectionPool {
         }
         let tls = self.tls.load_full();
         let io = match &tls {
-            None => UpstreamStream::Plain(io),
+            None => UpstreamStream::new(MaybeTls::Plain(io), counted),
             Some(tls) => {
                 let left = limit.saturating_sub(start.elapsed());
                 match tokio::time::timeout(left, tls.handshake(io, self.addr)).await {
-                    Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
+                    Ok(Ok(s)) => UpstreamStream::new(MaybeTls::Tls(Box::new(s)), counted),
                     Ok(Err(source)) => {
                         return Err(UpstreamError::Tls {
                             addr: self.addr,

@@ -36,7 +36,7 @@ pub mod tls;
 pub use backend::{Backend, Health, OpenGuard, Operator, TunnelCount};
 pub use body::{UpstreamBody, UpstreamIo};
 pub use codec::is_idempotent;
-pub use connections::{ConnectionPool, UpstreamSettings};
+pub use connections::{ConnectionPool, Sockets, UpstreamSettings};
 pub use error::{Reached, UpstreamError};
 pub use proxy_header::ProxyHeader;
 pub use request_body::{AttemptBody, BodyLimit, RequestBody, StreamBody, UploadProgress};

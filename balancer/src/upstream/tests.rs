@@ -73,11 +73,40 @@ async fn under_a_cap_idle_sockets_and_open_requests_stay_within_it() {
     );
     p.checkin(io, &capped);
     assert_eq!(p.idle_count(), 0, "a socket over the cap was pooled");
+    assert_eq!(p.sockets().now(), 0, "the refused socket was closed");
+    assert_eq!(p.sockets().peak(), 1, "never two sockets at once");
     // Without a cap, the same is pooled.
     let io = p.connect(&settings()).await.unwrap();
     p.checkin(io, &settings());
     assert_eq!(p.idle_count(), 1);
     assert_eq!(seen.connections(), 3);
+    assert_eq!(p.sockets().now(), 1);
+}
+
+#[tokio::test]
+async fn every_socket_is_counted_while_it_is_open() {
+    let (addr, _seen) =
+        raw_backend(vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"; 2]).await;
+    let p = pool(addr);
+    let s = settings();
+    let a = p.connect(&s).await.unwrap();
+    let b = p.connect(&s).await.unwrap();
+    assert_eq!((p.sockets().now(), p.sockets().peak()), (2, 2));
+    drop(a);
+    assert_eq!((p.sockets().now(), p.sockets().peak()), (1, 2));
+    // Idle in the pool: still open, still counted.
+    p.checkin(b, &s);
+    assert_eq!(p.sockets().now(), 1);
+    // A request reuses it: one socket throughout.
+    request(&p, Method::GET, &s).await.unwrap();
+    assert_eq!((p.sockets().now(), p.sockets().peak()), (1, 2));
+    // Reaped: closed, uncounted.
+    p.reap_expired(u64::MAX);
+    assert_eq!(p.sockets().now(), 0);
+    // A connect that fails counts nothing.
+    let dead = ConnectionPool::new(closed_port(), None, None, Arc::default());
+    assert!(dead.connect(&s).await.is_err());
+    assert_eq!((dead.sockets().now(), dead.sockets().peak()), (0, 0));
 }
 
 /// A bodiless GET to `addr` that must fail before a response head.

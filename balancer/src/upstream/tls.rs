@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::certs;
+use crate::socket::MaybeTls;
 
 /// A pool's TLS client settings, ready to connect.
 pub struct UpstreamTls {
@@ -117,10 +118,25 @@ fn read_key(path: &std::path::Path) -> Result<rustls::pki_types::PrivateKeyDer<'
         .map_err(|e| format!("{}: no usable private key: {e}", path.display()))
 }
 
-/// An upstream connection, plaintext or TLS.
-pub type UpstreamStream = crate::socket::MaybeTls<TlsStream<TcpStream>>;
+/// An upstream connection, plaintext or TLS, counted in its backend's
+/// [`Sockets`](super::Sockets) for as long as it is open.
+#[derive(Debug)]
+pub struct UpstreamStream {
+    io: crate::socket::MaybeTls<TlsStream<TcpStream>>,
+    _counted: super::connections::Counted,
+}
 
 impl UpstreamStream {
+    pub(super) fn new(
+        io: crate::socket::MaybeTls<TlsStream<TcpStream>>,
+        counted: super::connections::Counted,
+    ) -> Self {
+        Self {
+            io,
+            _counted: counted,
+        }
+    }
+
     /// An idle pooled connection the backend has not closed (and sent
     /// nothing on). Plaintext: a readiness check first, so the common case
     /// costs no system call. TLS: what arrived may be only TLS messages (a
@@ -128,8 +144,8 @@ impl UpstreamStream {
     /// read through rustls: nothing for the application means still open.
     pub fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self {
-            Self::Plain(io) => match io.poll_read_ready(&mut cx) {
+        match &mut self.io {
+            MaybeTls::Plain(io) => match io.poll_read_ready(&mut cx) {
                 Poll::Pending => true,
                 Poll::Ready(Err(_)) => false,
                 Poll::Ready(Ok(())) => {
@@ -137,7 +153,7 @@ impl UpstreamStream {
                     matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
-            Self::Tls(tls) => {
+            MaybeTls::Tls(tls) => {
                 let mut probe = [0u8; 1];
                 let mut buf = ReadBuf::new(&mut probe);
                 matches!(
@@ -146,5 +162,45 @@ impl UpstreamStream {
                 )
             }
         }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
