@@ -34,8 +34,12 @@
 //!    cut-offs and reconnects are under way) the same normal load runs
 //!    again for `--measure` seconds. The slow clients stop 3 s later.
 //! 3. Through both phases the balancer's connections to each backend are
-//!    sampled every 100 ms: TCP sockets from `/proc/net/tcp`, and `open`
-//!    (requests in flight, what the cap counts) from `GET /api/status`.
+//!    sampled every 100 ms from `GET /api/status`: `open` (requests in
+//!    flight, what the cap counts) and `tcp_connections_peak` (the most TCP
+//!    connections at once, counted by the balancer as each socket opens
+//!    and closes, so nothing between two samples is missed). Every 500 ms
+//!    the kernel's count from `/proc/net/tcp` cross-checks it (sockets the
+//!    balancer process holds, in `ESTABLISHED`, to a backend's port).
 //!
 //! The load generator is this process, on the same cores as the balancer
 //! and the backends.
@@ -45,8 +49,9 @@
 //! Markdown tables on stdout: p50/p99 undisturbed and disturbed and their
 //! ratio, the peak backend connections against the cap, what the balancer
 //! did to the slow connections, the balancer's error counters. Exit code 1
-//! if a normal request failed or the connections in use to a backend went
-//! over the cap (correctness); the p99 ratio is reported, not judged.
+//! if a normal request failed, or the connections in use or the TCP
+//! connections to a backend went over the cap (correctness); the p99 ratio
+//! is reported, not judged.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -111,6 +116,10 @@ struct Args {
     /// `pool.buffer_body`, bytes (default: the balancer's, 64 KiB).
     #[arg(long)]
     buffer_body: Option<u64>,
+    /// `pool.buffer_response_file`, bytes (default: the balancer's, 1 GiB);
+    /// 0 for the control run in which slow readers hold their backends.
+    #[arg(long)]
+    buffer_response_file: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -213,6 +222,9 @@ fn balancer_config(args: &Args, backends: &[SocketAddr]) -> String {
     );
     if let Some(b) = args.buffer_body {
         let _ = writeln!(s, "buffer_body = {b}");
+    }
+    if let Some(b) = args.buffer_response_file {
+        let _ = writeln!(s, "buffer_response_file = {b}");
     }
     for (i, a) in backends.iter().enumerate() {
         let _ = write!(
@@ -369,8 +381,12 @@ fn merge_peaks(into: &mut Peaks, other: &Peaks) {
         *a = (*a).max(*b);
     }
     into.tcp_total = into.tcp_total.max(other.tcp_total);
+    for (a, b) in into.tcp_counted.iter_mut().zip(&other.tcp_counted) {
+        *a = (*a).max(*b);
+    }
     into.open_total = into.open_total.max(other.open_total);
     into.samples += other.samples;
+    into.tcp_repeated += other.tcp_repeated;
     into.admin_errors += other.admin_errors;
 }
 
@@ -419,6 +435,14 @@ impl Results {
             if open > cap as u64 {
                 out.push(format!(
                     "backend up-{}: {open} connections in use, cap {cap}",
+                    i + 1
+                ));
+            }
+        }
+        for (i, &tcp) in self.peaks_disturbed.tcp_counted.iter().enumerate() {
+            if tcp > cap as u64 {
+                out.push(format!(
+                    "backend up-{}: {tcp} TCP connections at once, cap {cap}",
                     i + 1
                 ));
             }
@@ -497,14 +521,20 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "| peak TCP connections to the backends, per backend | {} | {} | |",
+            "| most TCP connections at once, per backend (the balancer's count, since start) | {} | {} | |",
+            list64(&pu.tcp_counted),
+            list64(&pd.tcp_counted)
+        );
+        let _ = writeln!(
+            s,
+            "| peak TCP connections to the backends, per backend (`/proc/net/tcp`, every 500 ms) | {} | {} | |",
             list(&pu.tcp),
             list(&pd.tcp)
         );
         let _ = writeln!(
             s,
-            "| samples (admin errors) | {} ({}) | {} ({}) | |",
-            pu.samples, pu.admin_errors, pd.samples, pd.admin_errors
+            "| samples (admin errors; `/proc/net/tcp` lines repeated) | {} ({}; {}) | {} ({}; {}) | |",
+            pu.samples, pu.admin_errors, pu.tcp_repeated, pd.samples, pd.admin_errors, pd.tcp_repeated
         );
         for (name, l) in [("undisturbed", u), ("disturbed", d)] {
             if l.counts.failed > 0 {
