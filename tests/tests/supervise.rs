@@ -262,3 +262,69 @@ async fn sigterm_stops_every_child_then_the_balancer_exits_0() {
         0
     );
 }
+
+#[test]
+fn balancer_check_reports_bad_processes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"game\"\n[pool.processes]\ncommand = [\"backend\", \"{nope}\"]\nbase_port = 9001\ninstances = 0\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("balancer"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "pool[0].health: a pool with [pool.processes] needs a [pool.health] table",
+        "pool[0].processes.instances: 0 is out of range",
+        "pool[0].processes.command[1]: unknown placeholder {nope}",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_with_supervised_pools_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let text = format!(
+        "upgrade_socket = {:?}\n{}",
+        socket.display().to_string(),
+        config(&backends(1, ""))
+    );
+    let old = Balancer::start(&text);
+    wait_status(&old, "the instance ready", all_ready).await;
+    let path = dir.path().join("new.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut cmd = std::process::Command::new(bin("balancer"));
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"]);
+    let mut new = tests::Proc::spawn("new balancer", cmd);
+    let status = new.wait_exit(DEADLINE);
+    assert!(!status.success(), "{status:?}");
+    new.wait_log("the refusal", |v| {
+        v.as_str().is_some_and(|l| {
+            l.contains(
+                "binary upgrade with supervised pools ([pool.processes]) is not supported yet",
+            )
+        })
+    });
+    old.proc.wait_log("the old side's refusal", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("binary upgrade refused: supervised pools"))
+    });
+    // The old balancer still serves its instance.
+    assert_eq!(
+        whoami_ids(&old, 3).await,
+        HashSet::from(["game-1".to_string()])
+    );
+}
