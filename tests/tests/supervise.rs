@@ -198,6 +198,21 @@ async fn serves_and_restarts_a_killed_instance_with_no_failed_request() {
     let now = processes(&lb).await;
     assert_eq!(now.len(), 2);
     assert_eq!(pid(&now[1].1), pid(&after[1].1));
+
+    // One that leaves it as it was reloads, and keeps the same processes.
+    lb.rewrite_config(&text.replace(
+        "name = \"game\"\n",
+        "name = \"game\"\npolicy = \"least_connections\"\n",
+    ));
+    lb.proc.wait_message("config reloaded");
+    let kept = processes(&lb).await;
+    let pids = |p: &[(String, Value)]| p.iter().map(|(_, v)| pid(v)).collect::<Vec<_>>();
+    assert_eq!(pids(&kept), pids(&now));
+    assert!(all_ready(&kept), "{kept:?}");
+    assert_eq!(
+        whoami_ids(&lb, 10).await,
+        HashSet::from(["game-1".to_string(), "game-2".to_string()])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
