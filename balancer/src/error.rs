@@ -17,6 +17,9 @@ pub enum Error {
     /// Taking over the sockets of a running balancer failed.
     #[error("binary upgrade: taking over from the running balancer failed: {0}")]
     Upgrade(std::io::Error),
+    /// Supervised pools refuse what they cannot do yet (binary upgrade).
+    #[error("{0}")]
+    Supervise(String),
     /// A listener's address could not be bound.
     #[error("listener {listener:?}: cannot bind {address}: {source}")]
     Bind {

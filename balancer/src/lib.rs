@@ -14,6 +14,8 @@
 //!   ejection state machine, the connection pool, the HTTP/1.1 codec.
 //! * [`select`]: load-balancing policies behind the `BackendSelection` trait.
 //! * [`health`]: active health checks writing each backend's health.
+//! * [`supervise`]: the backend processes the balancer runs itself
+//!   (`[pool.processes]`): spawn, restart with backoff, logs, stop.
 //! * [`reload`]: config changes as one planned value, applied once (also
 //!   at start-up).
 //! * [`admin`] and [`metrics`]: what operators see.
@@ -42,6 +44,7 @@ pub mod runtime;
 pub mod select;
 pub mod server;
 pub mod socket;
+pub mod supervise;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;

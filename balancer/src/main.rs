@@ -1,5 +1,6 @@
 //! `balancer --config FILE` runs the proxy; `balancer check --config FILE`
 //! validates a config and exits 0, or prints every error and exits 2.
+//! (`balancer supervise-exec` is internal: see `balancer::supervise::spawn`.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,16 @@ enum Command {
     /// config file now: exit 0 when it reloaded, 1 when it refused the file
     /// or could not be reached, 2 when the file here is invalid.
     Reload,
+    /// Internal: how the balancer starts a supervised instance (sets the
+    /// parent-death signal, then execs COMMAND). Not for people.
+    #[command(name = "supervise-exec", hide = true)]
+    SuperviseExec {
+        /// The balancer's pid: the command does not start if it is gone.
+        #[arg(long)]
+        parent: u32,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Exit code for an invalid config (and for command-line misuse, as clap does).
@@ -40,6 +51,9 @@ const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::SuperviseExec { parent, command }) = &cli.command {
+        return ExitCode::from(balancer::supervise::spawn::exec(*parent, command));
+    }
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required");
         return ExitCode::from(EXIT_INVALID);

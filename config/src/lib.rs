@@ -23,6 +23,7 @@
 pub mod duration;
 mod error;
 pub mod limits;
+pub mod processes;
 mod protocols;
 pub mod raw;
 pub mod tls;
@@ -31,6 +32,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::Limits;
+pub use processes::{InstanceConfig, ProcessesConfig, StopSignal};
 pub use protocols::{ProxyVersion, DEFAULT_UPGRADES};
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{

@@ -124,6 +124,10 @@ pub struct RawPool {
     /// `"v2"`, `"v1"` or `"off"`: a PROXY header on every new backend connection.
     #[serde(default)]
     pub send_proxy_protocol: Option<String>,
+    /// The balancer runs this pool's backends (see [`crate::processes`]).
+    /// Read on its own, so a mistake in it does not hide the pool.
+    #[serde(default)]
+    pub processes: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

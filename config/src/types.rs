@@ -31,6 +31,9 @@ pub struct Config {
     /// buffered (`buffer_body_file`, `buffer_response_file`): files
     /// unlinked as they are made; `None`: the system's temporary directory.
     pub buffer_dir: Option<std::path::PathBuf>,
+    /// `[pool.processes]` of every supervised pool, in pool order (kept
+    /// beside the pools: their backends are in [`PoolConfig::backends`]).
+    pub processes: Vec<crate::ProcessesConfig>,
 }
 
 /// `[admin]`.

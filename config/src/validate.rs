@@ -117,6 +117,17 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
 
     let mut pools = Vec::new();
     let mut pool_names = HashSet::new();
+    let mut processes = Vec::new();
+    // Addresses a supervised instance may not listen on (listed backends,
+    // listeners), checked once every pool is read.
+    let mut taken: Vec<crate::processes::Taken> = listeners
+        .iter()
+        .filter(|l| l.address.port() != 0)
+        .map(|l| crate::processes::Taken {
+            owner: format!("listener {:?}", l.name),
+            address: l.address,
+        })
+        .collect();
     for (i, p) in pool {
         let path = format!("pool[{i}]");
         check_name(e, &format!("{path}.name"), &p.name);
@@ -146,9 +157,52 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             0..=65_536,
             DEFAULT_MAX_IDLE_PER_BACKEND as i64,
         ) as usize;
+        let supervised = p.processes.is_some();
+        if supervised {
+            if !p.backend.is_empty() {
+                e.push(ConfigError::new(
+                    format!("{path}.backend"),
+                    "a pool with [pool.processes] gets its backends from it: remove its [[pool.backend]] entries",
+                ));
+            }
+            match &p.health {
+                None => e.push(ConfigError::new(
+                    format!("{path}.health"),
+                    "a pool with [pool.processes] needs a [pool.health] table: an instance takes traffic only after the pool's health check passes",
+                )),
+                Some(h) if h.assume_up == Some(true) => e.push(ConfigError::new(
+                    format!("{path}.health.assume_up"),
+                    "not with [pool.processes]: an instance takes traffic only after the pool's health check passes",
+                )),
+                Some(_) => {}
+            }
+        }
+        let supervised_backends: Vec<BackendConfig> = p
+            .processes
+            .and_then(|v| raw::one(&format!("{path}.processes"), v, e))
+            .and_then(|raw| {
+                crate::processes::processes_from(e, &format!("{path}.processes"), &p.name, raw)
+            })
+            .map(|procs| {
+                let backends = procs
+                    .instances
+                    .iter()
+                    .map(|inst| BackendConfig {
+                        id: inst.id.clone(),
+                        address: inst.address,
+                        weight: 1,
+                    })
+                    .collect();
+                processes.push((format!("{path}.processes"), procs));
+                backends
+            })
+            .unwrap_or_default();
+        for b in &supervised_backends {
+            check_name(e, &format!("{path}.processes"), &b.id);
+        }
         let raw_backends: Vec<(usize, RawBackend)> =
             raw::elements(&format!("{path}.backend"), toml::Value::Array(p.backend), e);
-        let mut backends = Vec::new();
+        let mut backends = supervised_backends;
         let mut ids = HashSet::new();
         for (j, b) in raw_backends {
             let bpath = format!("{path}.backend[{j}]");
@@ -174,6 +228,10 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
                         "a backend needs a real port, not 0",
                     ));
                 }
+                taken.push(crate::processes::Taken {
+                    owner: format!("{bpath}.address"),
+                    address,
+                });
                 backends.push(BackendConfig {
                     id: b.id,
                     address,
@@ -282,6 +340,13 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             ),
         });
     }
+
+    let supervised: Vec<(String, &crate::ProcessesConfig)> = processes
+        .iter()
+        .map(|(path, p)| (path.clone(), p))
+        .collect();
+    crate::processes::check_ports(e, &supervised, &taken);
+    let processes: Vec<crate::ProcessesConfig> = processes.into_iter().map(|(_, p)| p).collect();
 
     let mut routes = Vec::new();
     let mut seen_routes = HashSet::new();
@@ -397,6 +462,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             admin,
             limits,
             buffer_dir,
+            processes,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -59,6 +59,8 @@ pub struct AdminState {
     pub reload: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
     pub draining: DrainList,
     pub reloads: Arc<Mutex<ReloadStats>>,
+    /// The supervised instances (`process` in the status JSON).
+    pub supervisor: Arc<crate::supervise::Supervisor>,
 }
 
 /// The status page: one self-contained HTML file, no CDN, no build step.

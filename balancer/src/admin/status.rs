@@ -53,13 +53,38 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                         "tcp_connections": b.connections.sockets().now(),
                         "tcp_connections_peak": b.connections.sockets().peak(),
                         "requests": b.requests_total(),
+                        "process": state
+                            .supervisor
+                            .instance(&p.name, &b.id)
+                            .map(|i| i.json(b.is_up())),
                     })
                 })
                 .collect();
             let m = p.metrics.as_ref();
+            let instances: Vec<_> = p
+                .backends
+                .iter()
+                .filter_map(|b| Some((b, state.supervisor.instance(&p.name, &b.id)?)))
+                .map(|(b, i)| (b, crate::supervise::Instance::state(i.phase(), b.is_up())))
+                .collect();
+            let processes = (!instances.is_empty()).then(|| {
+                let ids = |want: &str| -> Vec<&str> {
+                    instances
+                        .iter()
+                        .filter(|(_, s)| *s == want)
+                        .map(|(b, _)| &*b.id)
+                        .collect()
+                };
+                json!({
+                    "instances": instances.len(),
+                    "ready": ids("ready").len(),
+                    "failed": ids("failed"),
+                })
+            });
             json!({
                 "name": &*p.name,
                 "backends": backends,
+                "processes": processes,
                 "errors": m.map(|m| m.errors_total()),
                 "latency_p50_seconds": m.and_then(|m| m.duration_quantile(0.5)),
                 "latency_p99_seconds": m.and_then(|m| m.duration_quantile(0.99)),

@@ -8,8 +8,8 @@
 //! API) to the [`Reloader`], and a takeover request to
 //! [`upgrade::handover`].
 //! Shutdown: stop accepting at once, send WebSocket clients a Close frame,
-//! let in-flight requests finish for up to `timeouts.shutdown_grace`, then
-//! return.
+//! let in-flight requests finish for up to `timeouts.shutdown_grace`, stop
+//! the supervised instances ([`crate::supervise`]), then return.
 
 mod signals;
 
@@ -96,6 +96,16 @@ impl App {
         // A running balancer on the upgrade socket hands its listening
         // sockets over; otherwise (or for listeners it does not have) bind.
         let mut inherited = match &config.upgrade_socket {
+            // The running balancer's instances would hold the ports, and
+            // nobody would supervise them once it exits.
+            Some(path)
+                if !config.processes.is_empty()
+                    && std::os::unix::net::UnixStream::connect(path).is_ok() =>
+            {
+                return Err(Error::Supervise(
+                    "binary upgrade with supervised pools ([pool.processes]) is not supported yet: stop the running balancer, then start this one".into(),
+                ));
+            }
             Some(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || upgrade::take_over(&path))
@@ -214,6 +224,8 @@ impl App {
         }
         let control =
             upgrade::handover::control_socket(reloader.config().upgrade_socket.as_deref());
+        let supervisor =
+            crate::supervise::Supervisor::start(reloader.config(), Arc::clone(&proxy.snapshot));
 
         let (admin_tx, mut admin_rx) = mpsc::channel::<oneshot::Sender<ReloadOutcome>>(4);
         if let Some((listener, config)) = admin.zip(reloader.config().admin.clone()) {
@@ -226,6 +238,7 @@ impl App {
                 reload: admin_tx,
                 draining: reloader.draining(),
                 reloads: reloader.stats(),
+                supervisor: Arc::clone(&supervisor),
             });
             tokio::spawn(serve_admin(listener, state, stop.clone()));
         }
@@ -304,6 +317,12 @@ impl App {
                         None => std::future::pending().await,
                     }
                 } => {
+                    if !supervisor.is_empty() {
+                        // Its instances would stop with this process.
+                        tracing::error!("binary upgrade refused: supervised pools ([pool.processes]) cannot be handed over yet; stop this balancer, then start the new one");
+                        drop(stream);
+                        continue;
+                    }
                     if upgrade::handover::answer_takeover(&reloader.listeners, stream).await {
                         tracing::info!("handed the listening sockets over to a new process");
                         break;
@@ -332,6 +351,8 @@ impl App {
                 "grace period over: closing the remaining connections"
             );
         }
+        // Players are drained: now the processes that served them.
+        supervisor.shutdown().await;
         tracing::info!("stopped");
     }
 }

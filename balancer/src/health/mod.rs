@@ -91,6 +91,7 @@ pub struct HealthChecker {
 impl HealthChecker {
     pub async fn run(self, stop: CancellationToken) {
         let mut counts = Counts::default();
+        let mut seen_epoch = self.backend.health_epoch();
         // A first check soon after start (jittered), so new backends do not
         // wait a whole interval for traffic.
         let mut wait = jitter(self.config.interval / 10);
@@ -101,6 +102,13 @@ impl HealthChecker {
             }
             let started = now_ms();
             let timer = std::time::Instant::now();
+            let epoch = self.backend.health_epoch();
+            if epoch != seen_epoch {
+                // Its process exited since the last probe: passes of the
+                // old process do not count for the new one.
+                counts = Counts::default();
+                seen_epoch = epoch;
+            }
             // A probe in flight when the checker is stopped (its pool
             // dropped its checks, or they changed) says nothing any more:
             // its verdict must not overwrite what the reload decided.
@@ -118,6 +126,12 @@ impl HealthChecker {
             };
             if let Some(m) = &self.metrics {
                 m.record(timer.elapsed(), result.is_ok());
+            }
+            if self.backend.health_epoch() != epoch {
+                // Its process exited during the probe: the verdict is
+                // about a process that is gone.
+                wait = jitter(self.config.interval / 10);
+                continue;
             }
             let now = now_ms();
             if result.is_ok() {

@@ -6,6 +6,7 @@
 //! file change (notify, debounced) ─┐
 //! SIGHUP, POST /api/reload ────────┼─▶ Reloader::reload: read + config::parse (as `balancer check`)
 //!                                  │      │ invalid: log every error, keep the old config
+//!                                  │      │ a [pool.processes] table changed: refused (supervise::reload_refusal)
 //!                                  │      ▼
 //!                                  │   TLS listeners: kept ones re-read their files, changed ones are
 //!                                  │      rebuilt (certificates.rs); a bad file refuses the reload
@@ -172,6 +173,11 @@ impl Reloader {
                 };
             }
         };
+        if let Some(why) = crate::supervise::reload_refusal(&self.config, &new) {
+            tracing::error!(trigger, error = %why, "config reload refused: keeping the running config");
+            self.last_text = Some(text);
+            return ReloadOutcome::Rejected { errors: vec![why] };
+        }
         let built =
             certificates::build(&new, &self.tls, self.proxy.metrics.as_deref()).and_then(|tls| {
                 let old = self.proxy.snapshot.load();

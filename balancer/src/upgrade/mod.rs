@@ -95,6 +95,11 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
         &mut ancillary,
         RecvFlags::empty(),
     )?;
+    if msg.bytes == 0 {
+        return Err(std::io::Error::other(
+            "the running balancer refused to hand over its sockets (see its log)",
+        ));
+    }
     let mut fds: Vec<OwnedFd> = Vec::new();
     for m in ancillary.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = m {

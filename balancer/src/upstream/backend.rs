@@ -35,6 +35,9 @@ pub struct Backend {
     health: AtomicU8,
     /// Health state changes so far (logs and metrics).
     health_changes: AtomicU64,
+    /// Bumped by [`Backend::take_down`]: a check that started before it
+    /// says nothing about the process that runs now (see the checker).
+    health_epoch: AtomicU64,
     /// Passive ejection: the one state machine (see
     /// [`super::ejection`]); traffic and checks report into it.
     pub ejection: Ejection,
@@ -124,6 +127,7 @@ impl Backend {
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),
             health_changes: AtomicU64::new(0),
+            health_epoch: AtomicU64::new(0),
             ejection: Ejection::default(),
             up_since: AtomicU64::new(0),
             drained: tokio_util::sync::CancellationToken::new(),
@@ -191,6 +195,20 @@ impl Backend {
             }
         }
         changed
+    }
+
+    /// Its process exited (a supervised instance): down at once, and any
+    /// health check in flight or passes counted so far no longer count, so
+    /// it takes traffic again only after `rise` passes of the new process.
+    /// True when it was not down already.
+    pub fn take_down(&self, now: u64) -> bool {
+        self.health_epoch.fetch_add(1, Ordering::Relaxed);
+        self.set_health(Health::Down, now)
+    }
+
+    /// Changes with every [`Backend::take_down`].
+    pub fn health_epoch(&self) -> u64 {
+        self.health_epoch.load(Ordering::Relaxed)
     }
 
     pub fn health_changes(&self) -> u64 {

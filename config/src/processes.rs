@@ -1,0 +1,761 @@
+//! `[pool.processes]`: the balancer runs a pool's backends itself.
+//!
+//! ```text
+//!   [pool.processes] ──serde──▶ RawProcesses ──processes_from──▶ ProcessesConfig
+//!                                                     │              (one InstanceConfig per instance:
+//!                                                     │               id, address, argv, env resolved)
+//!                                                     └──▶ the pool's backends: `{pool}-{index}` at host:port
+//! ```
+//!
+//! Everything an instance needs is resolved here, when the file loads:
+//! placeholders (`{port}`, `{id}`, `{index}`, `{pool}`, `{env:NAME}`), the
+//! instance count (`"cores"`), ports and the stop signal. The balancer's
+//! supervisor only spawns what this module wrote down, and a reload can
+//! compare two `ProcessesConfig` values to know whether anything changed.
+//! The generated backends go into [`crate::PoolConfig::backends`] like
+//! listed ones, so policies, stickiness and health checks see no difference.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::validate::{int_in, positive_duration};
+use crate::ConfigError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcesses {
+    pub command: Vec<String>,
+    /// An integer or `"cores"`: read as a value for a clear message.
+    #[serde(default)]
+    pub instances: Option<toml::Value>,
+    pub base_port: i64,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    #[serde(default)]
+    pub restart_delay: Option<String>,
+    #[serde(default)]
+    pub restart_delay_max: Option<String>,
+    #[serde(default)]
+    pub min_uptime: Option<String>,
+    #[serde(default)]
+    pub max_restarts: Option<i64>,
+    #[serde(default)]
+    pub restart_window: Option<String>,
+}
+
+/// A validated `[pool.processes]` table of pool `pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessesConfig {
+    pub pool: String,
+    /// One per instance, index order; each is also a backend of the pool.
+    pub instances: Vec<InstanceConfig>,
+    /// Working directory of every instance; `None`: the balancer's.
+    pub cwd: Option<PathBuf>,
+    /// Sent to an instance's process group on a clean stop.
+    pub stop_signal: StopSignal,
+    /// How long an instance may take to exit after `stop_signal` before SIGKILL.
+    pub stop_timeout: Duration,
+    /// The first wait before a restart; doubles with each consecutive crash...
+    pub restart_delay: Duration,
+    /// ...up to this.
+    pub restart_delay_max: Duration,
+    /// An instance that ran this long before it exited starts the backoff over.
+    pub min_uptime: Duration,
+    /// Restarts allowed within `restart_window`; one more and the instance
+    /// stays down (`failed`).
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+/// One instance, everything resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// 1-based.
+    pub index: u32,
+    /// `{pool}-{index}`: its backend id.
+    pub id: String,
+    /// Where it listens and the balancer connects.
+    pub address: SocketAddr,
+    /// The command line, placeholders expanded (no shell).
+    pub argv: Vec<String>,
+    /// Added to the balancer's environment, placeholders expanded.
+    pub env: Vec<(String, String)>,
+}
+
+/// The signals `stop_signal` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Usr1,
+    Usr2,
+}
+
+impl StopSignal {
+    pub const NAMES: &'static [&'static str] = &[
+        "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2",
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "SIGTERM" => Some(Self::Term),
+            "SIGINT" => Some(Self::Int),
+            "SIGQUIT" => Some(Self::Quit),
+            "SIGHUP" => Some(Self::Hup),
+            "SIGUSR1" => Some(Self::Usr1),
+            "SIGUSR2" => Some(Self::Usr2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Term => "SIGTERM",
+            Self::Int => "SIGINT",
+            Self::Quit => "SIGQUIT",
+            Self::Hup => "SIGHUP",
+            Self::Usr1 => "SIGUSR1",
+            Self::Usr2 => "SIGUSR2",
+        }
+    }
+}
+
+/// Most instances one pool may run.
+pub const MAX_INSTANCES: i64 = 256;
+
+/// What the placeholders of one instance stand for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vars<'a> {
+    pub port: u16,
+    pub id: &'a str,
+    pub index: u32,
+    pub pool: &'a str,
+}
+
+/// Expands the placeholders of `template`; `env` looks a variable up.
+/// `{{` and `}}` are literal braces; anything else in braces is an error.
+pub(crate) fn expand(
+    template: &str,
+    vars: &Vars<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(pos) = rest.find(['{', '}']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err(format!(
+                "unmatched '}}' in {template:?} (write '}}}}' for a literal brace)"
+            ));
+        } else {
+            let Some(end) = tail.find('}') else {
+                return Err(format!(
+                    "unclosed '{{' in {template:?} (write '{{{{' for a literal brace)"
+                ));
+            };
+            let name = &tail[1..end];
+            match name {
+                "port" => out.push_str(&vars.port.to_string()),
+                "id" => out.push_str(vars.id),
+                "index" => out.push_str(&vars.index.to_string()),
+                "pool" => out.push_str(vars.pool),
+                _ => match name.strip_prefix("env:") {
+                    Some(var) if !var.is_empty() => match env(var) {
+                        Some(value) => out.push_str(&value),
+                        None => {
+                            return Err(format!(
+                                "{{env:{var}}}: the environment variable {var} is not set"
+                            ))
+                        }
+                    },
+                    _ => {
+                        return Err(format!(
+                            "unknown placeholder {{{name}}} in {template:?} (expected {{port}}, {{id}}, {{index}}, {{pool}} or {{env:NAME}}; '{{{{' and '}}}}' for literal braces)"
+                        ))
+                    }
+                },
+            }
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Validates the `[pool.processes]` table at `path` (`pool[0].processes`)
+/// of pool `pool`, looking `{env:NAME}` up in the balancer's environment.
+pub(crate) fn processes_from(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    pool: &str,
+    raw: RawProcesses,
+) -> Option<ProcessesConfig> {
+    processes_with_env(e, path, pool, raw, &|name| std::env::var(name).ok())
+}
+
+pub(crate) fn processes_with_env(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    pool: &str,
+    raw: RawProcesses,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ProcessesConfig> {
+    let before = e.len();
+    let count = instances(e, &format!("{path}.instances"), raw.instances.as_ref());
+    let host = match raw.host.as_deref() {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(h) => h.parse::<IpAddr>().unwrap_or_else(|_| {
+            e.push(ConfigError::new(
+                format!("{path}.host"),
+                format!("invalid address {h:?} (expected an IP address, e.g. 127.0.0.1 or ::1)"),
+            ));
+            IpAddr::from([127, 0, 0, 1])
+        }),
+    };
+    let base_port = if (1..=65_535).contains(&raw.base_port) {
+        raw.base_port as u16
+    } else {
+        e.push(ConfigError::new(
+            format!("{path}.base_port"),
+            format!("{} is out of range (1 to 65535)", raw.base_port),
+        ));
+        1
+    };
+    if i64::from(base_port) + i64::from(count) - 1 > 65_535 {
+        e.push(ConfigError::new(
+            format!("{path}.base_port"),
+            format!(
+                "{count} instances from port {base_port} end at {}, past 65535",
+                i64::from(base_port) + i64::from(count) - 1
+            ),
+        ));
+    }
+
+    if raw.command.is_empty() || raw.command[0].is_empty() {
+        e.push(ConfigError::new(
+            format!("{path}.command"),
+            "needs the program to run, then its arguments, e.g. [\"target/release/backend\", \"--listen\", \"127.0.0.1:{port}\"]",
+        ));
+    }
+    let first_id = format!("{pool}-1");
+    let first = Vars {
+        port: base_port,
+        id: &first_id,
+        index: 1,
+        pool,
+    };
+    // Placeholders are checked once, on the first instance: the others
+    // differ only in the values, so they expand the same way.
+    for (i, arg) in raw.command.iter().enumerate() {
+        let key = format!("{path}.command[{i}]");
+        if arg.contains('\0') {
+            e.push(ConfigError::new(&key, "contains a NUL byte"));
+        } else if let Err(msg) = expand(arg, &first, env) {
+            e.push(ConfigError::new(key, msg));
+        }
+    }
+    for (name, value) in &raw.env {
+        let key = format!("{path}.env.{name}");
+        if name.is_empty() || name.contains(['=', '\0']) {
+            e.push(ConfigError::new(
+                &key,
+                "invalid variable name (non-empty, no '=' or NUL)",
+            ));
+        }
+        if value.contains('\0') {
+            e.push(ConfigError::new(&key, "contains a NUL byte"));
+        } else if let Err(msg) = expand(value, &first, env) {
+            e.push(ConfigError::new(key, msg));
+        }
+    }
+    let cwd = raw.cwd.as_deref().and_then(|c| {
+        if c.is_empty() || c.contains('\0') {
+            e.push(ConfigError::new(
+                format!("{path}.cwd"),
+                "must be a directory path (non-empty, no NUL)",
+            ));
+            None
+        } else {
+            Some(PathBuf::from(c))
+        }
+    });
+    let stop_signal = match raw.stop_signal.as_deref() {
+        None => StopSignal::Term,
+        Some(name) => StopSignal::from_name(name).unwrap_or_else(|| {
+            e.push(ConfigError::new(
+                format!("{path}.stop_signal"),
+                format!(
+                    "unknown stop signal {name:?} (expected one of: {})",
+                    StopSignal::NAMES.join(", ")
+                ),
+            ));
+            StopSignal::Term
+        }),
+    };
+    let mut dur = |key: &str, v: Option<&str>, default: Duration| match v {
+        None => default,
+        Some(v) => positive_duration(e, &format!("{path}.{key}"), v).unwrap_or(default),
+    };
+    let stop_timeout = dur(
+        "stop_timeout",
+        raw.stop_timeout.as_deref(),
+        DEFAULT_STOP_TIMEOUT,
+    );
+    let restart_delay = dur(
+        "restart_delay",
+        raw.restart_delay.as_deref(),
+        DEFAULT_RESTART_DELAY,
+    );
+    let restart_delay_max = dur(
+        "restart_delay_max",
+        raw.restart_delay_max.as_deref(),
+        DEFAULT_RESTART_DELAY_MAX,
+    );
+    let min_uptime = dur("min_uptime", raw.min_uptime.as_deref(), DEFAULT_MIN_UPTIME);
+    let restart_window = dur(
+        "restart_window",
+        raw.restart_window.as_deref(),
+        DEFAULT_RESTART_WINDOW,
+    );
+    if restart_delay_max < restart_delay {
+        e.push(ConfigError::new(
+            format!("{path}.restart_delay_max"),
+            format!("must not be shorter than restart_delay ({restart_delay:?})"),
+        ));
+    }
+    let max_restarts = int_in(
+        e,
+        &format!("{path}.max_restarts"),
+        raw.max_restarts,
+        0..=10_000,
+        i64::from(DEFAULT_MAX_RESTARTS),
+    ) as u32;
+
+    if e.len() != before {
+        return None;
+    }
+    let instances = (1..=count)
+        .map(|index| {
+            let port = base_port + (index - 1) as u16;
+            let id = format!("{pool}-{index}");
+            let vars = Vars {
+                port,
+                id: &id,
+                index,
+                pool,
+            };
+            // Checked above on the first instance; the same templates
+            // cannot fail on another.
+            let x = |t: &str| expand(t, &vars, env).unwrap_or_default();
+            InstanceConfig {
+                index,
+                address: SocketAddr::new(host, port),
+                argv: raw.command.iter().map(|a| x(a)).collect(),
+                env: raw.env.iter().map(|(k, v)| (k.clone(), x(v))).collect(),
+                id,
+            }
+        })
+        .collect();
+    Some(ProcessesConfig {
+        pool: pool.to_string(),
+        instances,
+        cwd,
+        stop_signal,
+        stop_timeout,
+        restart_delay,
+        restart_delay_max,
+        min_uptime,
+        max_restarts,
+        restart_window,
+    })
+}
+
+/// `instances`: 1 to 256, or `"cores"`.
+fn instances(e: &mut Vec<ConfigError>, path: &str, v: Option<&toml::Value>) -> u32 {
+    let bad = |e: &mut Vec<ConfigError>, what: String| {
+        e.push(ConfigError::new(
+            path,
+            format!("{what}: expected a number from 1 to {MAX_INSTANCES}, or \"cores\""),
+        ));
+        1
+    };
+    match v {
+        None => 1,
+        Some(toml::Value::Integer(n)) if (1..=MAX_INSTANCES).contains(n) => *n as u32,
+        Some(toml::Value::Integer(n)) => bad(e, format!("{n} is out of range")),
+        Some(toml::Value::String(s)) if s == "cores" => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().min(MAX_INSTANCES as usize))
+            as u32,
+        Some(other) => bad(e, format!("invalid value {other}")),
+    }
+}
+
+/// Two addresses that cannot both listen: same port, and the same IP or
+/// one of them a wildcard.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// An address a supervised instance must not share, and whose it is.
+#[derive(Debug, Clone)]
+pub(crate) struct Taken {
+    /// Key path of the owner, for the message (`pool[1].backend[0].address`).
+    pub owner: String,
+    pub address: SocketAddr,
+}
+
+/// Every supervised port must be free of every other supervised pool's
+/// ports, of listed backends and of listeners: errors at `path.base_port`.
+pub(crate) fn check_ports(
+    e: &mut Vec<ConfigError>,
+    supervised: &[(String, &ProcessesConfig)],
+    taken: &[Taken],
+) {
+    for (i, (path, p)) in supervised.iter().enumerate() {
+        let others = supervised[..i].iter().flat_map(|(other_path, o)| {
+            o.instances.iter().map(move |inst| Taken {
+                owner: format!("{other_path} ({})", inst.id),
+                address: inst.address,
+            })
+        });
+        let hit = taken.iter().cloned().chain(others).find_map(|t| {
+            p.instances
+                .iter()
+                .find(|inst| clash(inst.address, t.address))
+                .map(|inst| (inst, t))
+        });
+        if let Some((inst, t)) = hit {
+            e.push(ConfigError::new(
+                format!("{path}.base_port"),
+                format!(
+                    "instance {} would listen on {}, which {} uses already",
+                    inst.id, inst.address, t.owner
+                ),
+            ));
+        }
+    }
+}
+
+/// Default for `processes.stop_timeout`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `processes.restart_delay`.
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// Default for `processes.restart_delay_max`.
+pub const DEFAULT_RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+/// Default for `processes.min_uptime`.
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(5);
+/// Default for `processes.max_restarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 10;
+/// Default for `processes.restart_window`.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match crate::parse(text) {
+            Ok(_) => panic!("config should be rejected:\n{text}"),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// A file with one supervised pool whose `[pool.processes]` table is
+    /// `table` (the lines after the header), plus `extra`.
+    fn file(table: &str, extra: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+             [[pool]]\nname = \"game\"\n\
+             [pool.processes]\n{table}\n\
+             [pool.health]\npath = \"/healthz\"\n\
+             {extra}\n\
+             [[route]]\nlistener = \"public\"\npool = \"game\"\n"
+        )
+    }
+
+    const MINIMAL: &str = "command = [\"backend\", \"--listen\", \"127.0.0.1:{port}\", \"--id\", \"{id}\"]\nbase_port = 9001\ninstances = 2";
+
+    fn vars() -> Vars<'static> {
+        Vars {
+            port: 9002,
+            id: "game-2",
+            index: 2,
+            pool: "game",
+        }
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "REDIS_URL").then(|| "redis://127.0.0.1:6379".to_string())
+    }
+
+    #[test]
+    fn expands_every_placeholder_and_literal_braces() {
+        let x = |t: &str| expand(t, &vars(), &env);
+        assert_eq!(x("127.0.0.1:{port}").unwrap(), "127.0.0.1:9002");
+        assert_eq!(
+            x("{pool}/{id}/{index}").unwrap(),
+            "game/game-2/2".to_string()
+        );
+        assert_eq!(x("{env:REDIS_URL}").unwrap(), "redis://127.0.0.1:6379");
+        assert_eq!(x("{{\"a\": {index}}}").unwrap(), "{\"a\": 2}");
+        assert_eq!(x("plain").unwrap(), "plain");
+        assert_eq!(x("").unwrap(), "");
+    }
+
+    #[test]
+    fn refuses_unknown_and_broken_placeholders() {
+        let x = |t: &str| expand(t, &vars(), &env).unwrap_err();
+        assert!(x("{host}").contains("unknown placeholder {host}"));
+        assert!(x("{env:}").contains("unknown placeholder {env:}"));
+        assert!(x("{port").contains("unclosed '{'"));
+        assert!(x("a}b").contains("unmatched '}'"));
+        assert!(x("{env:NOPE}").contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn a_supervised_pool_becomes_backends_with_stable_ids() {
+        let c = crate::parse(&file(MINIMAL, "")).unwrap();
+        let pool = &c.pools[0];
+        let ids: Vec<&str> = pool.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["game-1", "game-2"]);
+        assert_eq!(pool.backends[1].address.to_string(), "127.0.0.1:9002");
+        assert!(pool.backends.iter().all(|b| b.weight == 1));
+        let p = &c.processes[0];
+        assert_eq!(p.pool, "game");
+        assert_eq!(
+            p.instances[1].argv,
+            ["backend", "--listen", "127.0.0.1:9002", "--id", "game-2"]
+        );
+        // Defaults.
+        assert_eq!(p.stop_signal, StopSignal::Term);
+        assert_eq!(p.stop_timeout, Duration::from_secs(10));
+        assert_eq!(p.restart_delay, Duration::from_millis(100));
+        assert_eq!(p.restart_delay_max, Duration::from_secs(30));
+        assert_eq!(p.min_uptime, Duration::from_secs(5));
+        assert_eq!(p.max_restarts, 10);
+        assert_eq!(p.restart_window, Duration::from_secs(60));
+        assert_eq!(p.cwd, None);
+        assert!(p.instances[0].env.is_empty());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = crate::parse(&file(
+            "command = [\"backend\"]\ninstances = 3\nbase_port = 7000\nhost = \"::1\"\n\
+             cwd = \"/srv/game\"\nenv = { PORT = \"{port}\", MODE = \"prod\" }\n\
+             stop_signal = \"SIGINT\"\nstop_timeout = \"2s\"\nrestart_delay = \"50ms\"\n\
+             restart_delay_max = \"1s\"\nmin_uptime = \"1s\"\nmax_restarts = 0\nrestart_window = \"5m\"",
+            "",
+        ))
+        .unwrap();
+        let p = &c.processes[0];
+        assert_eq!(p.instances.len(), 3);
+        assert_eq!(p.instances[2].address.to_string(), "[::1]:7002");
+        assert_eq!(
+            p.instances[2].env,
+            [
+                ("MODE".to_string(), "prod".to_string()),
+                ("PORT".to_string(), "7002".to_string())
+            ]
+        );
+        assert_eq!(p.cwd.as_deref(), Some(std::path::Path::new("/srv/game")));
+        assert_eq!(p.stop_signal, StopSignal::Int);
+        assert_eq!(p.stop_timeout, Duration::from_secs(2));
+        assert_eq!(p.restart_delay, Duration::from_millis(50));
+        assert_eq!(p.restart_delay_max, Duration::from_secs(1));
+        assert_eq!(p.min_uptime, Duration::from_secs(1));
+        assert_eq!(p.max_restarts, 0);
+        assert_eq!(p.restart_window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn cores_is_the_number_of_cpus() {
+        let c = crate::parse(&file(
+            "command = [\"backend\"]\ninstances = \"cores\"\nbase_port = 9001",
+            "",
+        ))
+        .unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.processes[0].instances.len(), cores);
+    }
+
+    #[test]
+    fn env_placeholders_read_the_environment_when_the_file_loads() {
+        // PATH is set wherever tests run; the other name nowhere.
+        let c = crate::parse(&file(
+            "command = [\"backend\", \"{env:PATH}\"]\nbase_port = 9001",
+            "",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.processes[0].instances[0].argv[1],
+            std::env::var("PATH").unwrap()
+        );
+        let errs = errors(&file(
+            "command = [\"backend\", \"--redis\", \"{env:LB_TEST_UNSET_VARIABLE_16}\"]\nbase_port = 9001",
+            "",
+        ));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.command[2]: {env:LB_TEST_UNSET_VARIABLE_16}: the environment variable LB_TEST_UNSET_VARIABLE_16 is not set"]
+        );
+    }
+
+    #[test]
+    fn reports_every_bad_key_with_its_path() {
+        let errs = errors(&file(
+            "command = [\"backend\", \"{nope}\", \"a}\"]\ninstances = 0\nbase_port = 70000\nhost = \"localhost\"\n\
+             cwd = \"\"\nenv = { \"A=B\" = \"x\", OK = \"{port\" }\n\
+             stop_signal = \"SIGKILL\"\nstop_timeout = \"0s\"\nrestart_delay = \"2s\"\n\
+             restart_delay_max = \"1s\"\nmin_uptime = \"soon\"\nmax_restarts = -1\nrestart_window = \"1 fortnight\"",
+            "",
+        ));
+        let expect = [
+            "pool[0].processes.instances: 0 is out of range: expected a number from 1 to 256, or \"cores\"",
+            "pool[0].processes.host: invalid address \"localhost\"",
+            "pool[0].processes.base_port: 70000 is out of range (1 to 65535)",
+            "pool[0].processes.command[1]: unknown placeholder {nope}",
+            "pool[0].processes.command[2]: unmatched '}'",
+            "pool[0].processes.env.A=B: invalid variable name",
+            "pool[0].processes.env.OK: unclosed '{'",
+            "pool[0].processes.cwd: must be a directory path",
+            "pool[0].processes.stop_signal: unknown stop signal \"SIGKILL\"",
+            "pool[0].processes.stop_timeout: must be longer than zero",
+            "pool[0].processes.min_uptime: invalid duration \"soon\"",
+            "pool[0].processes.restart_window: invalid duration \"1 fortnight\"",
+            "pool[0].processes.restart_delay_max: must not be shorter than restart_delay",
+            "pool[0].processes.max_restarts: -1 is out of range (0 to 10000)",
+        ];
+        for want in expect {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_key() {
+        let errs = errors(&file("base_port = 9001", ""));
+        assert_eq!(errs, ["pool[0].processes: missing field `command`"]);
+        let errs = errors(&file("command = []\nbase_port = 9001", ""));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("pool[0].processes.command: needs the program"));
+        let errs = errors(&file(
+            "command = \"backend --listen\"\nbase_port = 9001",
+            "",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("pool[0].processes.command: invalid type"),
+            "{errs:?}"
+        );
+        let errs = errors(&file(
+            "command = [\"b\"]\nbase_port = 9001\nuser = \"game\"",
+            "",
+        ));
+        assert!(
+            errs[0].starts_with("pool[0].processes.user: unknown field `user`"),
+            "{errs:?}"
+        );
+        let errs = errors(&file(
+            "command = [\"b\"]\nbase_port = 9001\ninstances = \"all\"",
+            "",
+        ));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.instances: invalid value \"all\": expected a number from 1 to 256, or \"cores\""]
+        );
+        let errs = errors(&file(
+            "command = [\"b\"]\nbase_port = 65535\ninstances = 2",
+            "",
+        ));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.base_port: 2 instances from port 65535 end at 65536, past 65535"]
+        );
+    }
+
+    #[test]
+    fn needs_health_and_no_listed_backends() {
+        let no_health = "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+             [[pool]]\nname = \"game\"\n[pool.processes]\ncommand = [\"b\"]\nbase_port = 9001\n";
+        let errs = errors(no_health);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("pool[0].health: a pool with [pool.processes] needs a [pool.health] table: an instance takes traffic only after the pool's health check passes"),
+            "{errs:?}"
+        );
+        let errs = errors(&file(
+            "command = [\"b\"]\nbase_port = 9001\n[[pool.backend]]\nid = \"x\"\naddress = \"127.0.0.1:8000\"",
+            "",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "pool[0].backend: a pool with [pool.processes] gets its backends from it"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&file(MINIMAL, "assume_up = true"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("pool[0].health.assume_up: not with [pool.processes]"));
+    }
+
+    #[test]
+    fn ports_must_not_collide() {
+        // With another supervised pool on the same host.
+        let two = format!(
+            "{}[[pool]]\nname = \"lobby\"\n[pool.processes]\ncommand = [\"b\"]\nbase_port = 9002\n\
+             [pool.health]\npath = \"/healthz\"\n",
+            file(MINIMAL, "")
+        );
+        let errs = errors(&two);
+        assert_eq!(
+            errs,
+            ["pool[1].processes.base_port: instance lobby-1 would listen on 127.0.0.1:9002, which pool[0].processes (game-2) uses already"]
+        );
+        // Another host is fine.
+        crate::parse(&two.replace("base_port = 9002", "base_port = 9002\nhost = \"127.0.0.2\""))
+            .unwrap();
+        // With a listed backend, and with a listener.
+        let listed = format!(
+            "{}[[pool]]\nname = \"lobby\"\n[[pool.backend]]\nid = \"x\"\naddress = \"127.0.0.1:9001\"\n",
+            file(MINIMAL, "")
+        );
+        let errs = errors(&listed);
+        assert_eq!(
+            errs,
+            ["pool[0].processes.base_port: instance game-1 would listen on 127.0.0.1:9001, which pool[1].backend[0].address uses already"]
+        );
+        let errs = errors(
+            &file(MINIMAL, "").replace("address = \"127.0.0.1:0\"", "address = \"0.0.0.0:9002\""),
+        );
+        assert_eq!(
+            errs,
+            ["pool[0].processes.base_port: instance game-2 would listen on 127.0.0.1:9002, which listener \"public\" uses already"]
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! Supervised pools (`[pool.processes]`) with real processes: the balancer
+//! starts `backend` instances and serves them, restarts a killed one with
+//! no failed request, gives up on a crash loop, logs a child's output with
+//! its instance id, and never leaves a child behind (SIGTERM or SIGKILL).
+
+// Test code: a failed unwrap is a failed test, with the reason in the panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::http::{get, h1};
+use tests::load::GetLoad;
+use tests::{bin, closed_port, Balancer, DEADLINE};
+
+/// A first port with `n - 1` free ports after it (each bound, then released).
+fn free_ports(n: u16) -> u16 {
+    for _ in 0..50 {
+        let base = closed_port().port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let free = (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports in 50 tries");
+}
+
+/// A balancer with an admin listener and one supervised pool `game` whose
+/// `[pool.processes]` table is `processes`.
+fn config(processes: &str) -> String {
+    format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"game\"\n\
+         [pool.processes]\n{processes}\n\
+         [pool.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n"
+    )
+}
+
+/// `instances` real `backend` processes.
+fn backends(instances: u16, extra: &str) -> String {
+    let backend = bin("backend").display().to_string();
+    format!(
+        "command = [{backend:?}, \"--listen\", \"127.0.0.1:{{port}}\", \"--id\", \"{{id}}\", \"--drain-spread-ms\", \"0\"]\n\
+         instances = {instances}\nbase_port = {}\nstop_timeout = \"5s\"\n{extra}",
+        free_ports(instances)
+    )
+}
+
+async fn status(lb: &Balancer) -> Value {
+    let r = get(&h1(), &format!("http://{}/api/status", lb.admin_addr())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// The `process` object of every backend of pool `game`, by id.
+async fn processes(lb: &Balancer) -> Vec<(String, Value)> {
+    let s = status(lb).await;
+    s["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap().to_string(), b["process"].clone()))
+        .collect()
+}
+
+/// Polls the status API until `pred` holds for the pool's processes.
+async fn wait_status(
+    lb: &Balancer,
+    what: &str,
+    pred: impl Fn(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let p = processes(lb).await;
+        if pred(&p) {
+            return p;
+        }
+        assert!(Instant::now() < end, "status never showed {what}: {p:#?}");
+        // Polling the admin API; the deadline bounds the loop.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn all_ready(p: &[(String, Value)]) -> bool {
+    !p.is_empty() && p.iter().all(|(_, v)| v["state"] == "ready")
+}
+
+fn pid(v: &Value) -> u32 {
+    v["pid"].as_u64().unwrap() as u32
+}
+
+/// Whether `pid` is gone (a zombie nobody reaped yet counts as gone).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_gone(pids: &[u32]) {
+    let end = Instant::now() + DEADLINE;
+    while !pids.iter().all(|&p| gone(p)) {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| !gone(p)).collect();
+        assert!(Instant::now() < end, "children still running: {left:?}");
+        // No event tells this process when another's child exits.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+async fn whoami_ids(lb: &Balancer, n: usize) -> HashSet<String> {
+    let c = h1();
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        let r = get(&c, &lb.url("/whoami")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.insert(r.text());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_and_restarts_a_killed_instance_with_no_failed_request() {
+    let lb = Balancer::start(&config(&backends(2, "")));
+    let before = wait_status(&lb, "both instances ready", all_ready).await;
+    assert_eq!(
+        whoami_ids(&lb, 10).await,
+        HashSet::from(["game-1".to_string(), "game-2".to_string()])
+    );
+    // Their output is in the balancer's log, with the instance id.
+    lb.proc.wait_log("game-2's own log line", |v| {
+        v["instance"] == "game-2" && v["stream"] == "stderr" && v["pool"] == "game"
+    });
+
+    let load = GetLoad::start(&lb.url("/whoami"), 16, Instant::now() + DEADLINE);
+    let end = Instant::now() + DEADLINE;
+    while load.passed() < 200 {
+        assert!(Instant::now() < end, "the load got no answers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old_pid = pid(&before[1].1);
+    kill(old_pid, "KILL");
+    let exited = lb.proc.wait_log("the exit logged", |v| {
+        v["instance"] == "game-2"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("instance exited"))
+    });
+    assert_eq!(exited["signal"], 9, "{exited}");
+    assert_eq!(exited["pid"], old_pid, "{exited}");
+    let after = wait_status(&lb, "game-2 restarted and ready", |p| {
+        all_ready(p) && p[1].1["restarts"] == 1
+    })
+    .await;
+    assert_ne!(pid(&after[1].1), old_pid);
+    assert_eq!(after[1].1["last_exit"]["signal"], 9, "{after:?}");
+    assert_eq!(after[0].1["restarts"], 0);
+    // It serves again, under the same id.
+    let at = load.passed();
+    let end = Instant::now() + DEADLINE;
+    while load.passed() < at + 200 {
+        assert!(Instant::now() < end, "the load stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (passed, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
+    assert!(whoami_ids(&lb, 10).await.contains("game-2"));
+
+    // A reload that changes the table is refused; the instances run on.
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
+    lb.rewrite_config(&text.replace("instances = 2", "instances = 3"));
+    let refused = lb
+        .proc
+        .wait_message("config reload refused: keeping the running config");
+    assert!(
+        refused["error"].as_str().unwrap().starts_with(
+            "changing [pool.processes] on reload is not supported yet; restart the balancer"
+        ),
+        "{refused}"
+    );
+    let now = processes(&lb).await;
+    assert_eq!(now.len(), 2);
+    assert_eq!(pid(&now[1].1), pid(&after[1].1));
+
+    // One that leaves it as it was reloads, and keeps the same processes.
+    lb.rewrite_config(&text.replace(
+        "name = \"game\"\n",
+        "name = \"game\"\npolicy = \"least_connections\"\n",
+    ));
+    lb.proc.wait_message("config reloaded");
+    let kept = processes(&lb).await;
+    let pids = |p: &[(String, Value)]| p.iter().map(|(_, v)| pid(v)).collect::<Vec<_>>();
+    assert_eq!(pids(&kept), pids(&now));
+    assert!(all_ready(&kept), "{kept:?}");
+    assert_eq!(
+        whoami_ids(&lb, 10).await,
+        HashSet::from(["game-1".to_string(), "game-2".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_ends_failed_with_its_exit_code() {
+    let lb = Balancer::start(&config(&format!(
+        "command = [\"sh\", \"-c\", \"echo started {{id}} on {{port}}; exit 3\"]\n\
+         base_port = {}\nmax_restarts = 3\nrestart_delay = \"10ms\"\nrestart_delay_max = \"40ms\"",
+        free_ports(1)
+    )));
+    let p = wait_status(&lb, "game-1 failed", |p| p[0].1["state"] == "failed").await;
+    let v = &p[0].1;
+    assert_eq!(v["restarts"], 3, "{v}");
+    assert_eq!(v["last_exit"]["code"], 3, "{v}");
+    assert_eq!(v["pid"], Value::Null, "{v}");
+    let s = status(&lb).await;
+    assert_eq!(s["pools"][0]["processes"]["failed"][0], "game-1", "{s}");
+    assert_eq!(s["pools"][0]["backends"][0]["state"], "down", "{s}");
+    // 1 start + 3 restarts, each printing its line on stdout.
+    lb.proc.wait_count("the child's stdout lines", 4, |v| {
+        v["instance"] == "game-1"
+            && v["stream"] == "stdout"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("started game-1 on "))
+    });
+    lb.proc.wait_log("the give-up logged", |v| {
+        v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("instance failed: exit code 3"))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_balancer_leaves_no_child_running() {
+    let lb = Balancer::start(&config(&backends(2, "")));
+    let p = wait_status(&lb, "both instances ready", all_ready).await;
+    let pids: Vec<u32> = p.iter().map(|(_, v)| pid(v)).collect();
+    kill(lb.proc.pid(), "KILL");
+    wait_gone(&pids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_child_then_the_balancer_exits_0() {
+    let mut lb = Balancer::start(&config(&backends(2, "stop_signal = \"SIGTERM\"")));
+    let p = wait_status(&lb, "both instances ready", all_ready).await;
+    let pids: Vec<u32> = p.iter().map(|(_, v)| pid(v)).collect();
+    lb.proc.signal("TERM");
+    let status = lb.proc.wait_exit(DEADLINE);
+    assert!(status.success(), "{status:?}");
+    wait_gone(&pids);
+    // Each got its stop signal and exited by itself (exit 0 after its drain).
+    for id in ["game-1", "game-2"] {
+        let stopped = lb.proc.wait_log("the stop logged", |v| {
+            v["message"] == "instance stopped" && v["instance"] == id
+        });
+        assert_eq!(stopped["exit"], "exit code 0", "{stopped}");
+    }
+    assert_eq!(
+        lb.proc
+            .count_messages("instance did not stop within stop_timeout: SIGKILL"),
+        0
+    );
+}
+
+#[test]
+fn balancer_check_reports_bad_processes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\
+         [[pool]]\nname = \"game\"\n[pool.processes]\ncommand = [\"backend\", \"{nope}\"]\nbase_port = 9001\ninstances = 0\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("balancer"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "pool[0].health: a pool with [pool.processes] needs a [pool.health] table",
+        "pool[0].processes.instances: 0 is out of range",
+        "pool[0].processes.command[1]: unknown placeholder {nope}",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_with_supervised_pools_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let text = format!(
+        "upgrade_socket = {:?}\n{}",
+        socket.display().to_string(),
+        config(&backends(1, ""))
+    );
+    let old = Balancer::start(&text);
+    wait_status(&old, "the instance ready", all_ready).await;
+    let path = dir.path().join("new.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut cmd = std::process::Command::new(bin("balancer"));
+    cmd.arg("--config")
+        .arg(&path)
+        .args(["--log-format", "json"]);
+    let mut new = tests::Proc::spawn("new balancer", cmd);
+    let status = new.wait_exit(DEADLINE);
+    assert!(!status.success(), "{status:?}");
+    new.wait_log("the refusal", |v| {
+        v.as_str().is_some_and(|l| {
+            l.contains(
+                "binary upgrade with supervised pools ([pool.processes]) is not supported yet",
+            )
+        })
+    });
+    old.proc.wait_log("the old side's refusal", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("binary upgrade refused: supervised pools"))
+    });
+    // The old balancer still serves its instance.
+    assert_eq!(
+        whoami_ids(&old, 3).await,
+        HashSet::from(["game-1".to_string()])
+    );
+}
