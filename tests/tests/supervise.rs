@@ -87,6 +87,52 @@ async fn wait_status(
     }
 }
 
+/// One sample of a scrape: name, labels (sorted), value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// `/metrics`, parsed.
+async fn scrape(lb: &Balancer) -> Vec<Sample> {
+    let r = get(&h1(), &format!("http://{}/metrics", lb.admin_addr())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = r
+        .text()
+        .lines()
+        .map(|l| Ok(l.to_string()))
+        .collect::<Vec<_>>();
+    let parsed = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    parsed
+        .samples
+        .into_iter()
+        .map(|x| {
+            let v = match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            let mut labels: Vec<(String, String)> = x
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            (x.metric, labels, v)
+        })
+        .collect()
+}
+
+/// The value of the sample `name` with exactly `labels`, if there is one.
+fn sample(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    s.iter()
+        .find(|(n, l, _)| n == name && *l == want)
+        .map(|(_, _, v)| *v)
+}
+
 fn all_ready(p: &[(String, Value)]) -> bool {
     !p.is_empty() && p.iter().all(|(_, v)| v["state"] == "ready")
 }
@@ -172,6 +218,48 @@ async fn serves_and_restarts_a_killed_instance_with_no_failed_request() {
     assert_ne!(pid(&after[1].1), old_pid);
     assert_eq!(after[1].1["last_exit"]["signal"], 9, "{after:?}");
     assert_eq!(after[0].1["restarts"], 0);
+    // Memory and CPU of each running process, read from /proc.
+    for (id, p) in &after {
+        assert!(p["rss_bytes"].as_u64().unwrap() > 1024 * 1024, "{id}: {p}");
+        assert!(p["cpu_seconds"].as_f64().unwrap() >= 0.0, "{id}: {p}");
+    }
+    // Prometheus counts the restart by reason, the instances by state, and
+    // reads the same memory and CPU.
+    let m = scrape(&lb).await;
+    let restarts = |instance: &str, reason: &str| {
+        sample(
+            &m,
+            "balancer_process_restarts_total",
+            &[("pool", "game"), ("instance", instance), ("reason", reason)],
+        )
+    };
+    assert_eq!(restarts("game-2", "signal"), Some(1.0));
+    for reason in ["exit", "clean", "spawn"] {
+        assert_eq!(restarts("game-2", reason), Some(0.0), "{reason}");
+    }
+    assert_eq!(restarts("game-1", "signal"), Some(0.0));
+    for (state, n) in [
+        ("ready", 2.0),
+        ("starting", 0.0),
+        ("backoff", 0.0),
+        ("failed", 0.0),
+        ("stopping", 0.0),
+        ("stopped", 0.0),
+    ] {
+        let got = sample(
+            &m,
+            "balancer_process_instances",
+            &[("pool", "game"), ("state", state)],
+        );
+        assert_eq!(got, Some(n), "{state}");
+    }
+    for id in ["game-1", "game-2"] {
+        let l = [("pool", "game"), ("instance", id)];
+        let rss = sample(&m, "balancer_process_resident_memory_bytes", &l).unwrap();
+        assert!(rss > 1024.0 * 1024.0, "{id}: {rss}");
+        let cpu = sample(&m, "balancer_process_cpu_seconds_total", &l).unwrap();
+        assert!(cpu >= 0.0, "{id}: {cpu}");
+    }
     // It serves again, under the same id.
     let at = load.passed();
     let end = Instant::now() + DEADLINE;

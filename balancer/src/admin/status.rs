@@ -6,8 +6,10 @@ use serde_json::json;
 
 use super::AdminState;
 use crate::clock::Now;
-use crate::metrics::{BackendSample, Scrape};
+use crate::metrics::{BackendSample, ProcessSample, ProcessStatesSample, Scrape};
 use crate::runtime::Pool;
+use crate::runtime::Snapshot;
+use crate::supervise::{Instance, Reason};
 use crate::upstream::{Backend, Health, Operator};
 
 /// A backend's state in one word, as the status page shows it.
@@ -190,6 +192,7 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
         backends,
         ..Scrape::default()
     };
+    (scrape.processes, scrape.process_states) = processes(state, &snap);
     if let Ok(r) = state.reloads.lock() {
         scrape.reloads_succeeded = r.succeeded;
         scrape.reloads_failed = r.failed;
@@ -206,4 +209,47 @@ pub(super) fn scrape(state: &AdminState) -> Scrape {
             .collect();
     }
     scrape
+}
+
+/// The supervised instances of a scrape, and their pools' counts by state.
+fn processes(
+    state: &AdminState,
+    snap: &Snapshot,
+) -> (Vec<ProcessSample>, Vec<ProcessStatesSample>) {
+    let mut samples = Vec::new();
+    let mut pools: Vec<ProcessStatesSample> = Vec::new();
+    for i in state.supervisor.instances() {
+        let phase = i.phase();
+        let up = snap
+            .pools
+            .get(&*i.pool)
+            .and_then(|p| p.backends.iter().find(|b| b.id == i.id))
+            .is_some_and(|b| b.is_up());
+        let word = Instance::state(phase, up);
+        let pool = match pools.iter_mut().find(|p| p.pool == *i.pool) {
+            Some(p) => p,
+            None => {
+                pools.push(ProcessStatesSample {
+                    pool: i.pool.to_string(),
+                    by_state: Instance::STATES.iter().map(|s| (*s, 0)).collect(),
+                });
+                let last = pools.len() - 1;
+                &mut pools[last]
+            }
+        };
+        if let Some((_, n)) = pool.by_state.iter_mut().find(|(s, _)| *s == word) {
+            *n += 1;
+        }
+        let restarts = i.restarts_by_reason();
+        samples.push(ProcessSample {
+            pool: i.pool.to_string(),
+            instance: i.id.to_string(),
+            restarts: Reason::ALL
+                .iter()
+                .map(|r| (r.as_str(), restarts[*r as usize]))
+                .collect(),
+            usage: Instance::usage(phase).map(|u| (u.rss_bytes, u.cpu_seconds)),
+        });
+    }
+    (samples, pools)
 }

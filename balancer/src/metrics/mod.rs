@@ -6,16 +6,19 @@
 //!   so recording is an atomic add: no lock, no allocation, no label lookup;
 //! * read at scrape time from the atomics the balancer keeps anyway
 //!   (backend state, open connections, tunnels, ejections, config
-//!   generation and reloads), so they cost the request path nothing.
+//!   generation and reloads, supervised instances' states and restarts),
+//!   so they cost the request path nothing; a supervised instance's memory
+//!   and CPU are read from `/proc` by the scrape itself.
 //!
-//! Labels are bounded: `pool`, `backend`, `listener`, method and status
-//! classes, error causes. No paths, no client addresses.
+//! Labels are bounded: `pool`, `backend`, `instance` (supervised backends),
+//! `listener`, method and status classes, error causes, fixed word lists.
+//! No paths, no client addresses.
 
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// What a scrape reads from the running balancer (the admin listener
@@ -31,6 +34,30 @@ pub struct Scrape {
     pub last_reload_unix: u64,
     /// Every certificate a TLS listener serves.
     pub certificates: Vec<CertificateSample>,
+    /// Every supervised instance (`[pool.processes]`).
+    pub processes: Vec<ProcessSample>,
+    /// Supervised pools: how many instances are in each state, every
+    /// state listed (0 when none is in it).
+    pub process_states: Vec<ProcessStatesSample>,
+}
+
+/// One supervised instance as a scrape sees it.
+#[derive(Debug)]
+pub struct ProcessSample {
+    pub pool: String,
+    pub instance: String,
+    /// Restarts so far by reason (`exit`, `signal`, `clean`, `spawn`).
+    pub restarts: Vec<(&'static str, u64)>,
+    /// Resident memory and CPU seconds of its process, read from `/proc`
+    /// now; `None` when it has no process (its series are then absent).
+    pub usage: Option<(u64, f64)>,
+}
+
+/// The instances of one supervised pool, counted by state.
+#[derive(Debug)]
+pub struct ProcessStatesSample {
+    pub pool: String,
+    pub by_state: Vec<(&'static str, usize)>,
 }
 
 /// One served certificate as a scrape sees it.
@@ -164,6 +191,11 @@ pub struct Metrics {
     last_reload: IntGauge,
     admin_connections: IntGauge,
     admin_connections_refused: IntCounter,
+    process_restarts: IntCounterVec,
+    process_instances: IntGaugeVec,
+    process_memory: IntGaugeVec,
+    /// Seconds, not ticks: a float counter.
+    process_cpu: CounterVec,
     /// Scrapes reset and refill the scrape-time families: one at a time.
     scrape: Mutex<()>,
 }
@@ -280,6 +312,14 @@ impl Metrics {
             backend_ejections: counter_vec(&r, "balancer_backend_ejections_total", "Passive ejections of the backend (consecutive failures or a refused connection).", &["pool", "backend"])?,
             backend_health_changes: counter_vec(&r, "balancer_backend_health_changes_total", "Health state changes of the backend.", &["pool", "backend"])?,
             reloads: counter_vec(&r, "balancer_config_reloads_total", "Config reloads, by result.", &["result"])?,
+            process_restarts: counter_vec(&r, "balancer_process_restarts_total", "Restarts of supervised instances, by the reason of the exit before each: exit (nonzero exit code), signal (killed by a signal), clean (exit code 0), spawn (could not be started).", &["pool", "instance", "reason"])?,
+            process_instances: gauge_vec(&r, "balancer_process_instances", "Supervised instances per state (starting, ready, backoff, failed, stopping, stopped).", &["pool", "state"])?,
+            process_memory: gauge_vec(&r, "balancer_process_resident_memory_bytes", "Resident memory of a supervised instance's process (VmRSS); absent while it has no process.", &["pool", "instance"])?,
+            process_cpu: {
+                let v = CounterVec::new(Opts::new("balancer_process_cpu_seconds_total", "User and system CPU time of a supervised instance's current process; absent while it has no process, from 0 again after a restart."), &["pool", "instance"])?;
+                r.register(Box::new(v.clone()))?;
+                v
+            },
             generation,
             last_reload,
             admin_connections,
@@ -435,6 +475,31 @@ impl Metrics {
                 .with_label_values(&[c.listener.as_str(), c.file.as_str()])
                 .set(c.expires_in);
         }
+        self.process_restarts.reset();
+        self.process_memory.reset();
+        self.process_cpu.reset();
+        for p in &scrape.processes {
+            let l = [p.pool.as_str(), p.instance.as_str()];
+            for (reason, n) in &p.restarts {
+                self.process_restarts
+                    .with_label_values(&[l[0], l[1], reason])
+                    .inc_by(*n);
+            }
+            if let Some((rss, cpu)) = p.usage {
+                self.process_memory
+                    .with_label_values(&l)
+                    .set(i64::try_from(rss).unwrap_or(i64::MAX));
+                self.process_cpu.with_label_values(&l).inc_by(cpu);
+            }
+        }
+        self.process_instances.reset();
+        for p in &scrape.process_states {
+            for (state, n) in &p.by_state {
+                self.process_instances
+                    .with_label_values(&[p.pool.as_str(), state])
+                    .set(*n as i64);
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
@@ -588,5 +653,56 @@ impl PoolMetrics {
         if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
             self.errors[i].inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervised_instances_render_by_reason_and_state_and_usage_only_while_running() {
+        let m = Metrics::new().unwrap();
+        let text = m.render(&Scrape {
+            processes: vec![
+                ProcessSample {
+                    pool: "game".into(),
+                    instance: "game-1".into(),
+                    restarts: vec![("exit", 0), ("signal", 2)],
+                    usage: Some((12 * 1024 * 1024, 1.5)),
+                },
+                ProcessSample {
+                    pool: "game".into(),
+                    instance: "game-2".into(),
+                    restarts: vec![("exit", 3), ("signal", 0)],
+                    usage: None,
+                },
+            ],
+            process_states: vec![ProcessStatesSample {
+                pool: "game".into(),
+                by_state: vec![("ready", 1), ("failed", 1), ("stopped", 0)],
+            }],
+            ..Scrape::default()
+        });
+        for want in [
+            "balancer_process_restarts_total{instance=\"game-1\",pool=\"game\",reason=\"signal\"} 2\n",
+            "balancer_process_restarts_total{instance=\"game-1\",pool=\"game\",reason=\"exit\"} 0\n",
+            "balancer_process_restarts_total{instance=\"game-2\",pool=\"game\",reason=\"exit\"} 3\n",
+            "balancer_process_instances{pool=\"game\",state=\"ready\"} 1\n",
+            "balancer_process_instances{pool=\"game\",state=\"stopped\"} 0\n",
+            "balancer_process_resident_memory_bytes{instance=\"game-1\",pool=\"game\"} 12582912\n",
+            "balancer_process_cpu_seconds_total{instance=\"game-1\",pool=\"game\"} 1.5\n",
+            "# TYPE balancer_process_cpu_seconds_total counter\n",
+            "# TYPE balancer_process_resident_memory_bytes gauge\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // No process, no memory or CPU series.
+        assert!(!text.contains("resident_memory_bytes{instance=\"game-2\""));
+        assert!(!text.contains("cpu_seconds_total{instance=\"game-2\""));
+
+        // A later scrape replaces the values: an instance gone is gone.
+        let text = m.render(&Scrape::default());
+        assert!(!text.contains("instance=\"game-1\""), "{text}");
     }
 }

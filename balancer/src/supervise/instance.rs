@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{Decision, RestartPolicy, Restarts};
+use super::usage::Usage;
 use super::{output, spawn};
 use crate::clock::now_ms;
 use crate::runtime::Snapshot;
@@ -85,6 +86,16 @@ impl Exit {
         }
     }
 
+    /// Its `reason` label in `balancer_process_restarts_total`.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Code(0) => Reason::Clean,
+            Self::Code(_) => Reason::Exit,
+            Self::Signal(_) => Reason::Signal,
+            Self::SpawnFailed(_) => Reason::Spawn,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         match self {
             Self::Code(c) => json!({ "code": c }),
@@ -100,6 +111,33 @@ impl std::fmt::Display for Exit {
             Self::Code(c) => write!(f, "exit code {c}"),
             Self::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
             Self::SpawnFailed(e) => write!(f, "not started: {e}"),
+        }
+    }
+}
+
+/// Why an instance was restarted, as Prometheus counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A nonzero exit code.
+    Exit,
+    /// Killed by a signal.
+    Signal,
+    /// Exit code 0 (a supervised backend is not meant to end by itself).
+    Clean,
+    /// It could not be started.
+    Spawn,
+}
+
+impl Reason {
+    /// In declaration order: `reason as usize` is its index.
+    pub const ALL: [Self; 4] = [Self::Exit, Self::Signal, Self::Clean, Self::Spawn];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::Signal => "signal",
+            Self::Clean => "clean",
+            Self::Spawn => "spawn",
         }
     }
 }
@@ -130,6 +168,9 @@ fn signal_name(sig: i32) -> String {
 struct Status {
     phase: Phase,
     restarts: u32,
+    /// `restarts`, by the reason of the exit before each, in the order of
+    /// [`Reason::ALL`] (they add up to `restarts`).
+    by_reason: [u64; Reason::ALL.len()],
     last_exit: Option<Exit>,
 }
 
@@ -141,6 +182,7 @@ impl Instance {
             status: Mutex::new(Status {
                 phase: Phase::Starting,
                 restarts: 0,
+                by_reason: [0; Reason::ALL.len()],
                 last_exit: None,
             }),
         }
@@ -150,11 +192,38 @@ impl Instance {
         self.status.lock().map_or(Phase::Stopped, |s| s.phase)
     }
 
+    /// Restarts so far by reason, in the order of [`Reason::ALL`].
+    pub fn restarts_by_reason(&self) -> [u64; Reason::ALL.len()] {
+        self.status
+            .lock()
+            .map_or([0; Reason::ALL.len()], |s| s.by_reason)
+    }
+
+    /// The pid of its process while there is one (running or stopping).
+    pub fn pid(phase: Phase) -> Option<u32> {
+        match phase {
+            Phase::Running { pid, .. } | Phase::Stopping { pid } => Some(pid).filter(|&p| p != 0),
+            _ => None,
+        }
+    }
+
+    /// Its process's memory and CPU now, read from `/proc`; `None` when it
+    /// has no process (or it just went away).
+    pub fn usage(phase: Phase) -> Option<Usage> {
+        Usage::of(Self::pid(phase)?)
+    }
+
     fn update(&self, f: impl FnOnce(&mut Status)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
         }
     }
+
+    /// Every word [`Self::state`] can say (`balancer_process_instances`
+    /// lists each, 0 when no instance is in it).
+    pub const STATES: [&'static str; 6] = [
+        "starting", "ready", "backoff", "failed", "stopping", "stopped",
+    ];
 
     /// The state word of the status API; `up`: its backend passes its checks.
     pub fn state(phase: Phase, up: bool) -> &'static str {
@@ -184,10 +253,13 @@ impl Instance {
             Phase::Backoff { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
             _ => None,
         };
+        let usage = Self::usage(s.phase);
         json!({
             "state": Self::state(s.phase, up),
             "pid": pid,
             "uptime_seconds": uptime.map(|u| u.as_secs_f64()),
+            "rss_bytes": usage.map(|u| u.rss_bytes),
+            "cpu_seconds": usage.map(|u| u.cpu_seconds),
             "restarts": s.restarts,
             "last_exit": s.last_exit.as_ref().map(Exit::json),
             "restart_in_seconds": restart_in,
@@ -235,8 +307,13 @@ impl Runner {
             let decision = restarts.on_exit(Instant::now(), uptime, &policy);
             let total = restarts.total();
             let last = exit.clone();
+            let restarting = matches!(decision, Decision::RestartAfter(_));
+            let reason = exit.reason() as usize;
             self.instance.update(|s| {
                 s.restarts = total;
+                if restarting {
+                    s.by_reason[reason] += 1;
+                }
                 s.last_exit = Some(last);
             });
             let uptime_ms = uptime.as_millis() as u64;

@@ -8,7 +8,8 @@
 //!                                                   │ stdout/stderr ─▶ tracing, line by line (output.rs)
 //!                                                   │ exit ─▶ Backend::take_down, backoff (backoff.rs)
 //!                                                   ▼
-//!                                   Instance state ─▶ GET /api/status ("process")
+//!                                   Instance state ─▶ GET /api/status ("process"), /metrics
+//!                                   (+ RSS and CPU from /proc at read time: usage.rs)
 //! ```
 //!
 //! An instance is a backend like a listed one (`{pool}-{index}` at
@@ -26,6 +27,7 @@ mod backoff;
 mod instance;
 pub mod output;
 pub mod spawn;
+mod usage;
 
 use std::sync::Arc;
 
@@ -34,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use backoff::{Decision, RestartPolicy, Restarts};
-pub use instance::{Exit, Instance, Phase};
+pub use instance::{Exit, Instance, Phase, Reason};
+pub use usage::Usage;
 
 use crate::runtime::Snapshot;
 
@@ -80,6 +83,11 @@ impl Supervisor {
     /// Whether no pool is supervised.
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
+    }
+
+    /// Every instance, pool by pool in config order, by index.
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
     }
 
     /// The instance behind backend `id` of `pool`, if it is supervised.
@@ -175,6 +183,19 @@ mod tests {
     }
 
     #[test]
+    fn each_exit_has_its_restart_reason() {
+        for (exit, reason) in [
+            (Exit::Code(0), "clean"),
+            (Exit::Code(3), "exit"),
+            (Exit::Signal(9), "signal"),
+            (Exit::SpawnFailed("no such file".into()), "spawn"),
+        ] {
+            assert_eq!(exit.reason().as_str(), reason, "{exit}");
+            assert_eq!(Reason::ALL[exit.reason() as usize], exit.reason());
+        }
+    }
+
+    #[test]
     fn instance_states_for_the_status_api() {
         let now = std::time::Instant::now();
         let running = Phase::Running { pid: 7, since: now };
@@ -191,5 +212,17 @@ mod tests {
             "stopping"
         );
         assert_eq!(Instance::state(Phase::Stopped, false), "stopped");
+        for phase in [
+            running,
+            Phase::Starting,
+            Phase::Backoff { until: now },
+            Phase::Failed,
+            Phase::Stopping { pid: 7 },
+            Phase::Stopped,
+        ] {
+            for up in [false, true] {
+                assert!(Instance::STATES.contains(&Instance::state(phase, up)));
+            }
+        }
     }
 }
