@@ -1,6 +1,7 @@
 //! The status page in a real headless Chromium (Debian's `chromium`),
 //! driven over the DevTools protocol: the page loads, shows the backends and
-//! their states, and a drain click changes the backend's state.
+//! their states, a drain click changes the backend's state, and a
+//! supervised instance shows its process state, pid and memory.
 //!
 //! `scripts/test.sh` installs chromium; where it is absent the test fails with the install
 //! command (or, with `BROWSER_TESTS=skip`, says SKIPPED and returns).
@@ -11,7 +12,7 @@
 
 use tests::browser::Browser;
 use tests::http::{get, h1};
-use tests::{Backend, Balancer};
+use tests::{bin, closed_port, Backend, Balancer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_backends_and_drains_one() {
@@ -122,4 +123,43 @@ async fn status_page_asks_for_the_token_when_reads_are_protected() {
         api_state["state"] == "draining" || api_state["state"] == "drained",
         "{api_state}"
     );
+}
+
+/// A supervised pool: the page shows the instance's process columns with
+/// what `/api/status` says (state, pid, resident memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_a_supervised_instance() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let backend = bin("backend").display().to_string();
+    let lb = Balancer::start(&format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"game\"\n\
+         [pool.processes]\ncommand = [{backend:?}, \"--listen\", \"127.0.0.1:{{port}}\", \"--id\", \"{{id}}\"]\nbase_port = {}\n\
+         [pool.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 1\n\
+         [[route]]\nlistener = \"public\"\npool = \"game\"\n",
+        closed_port().port()
+    ));
+    let admin = lb.admin_addr();
+    let mut page = browser.open(&format!("http://{admin}/")).await;
+    let text = |id: &str| format!("(document.getElementById('{id}') || {{}}).textContent || null");
+    page.wait_for(&text("process-game-game-1"), |v| v == "ready")
+        .await;
+    let status = get(&h1(), &format!("http://{admin}/api/status"))
+        .await
+        .json();
+    let process = &status["pools"][0]["backends"][0]["process"];
+    assert_eq!(process["state"], "ready", "{process}");
+    assert_eq!(
+        page.eval(&text("pid-game-game-1")).await,
+        process["pid"].to_string()
+    );
+    assert_eq!(page.eval(&text("restarts-game-game-1")).await, "0");
+    let rss = page.eval(&text("rss-game-game-1")).await;
+    let mib: f64 = rss
+        .as_str()
+        .and_then(|t| t.strip_suffix(" MiB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("RSS cell {rss}"));
+    assert!(mib > 1.0, "{rss}");
 }
