@@ -26,6 +26,8 @@ pub mod limits;
 pub mod processes;
 mod protocols;
 pub mod raw;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 mod types;
 mod validate;

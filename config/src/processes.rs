@@ -473,13 +473,9 @@ pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::assert_exactly;
 
-    fn errors(text: &str) -> Vec<String> {
-        match crate::parse(text) {
-            Ok(_) => panic!("config should be rejected:\n{text}"),
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::testing::rejected as errors;
 
     /// A file with one supervised pool whose `[pool.processes]` table is
     /// `table` (the lines after the header), plus `extra`.
@@ -647,13 +643,7 @@ mod tests {
             "pool[0].processes.restart_delay_max: must not be shorter than restart_delay",
             "pool[0].processes.max_restarts: -1 is out of range (0 to 10000)",
         ];
-        for want in expect {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        assert_exactly(&errs, &expect);
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::parse;
+    use crate::testing::assert_exactly;
 
     fn file(route: &str, pool: &str) -> String {
         format!(
@@ -125,12 +126,7 @@ mod tests {
         )
     }
 
-    fn errors(text: &str) -> Vec<String> {
-        match parse(text) {
-            Ok(_) => panic!("should be rejected:\n{text}"),
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::testing::rejected as errors;
 
     #[test]
     fn upgrades_default_to_websocket_and_are_lower_cased() {
@@ -157,13 +153,7 @@ mod tests {
             "route[0].upgrades[6]: \"\" is not a protocol name",
             "route[0].upgrades[7]: \"Websocket\" is listed twice",
         ];
-        for want in expect {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        assert_exactly(&errs, &expect);
         let errs = errors(&file("upgrades = \"websocket\"", ""));
         assert!(
             errs[0].starts_with("route[0].upgrades: invalid type"),

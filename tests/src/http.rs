@@ -73,6 +73,12 @@ pub async fn get(client: &TestClient, url: &str) -> Reply {
     send(client, req).await
 }
 
+/// POST `body` to `url` and read the whole response.
+pub async fn post(client: &TestClient, url: &str, body: impl Into<Bytes>) -> Reply {
+    let req = http::Request::post(url).body(full(body)).unwrap();
+    send(client, req).await
+}
+
 /// GET `url` with a `Host` header.
 pub async fn get_host(client: &TestClient, url: &str, host: &str) -> Reply {
     let req = http::Request::get(url)

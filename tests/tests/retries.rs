@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tests::http::{full, get, h1, send};
+use tests::http::{get, h1, post};
 use tests::load::GetLoad;
 use tests::{closed_port, Backend, Balancer};
 use tokio_tungstenite::tungstenite::Message;
@@ -55,13 +55,7 @@ async fn buffered_bodies_are_replayed_streamed_ones_are_not() {
     let c = h1();
     // First pick is the dead backend: a 1 KiB POST is buffered and replayed.
     let small = vec![7u8; 1024];
-    let r = send(
-        &c,
-        ::http::Request::post(lb.url("/echo"))
-            .body(full(small.clone()))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&c, &lb.url("/echo"), small.clone()).await;
     assert_eq!(r.status, 200);
     assert!(r.body == small);
     // Next pick is the live one; then the dead one again, now with 1 MiB:
@@ -70,13 +64,7 @@ async fn buffered_bodies_are_replayed_streamed_ones_are_not() {
     let r = get(&c, &lb.url("/whoami")).await;
     assert_eq!(r.status, 200);
     let big = vec![9u8; 1 << 20];
-    let r = send(
-        &c,
-        ::http::Request::post(lb.url("/echo"))
-            .body(full(big.clone()))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&c, &lb.url("/echo"), big.clone()).await;
     assert_eq!(r.status, 200, "a buffered 1 MiB body is replayed");
     assert!(r.body == big);
 
@@ -87,23 +75,11 @@ async fn buffered_bodies_are_replayed_streamed_ones_are_not() {
         "name = \"game\"\nbuffer_body_file = 0\n",
     );
     let lb = Balancer::start(&streaming);
-    let r = send(
-        &c,
-        ::http::Request::post(lb.url("/echo"))
-            .body(full(small.clone()))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&c, &lb.url("/echo"), small.clone()).await;
     assert_eq!(r.status, 200, "a 1 KiB body is still buffered and replayed");
     let r = get(&c, &lb.url("/whoami")).await;
     assert_eq!(r.status, 200);
-    let r = send(
-        &c,
-        ::http::Request::post(lb.url("/echo"))
-            .body(full(vec![9u8; 1 << 20]))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&c, &lb.url("/echo"), vec![9u8; 1 << 20]).await;
     assert_eq!(r.status, 502, "a streamed 1 MiB body is not retried");
 }
 
