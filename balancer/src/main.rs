@@ -34,6 +34,15 @@ enum Command {
     /// config file now: exit 0 when it reloaded, 1 when it refused the file
     /// or could not be reached, 2 when the file here is invalid.
     Reload,
+    /// Ask the running balancer (through its [admin] listener) for a rolling
+    /// restart of the supervised pool POOL: each instance is replaced by a
+    /// new process, which is ready before the old one drains. Exit 0 when
+    /// it started (it runs on in the balancer; its log and /api/status
+    /// follow it), 1 when refused or unreachable.
+    Restart {
+        /// The pool's name.
+        pool: String,
+    },
     /// Internal: how the balancer starts a supervised instance (sets the
     /// parent-death signal, then execs COMMAND). Not for people.
     #[command(name = "supervise-exec", hide = true)]
@@ -105,8 +114,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    if let Some(Command::Reload) = cli.command {
-        return reload_running(&config);
+    match &cli.command {
+        Some(Command::Reload) => return admin_post(&config, "/api/reload"),
+        Some(Command::Restart { pool }) => {
+            return admin_post(&config, &format!("/api/pools/{pool}/restart"))
+        }
+        _ => {}
     }
 
     logging::init(cli.log_format);
@@ -157,10 +170,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// `balancer reload`: POST /api/reload on the admin listener and report.
-fn reload_running(config: &config::Config) -> ExitCode {
+/// `balancer reload` and `balancer restart POOL`: POST `path` on the
+/// admin listener and report.
+fn admin_post(config: &config::Config, path: &str) -> ExitCode {
     let Some(admin) = &config.admin else {
-        eprintln!("error: the config has no [admin] listener to ask; send SIGHUP instead");
+        eprintln!(
+            "error: the config has no [admin] listener to ask (for a reload, send SIGHUP instead)"
+        );
         return ExitCode::from(EXIT_INVALID);
     };
     // A wildcard admin address is reached on loopback.
@@ -185,7 +201,7 @@ fn reload_running(config: &config::Config) -> ExitCode {
         tokio::spawn(conn);
         // X-Admin-Request: the admin listener refuses state-changing calls
         // without it (they could be a browser's cross-site form post).
-        let mut req = http::Request::post("/api/reload")
+        let mut req = http::Request::post(path)
             .header(http::header::HOST, address.to_string())
             .header(balancer::admin::guard::ADMIN_REQUEST_HEADER, "1");
         if let Some(t) = token {

@@ -53,6 +53,16 @@ pub struct RawProcesses {
     pub max_restarts: Option<i64>,
     #[serde(default)]
     pub restart_window: Option<String>,
+    #[serde(default)]
+    pub surge: Option<i64>,
+    #[serde(default)]
+    pub surge_port_offset: Option<i64>,
+    #[serde(default)]
+    pub drain_spread: Option<String>,
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+    #[serde(default)]
+    pub ready_timeout: Option<String>,
 }
 
 /// A validated `[pool.processes]` table of pool `pool`.
@@ -77,6 +87,23 @@ pub struct ProcessesConfig {
     /// stays down (`failed`).
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// Rolling restart: how many extra processes may run (0 or 1). With 1,
+    /// an instance's replacement starts (on its other port) and is ready
+    /// before the old process drains; with 0, the old one drains and stops
+    /// first, and the replacement takes its port.
+    pub surge: u32,
+    /// With `surge = 1`, an instance alternates between its port and this
+    /// much above it from one restart to the next.
+    pub surge_port_offset: u16,
+    /// When an instance drains (rolling restart, scaling down), its
+    /// WebSocket clients get their Close frame spread over this window.
+    pub drain_spread: Duration,
+    /// After the spread, how long its requests in flight may take before
+    /// the process gets `stop_signal` anyway.
+    pub drain_timeout: Duration,
+    /// How long a replacement may take to pass the pool's health check
+    /// before the rolling restart gives up (and keeps the old process).
+    pub ready_timeout: Duration,
 }
 
 /// One instance, everything resolved.
@@ -92,6 +119,31 @@ pub struct InstanceConfig {
     pub argv: Vec<String>,
     /// Added to the balancer's environment, placeholders expanded.
     pub env: Vec<(String, String)>,
+    /// The same at its surge port (`surge = 1` only): where its
+    /// replacement runs during a rolling restart.
+    pub spare: Option<Slot>,
+}
+
+/// Where one process of an instance listens, and its command line there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub address: SocketAddr,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl InstanceConfig {
+    /// Slot 0 is its own port, slot 1 its surge port (when it has one).
+    pub fn slot(&self, n: usize) -> Option<Slot> {
+        match n {
+            0 => Some(Slot {
+                address: self.address,
+                argv: self.argv.clone(),
+                env: self.env.clone(),
+            }),
+            _ => self.spare.clone(),
+        }
+    }
 }
 
 /// The signals `stop_signal` may name.
@@ -338,6 +390,16 @@ pub(crate) fn processes_with_env(
         raw.restart_window.as_deref(),
         DEFAULT_RESTART_WINDOW,
     );
+    let drain_timeout = dur(
+        "drain_timeout",
+        raw.drain_timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+    let ready_timeout = dur(
+        "ready_timeout",
+        raw.ready_timeout.as_deref(),
+        DEFAULT_READY_TIMEOUT,
+    );
     if restart_delay_max < restart_delay {
         e.push(ConfigError::new(
             format!("{path}.restart_delay_max"),
@@ -351,6 +413,35 @@ pub(crate) fn processes_with_env(
         0..=10_000,
         i64::from(DEFAULT_MAX_RESTARTS),
     ) as u32;
+    let surge = int_in(e, &format!("{path}.surge"), raw.surge, 0..=1, 1) as u32;
+    let surge_port_offset = int_in(
+        e,
+        &format!("{path}.surge_port_offset"),
+        raw.surge_port_offset,
+        1..=65_534,
+        i64::from(DEFAULT_SURGE_PORT_OFFSET),
+    ) as u16;
+    if surge == 1 {
+        let last = i64::from(base_port) + i64::from(surge_port_offset) + i64::from(count) - 1;
+        if surge_port_offset < count as u16 {
+            e.push(ConfigError::new(
+                format!("{path}.surge_port_offset"),
+                format!("{surge_port_offset} is less than instances ({count}): the surge ports would overlap the instances' own"),
+            ));
+        } else if last > 65_535 {
+            e.push(ConfigError::new(
+                format!("{path}.surge_port_offset"),
+                format!("the surge ports of {count} instances from port {base_port} end at {last}, past 65535 (or set surge = 0)"),
+            ));
+        }
+    }
+    let drain_spread = match raw.drain_spread.as_deref() {
+        None => DEFAULT_DRAIN_SPREAD,
+        Some(v) => crate::duration::parse(v).unwrap_or_else(|msg| {
+            e.push(ConfigError::new(format!("{path}.drain_spread"), msg));
+            DEFAULT_DRAIN_SPREAD
+        }),
+    };
 
     if e.len() != before {
         return None;
@@ -367,12 +458,22 @@ pub(crate) fn processes_with_env(
             };
             // Checked above on the first instance; the same templates
             // cannot fail on another.
-            let x = |t: &str| expand(t, &vars, env).unwrap_or_default();
+            let slot = |port: u16| {
+                let vars = Vars { port, ..vars };
+                let x = |t: &str| expand(t, &vars, env).unwrap_or_default();
+                Slot {
+                    address: SocketAddr::new(host, port),
+                    argv: raw.command.iter().map(|a| x(a)).collect(),
+                    env: raw.env.iter().map(|(k, v)| (k.clone(), x(v))).collect(),
+                }
+            };
+            let home = slot(port);
             InstanceConfig {
                 index,
-                address: SocketAddr::new(host, port),
-                argv: raw.command.iter().map(|a| x(a)).collect(),
-                env: raw.env.iter().map(|(k, v)| (k.clone(), x(v))).collect(),
+                address: home.address,
+                argv: home.argv,
+                env: home.env,
+                spare: (surge == 1).then(|| slot(port + surge_port_offset)),
                 id,
             }
         })
@@ -388,6 +489,11 @@ pub(crate) fn processes_with_env(
         min_uptime,
         max_restarts,
         restart_window,
+        surge,
+        surge_port_offset,
+        drain_spread,
+        drain_timeout,
+        ready_timeout,
     })
 }
 
@@ -434,29 +540,57 @@ pub(crate) fn check_ports(
 ) {
     for (i, (path, p)) in supervised.iter().enumerate() {
         let others = supervised[..i].iter().flat_map(|(other_path, o)| {
-            o.instances.iter().map(move |inst| Taken {
-                owner: format!("{other_path} ({})", inst.id),
-                address: inst.address,
+            addresses(o).map(move |(id, address, spare)| Taken {
+                owner: format!(
+                    "{other_path} ({id}{})",
+                    if spare { ", surge port" } else { "" }
+                ),
+                address,
             })
         });
         let hit = taken.iter().cloned().chain(others).find_map(|t| {
-            p.instances
-                .iter()
-                .find(|inst| clash(inst.address, t.address))
+            addresses(p)
+                .find(|(_, address, _)| clash(*address, t.address))
                 .map(|inst| (inst, t))
         });
-        if let Some((inst, t)) = hit {
+        if let Some(((id, address, spare), t)) = hit {
+            let (key, what) = if spare {
+                ("surge_port_offset", "its replacement")
+            } else {
+                ("base_port", "instance")
+            };
             e.push(ConfigError::new(
-                format!("{path}.base_port"),
+                format!("{path}.{key}"),
                 format!(
-                    "instance {} would listen on {}, which {} uses already",
-                    inst.id, inst.address, t.owner
+                    "{what} {id} would listen on {address}, which {} uses already",
+                    t.owner
                 ),
             ));
         }
     }
 }
 
+/// Every address the instances of `p` may listen on: (id, address, whether
+/// it is a surge port).
+fn addresses(p: &ProcessesConfig) -> impl Iterator<Item = (&str, SocketAddr, bool)> {
+    p.instances.iter().flat_map(|inst| {
+        std::iter::once((inst.id.as_str(), inst.address, false)).chain(
+            inst.spare
+                .as_ref()
+                .map(|s| (inst.id.as_str(), s.address, true)),
+        )
+    })
+}
+
+/// Default for `processes.surge_port_offset`: past the most instances a
+/// pool may have, so scaling up never lands on a surge port.
+pub const DEFAULT_SURGE_PORT_OFFSET: u16 = MAX_INSTANCES as u16;
+/// Default for `processes.drain_spread`.
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(5);
+/// Default for `processes.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `processes.ready_timeout`.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for `processes.stop_timeout`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `processes.restart_delay`.
@@ -553,6 +687,88 @@ mod tests {
         assert_eq!(p.restart_window, Duration::from_secs(60));
         assert_eq!(p.cwd, None);
         assert!(p.instances[0].env.is_empty());
+        assert_eq!(p.surge, 1);
+        assert_eq!(p.surge_port_offset, 256);
+        assert_eq!(p.drain_spread, Duration::from_secs(5));
+        assert_eq!(p.drain_timeout, Duration::from_secs(30));
+        assert_eq!(p.ready_timeout, Duration::from_secs(60));
+        // Its replacement's slot: the surge port, expanded the same way.
+        let spare = p.instances[1].spare.as_ref().unwrap();
+        assert_eq!(spare.address.to_string(), "127.0.0.1:9258");
+        assert_eq!(
+            spare.argv,
+            ["backend", "--listen", "127.0.0.1:9258", "--id", "game-2"]
+        );
+        assert_eq!(p.instances[1].slot(1).as_ref(), Some(spare));
+        assert_eq!(
+            p.instances[1].slot(0).unwrap().address,
+            p.instances[1].address
+        );
+    }
+
+    #[test]
+    fn rolling_restart_keys() {
+        let c = crate::parse(&file(
+            &format!("{MINIMAL}\nsurge = 0\ndrain_spread = \"0s\"\ndrain_timeout = \"2s\"\nready_timeout = \"3s\""),
+            "",
+        ))
+        .unwrap();
+        let p = &c.processes[0];
+        assert_eq!(p.surge, 0);
+        assert_eq!(p.drain_spread, Duration::ZERO);
+        assert_eq!(p.drain_timeout, Duration::from_secs(2));
+        assert_eq!(p.ready_timeout, Duration::from_secs(3));
+        assert!(p
+            .instances
+            .iter()
+            .all(|i| i.spare.is_none() && i.slot(1).is_none()));
+        let c = crate::parse(&file(&format!("{MINIMAL}\nsurge_port_offset = 2"), "")).unwrap();
+        assert_eq!(
+            c.processes[0].instances[0]
+                .spare
+                .as_ref()
+                .unwrap()
+                .address
+                .to_string(),
+            "127.0.0.1:9003"
+        );
+
+        let errs = errors(&file(
+            &format!("{MINIMAL}\nsurge = 2\ndrain_spread = \"soon\"\ndrain_timeout = \"0s\"\nready_timeout = \"x\""),
+            "",
+        ));
+        assert_exactly(
+            &errs,
+            &[
+                "pool[0].processes.surge: 2 is out of range (0 to 1)",
+                "pool[0].processes.drain_spread: invalid duration \"soon\"",
+                "pool[0].processes.drain_timeout: must be longer than zero",
+                "pool[0].processes.ready_timeout: invalid duration \"x\"",
+            ],
+        );
+        let errs = errors(&file(&format!("{MINIMAL}\nsurge_port_offset = 1"), ""));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.surge_port_offset: 1 is less than instances (2): the surge ports would overlap the instances' own"]
+        );
+        let errs = errors(&file(&format!("{MINIMAL}\nsurge_port_offset = 0"), ""));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.surge_port_offset: 0 is out of range (1 to 65534)"]
+        );
+        let errs = errors(&file(&MINIMAL.replace("9001", "65400"), ""));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.surge_port_offset: the surge ports of 2 instances from port 65400 end at 65657, past 65535 (or set surge = 0)"]
+        );
+        // A surge port is a port like the others: here a listener has it.
+        let errs = errors(
+            &file(MINIMAL, "").replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:9258\""),
+        );
+        assert_eq!(
+            errs,
+            ["pool[0].processes.surge_port_offset: its replacement game-2 would listen on 127.0.0.1:9258, which listener \"public\" uses already"]
+        );
     }
 
     #[test]
@@ -679,7 +895,7 @@ mod tests {
             ["pool[0].processes.instances: invalid value \"all\": expected a number from 1 to 256, or \"cores\""]
         );
         let errs = errors(&file(
-            "command = [\"b\"]\nbase_port = 65535\ninstances = 2",
+            "command = [\"b\"]\nbase_port = 65535\ninstances = 2\nsurge = 0",
             "",
         ));
         assert_eq!(

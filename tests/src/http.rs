@@ -79,6 +79,17 @@ pub async fn post(client: &TestClient, url: &str, body: impl Into<Bytes>) -> Rep
     send(client, req).await
 }
 
+/// A state-changing admin call as operators' tools make it: POST `url`
+/// with the header that tells it from a browser's cross-site form post,
+/// and the bearer `token` if given.
+pub async fn post_admin(client: &TestClient, url: &str, token: Option<&str>) -> Reply {
+    let mut req = http::Request::post(url).header("x-admin-request", "1");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(client, req.body(empty()).unwrap()).await
+}
+
 /// GET `url` with a `Host` header.
 pub async fn get_host(client: &TestClient, url: &str, host: &str) -> Reply {
     let req = http::Request::get(url)

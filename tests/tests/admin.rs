@@ -189,11 +189,7 @@ fn admin_off_loopback_needs_a_token() {
 /// A state-changing call as operators' tools make it (with the header that
 /// tells it from a browser's cross-site form post).
 async fn post(url: &str, token: Option<&str>) -> tests::http::Reply {
-    let mut req = ::http::Request::post(url).header("x-admin-request", "1");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    send(&h1(), req.body(empty()).unwrap()).await
+    tests::http::post_admin(&h1(), url, token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,8 @@ async fn status_page_asks_for_the_token_when_reads_are_protected() {
 }
 
 /// A supervised pool: the page shows the instance's process columns with
-/// what `/api/status` says (state, pid, resident memory).
+/// what `/api/status` says (state, pid, resident memory), and its rolling
+/// restart button replaces the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_a_supervised_instance() {
     let Some(browser) = Browser::start() else {
@@ -162,4 +163,16 @@ async fn status_page_shows_a_supervised_instance() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("RSS cell {rss}"));
     assert!(mib > 1.0, "{rss}");
+
+    // Its rolling restart button: a new process, counted as a restart.
+    let old_pid = process["pid"].to_string();
+    page.eval("document.getElementById('restart-game').click(), 1")
+        .await;
+    page.wait_for(&text("restarts-game-game-1"), |v| v == "1")
+        .await;
+    page.wait_for(&text("process-game-game-1"), |v| v == "ready")
+        .await;
+    assert_ne!(page.eval(&text("pid-game-game-1")).await, old_pid);
+    let error = page.eval(&text("error")).await;
+    assert!(error.is_null() || error == "", "{error}");
 }

@@ -2,6 +2,9 @@
 //! starts `backend` instances and serves them, restarts a killed one with
 //! no failed request, gives up on a crash loop, logs a child's output with
 //! its instance id, and never leaves a child behind (SIGTERM or SIGKILL).
+//! Deploys: scaling by editing the file, rolling restarts (admin API, CLI,
+//! a changed command or program file), with and without a surge process,
+//! under load at 64 connections with WebSocket tunnels open.
 
 // Test code: a failed unwrap is a failed test, with the reason in the panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,10 +12,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tests::http::{get, h1};
 use tests::load::GetLoad;
 use tests::{bin, closed_port, Balancer, DEADLINE};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A first port with `n - 1` free ports after it (each bound, then released).
 fn free_ports(n: u16) -> u16 {
@@ -42,13 +47,23 @@ fn config(processes: &str) -> String {
     )
 }
 
-/// `instances` real `backend` processes.
+/// Ports each test's pool may use: up to 8 instances, and their surge
+/// ports 8 above.
+const PORTS: u16 = 16;
+
+/// `instances` real `backend` processes (at most 8).
 fn backends(instances: u16, extra: &str) -> String {
-    let backend = bin("backend").display().to_string();
+    program_backends(&bin("backend").display().to_string(), instances, extra)
+}
+
+/// [`backends`] with the program file `program`.
+fn program_backends(program: &str, instances: u16, extra: &str) -> String {
+    assert!(instances <= PORTS / 2);
     format!(
-        "command = [{backend:?}, \"--listen\", \"127.0.0.1:{{port}}\", \"--id\", \"{{id}}\", \"--drain-spread-ms\", \"0\"]\n\
-         instances = {instances}\nbase_port = {}\nstop_timeout = \"5s\"\n{extra}",
-        free_ports(instances)
+        "command = [{program:?}, \"--listen\", \"127.0.0.1:{{port}}\", \"--id\", \"{{id}}\", \"--drain-spread-ms\", \"0\"]\n\
+         instances = {instances}\nbase_port = {}\nsurge_port_offset = {}\nstop_timeout = \"5s\"\n{extra}",
+        free_ports(PORTS),
+        PORTS / 2
     )
 }
 
@@ -234,13 +249,14 @@ async fn serves_and_restarts_a_killed_instance_with_no_failed_request() {
         )
     };
     assert_eq!(restarts("game-2", "signal"), Some(1.0));
-    for reason in ["exit", "clean", "spawn"] {
+    for reason in ["exit", "clean", "spawn", "rolling"] {
         assert_eq!(restarts("game-2", reason), Some(0.0), "{reason}");
     }
     assert_eq!(restarts("game-1", "signal"), Some(0.0));
     for (state, n) in [
         ("ready", 2.0),
         ("starting", 0.0),
+        ("draining", 0.0),
         ("backoff", 0.0),
         ("failed", 0.0),
         ("stopping", 0.0),
@@ -271,22 +287,8 @@ async fn serves_and_restarts_a_killed_instance_with_no_failed_request() {
     assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
     assert!(whoami_ids(&lb, 10).await.contains("game-2"));
 
-    // A reload that changes the table is refused; the instances run on.
-    let text = std::fs::read_to_string(lb.config_path()).unwrap();
-    lb.rewrite_config(&text.replace("instances = 2", "instances = 3"));
-    let refused = lb
-        .proc
-        .wait_message("config reload refused: keeping the running config");
-    assert!(
-        refused["error"].as_str().unwrap().starts_with(
-            "changing [pool.processes] on reload is not supported yet; restart the balancer"
-        ),
-        "{refused}"
-    );
     let now = processes(&lb).await;
-    assert_eq!(now.len(), 2);
-    assert_eq!(pid(&now[1].1), pid(&after[1].1));
-
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
     // One that leaves it as it was reloads, and keeps the same processes.
     lb.rewrite_config(&text.replace(
         "name = \"game\"\n",
@@ -429,5 +431,360 @@ async fn binary_upgrade_with_supervised_pools_is_refused_on_both_sides() {
     assert_eq!(
         whoami_ids(&old, 3).await,
         HashSet::from(["game-1".to_string()])
+    );
+}
+
+/// Opens `n` WebSocket tunnels through `lb`, each with the id of the
+/// instance behind it.
+async fn tunnels(lb: &Balancer, n: usize) -> Vec<(tests::ws::Ws, String)> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(tests::ws::open_tunnel(lb.addr()).await);
+    }
+    all
+}
+
+/// How a tunnel ended: the Close code the client got (0: closed without
+/// one) and when; `None` if it was still open at `until`.
+async fn ended(ws: &mut tests::ws::Ws, until: Instant) -> Option<(u16, Instant)> {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return Some((u16::from(f.code), Instant::now()))
+            }
+            Ok(Some(Ok(Message::Close(None)) | Err(_)) | None) => return Some((0, Instant::now())),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Whether the tunnel still echoes.
+async fn echoes(ws: &mut tests::ws::Ws) -> bool {
+    if ws.send(Message::text("still there?")).await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "still there?"
+    )
+}
+
+/// Waits until the load has `n` more answers than now.
+async fn more_answers(load: &GetLoad, n: usize) {
+    let at = load.passed();
+    let end = Instant::now() + DEADLINE;
+    while load.passed() < at + n {
+        assert!(
+            Instant::now() < end,
+            "the load stalled at {}",
+            load.passed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pids_of(p: &[(String, Value)]) -> Vec<u32> {
+    p.iter().map(|(_, v)| pid(v)).collect()
+}
+
+fn port_of(v: &Value) -> u16 {
+    v["address"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+/// `POST path` on the admin listener, as a script would.
+async fn admin_post(lb: &Balancer, path: &str) -> tests::http::Reply {
+    tests::http::post_admin(&h1(), &format!("http://{}{path}", lb.admin_addr()), None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_3_to_5_to_2_by_editing_the_file_fails_no_request() {
+    let lb = Balancer::start(&config(&backends(
+        3,
+        "drain_spread = \"300ms\"\ndrain_timeout = \"5s\"",
+    )));
+    let first = wait_status(&lb, "3 instances ready", all_ready).await;
+    let mut open = tunnels(&lb, 12).await;
+    let load = GetLoad::start(&lb.url("/whoami"), 64, Instant::now() + DEADLINE);
+    more_answers(&load, 200).await;
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
+
+    // Up: the two new ones start and take traffic once ready; the others
+    // keep their processes.
+    lb.rewrite_config(&text.replace("instances = 3", "instances = 5"));
+    let five = wait_status(&lb, "5 instances ready", |p| p.len() == 5 && all_ready(p)).await;
+    assert_eq!(pids_of(&five)[..3], pids_of(&first)[..]);
+    let end = Instant::now() + DEADLINE;
+    while !whoami_ids(&lb, 10).await.contains("game-5") {
+        assert!(Instant::now() < end, "game-5 never answered");
+    }
+    more_answers(&load, 200).await;
+
+    // Down to 2: game-3..5 drain (their tunnels get 1001) and stop.
+    lb.rewrite_config(&text.replace("instances = 3", "instances = 2"));
+    let two = wait_status(&lb, "2 instances left", |p| p.len() == 2).await;
+    assert_eq!(pids_of(&two), pids_of(&first)[..2]);
+    wait_gone(&pids_of(&five)[2..]);
+    let until = Instant::now() + DEADLINE;
+    for (ws, id) in &mut open {
+        if id == "game-3" {
+            let (code, _) = ended(ws, until).await.expect("closed");
+            assert_eq!(code, 1001, "{id}");
+        } else {
+            assert!(echoes(ws).await, "the tunnel on {id} was touched");
+        }
+    }
+    assert!(
+        open.iter().any(|(_, id)| id == "game-3") && open.iter().any(|(_, id)| id != "game-3"),
+        "the tunnels did not reach every instance: {:?}",
+        open.iter().map(|(_, id)| id).collect::<Vec<_>>()
+    );
+    more_answers(&load, 200).await;
+    let (passed, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
+    assert_eq!(
+        whoami_ids(&lb, 10).await,
+        HashSet::from(["game-1".to_string(), "game-2".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_replaces_every_instance_before_it_stops_the_old_one() {
+    let lb = Balancer::start(&config(&backends(3, "drain_spread = \"1s\"")));
+    let before = wait_status(&lb, "3 instances ready", all_ready).await;
+    // Each tunnel is watched from now on, so its Close is timed as it comes.
+    let until = Instant::now() + DEADLINE;
+    let watched: Vec<_> = tunnels(&lb, 24)
+        .await
+        .into_iter()
+        .map(|(mut ws, id)| tokio::spawn(async move { (ended(&mut ws, until).await, id) }))
+        .collect();
+    let load = GetLoad::start(&lb.url("/whoami"), 64, Instant::now() + DEADLINE);
+    more_answers(&load, 200).await;
+
+    let r = admin_post(&lb, "/api/pools/game/restart").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["instances"], 3, "{}", r.text());
+    let done = lb.proc.wait_message("rolling restart done");
+    assert_eq!(done["trigger"], "admin", "{done}");
+    let after = wait_status(&lb, "3 new processes ready", all_ready).await;
+    for ((id, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(pid(old), pid(new), "{id}");
+        // Its replacement ran on its surge port.
+        assert_eq!(port_of(new), port_of(old) + PORTS / 2, "{id}");
+        assert_eq!(new["restarts"], 1, "{id}: {new}");
+    }
+    wait_gone(&pids_of(&before));
+
+    // Each old process stopped only after its backend had moved to the
+    // replacement (which the supervisor saw pass its check).
+    let lines = lb.proc.lines();
+    let at = |pred: &dyn Fn(&Value) -> bool| lines.iter().position(pred);
+    for (id, old) in &before {
+        let moved = at(&|v| {
+            v["message"] == "backend moved to the replacement" && v["instance"] == id.as_str()
+        })
+        .unwrap_or_else(|| panic!("{id} never moved"));
+        let stopping = at(&|v| v["message"] == "stopping instance" && v["pid"] == pid(old))
+            .unwrap_or_else(|| panic!("{id}'s old process never stopped"));
+        assert!(moved < stopping, "{id}: stopped before the move");
+    }
+
+    // Every tunnel got 1012, each instance's spread over its window.
+    let mut closes: Vec<(String, Instant)> = Vec::new();
+    for w in watched {
+        let (end, id) = w.await.unwrap();
+        let (code, t) = end.expect("closed");
+        assert_eq!(code, 1012, "{id}");
+        closes.push((id, t));
+    }
+    for (id, _) in &before {
+        let times: Vec<Instant> = closes
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, t)| *t)
+            .collect();
+        if times.len() >= 2 {
+            let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+            // The second tunnel waits 0.618 of the 1 s window.
+            assert!(
+                span >= Duration::from_millis(450),
+                "{id}: closed within {span:?}"
+            );
+        }
+    }
+    more_answers(&load, 200).await;
+    let (passed, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
+    let m = scrape(&lb).await;
+    for (id, _) in &before {
+        let l = [
+            ("pool", "game"),
+            ("instance", id.as_str()),
+            ("reason", "rolling"),
+        ];
+        assert_eq!(
+            sample(&m, "balancer_process_restarts_total", &l),
+            Some(1.0),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_command_or_program_file_restarts_on_reload_and_the_cli_asks_for_one() {
+    // The program runs from a copy, so the test can put a new build in place.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("backend");
+    std::fs::copy(bin("backend"), &program).unwrap();
+    let lb = Balancer::start(&config(&program_backends(
+        program.to_str().unwrap(),
+        2,
+        "drain_spread = \"0s\"",
+    )));
+    let first = wait_status(&lb, "2 instances ready", all_ready).await;
+    let load = GetLoad::start(&lb.url("/whoami"), 64, Instant::now() + DEADLINE);
+    more_answers(&load, 200).await;
+
+    // A new command line: every instance restarts, back on its own port
+    // afterwards... (the first restart goes to the surge ports).
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
+    let changed = text.replace(
+        "\"--drain-spread-ms\", \"0\"",
+        "\"--drain-spread-ms\", \"1\"",
+    );
+    lb.rewrite_config(&changed);
+    lb.proc.wait_count("the first restart", 1, |v| {
+        v["message"] == "rolling restart done" && v["trigger"] == "reload"
+    });
+    let second = wait_status(&lb, "new processes on the surge ports", |p| {
+        all_ready(p)
+            && p.iter()
+                .zip(&first)
+                .all(|((_, n), (_, o))| port_of(n) == port_of(o) + PORTS / 2)
+    })
+    .await;
+
+    // A new build of the same file: the reload restarts them again (back
+    // on their own ports), though the file's text did not change.
+    let fresh = dir.path().join("backend.new");
+    std::fs::copy(bin("backend"), &fresh).unwrap();
+    std::fs::rename(&fresh, &program).unwrap();
+    lb.proc.signal("HUP");
+    lb.proc.wait_count("the second restart", 2, |v| {
+        v["message"] == "rolling restart done" && v["trigger"] == "reload"
+    });
+    let third = wait_status(&lb, "new processes on their own ports", |p| {
+        all_ready(p)
+            && p.iter()
+                .zip(&first)
+                .all(|((_, n), (_, o))| port_of(n) == port_of(o))
+    })
+    .await;
+    for (((id, one), (_, two)), (_, three)) in first.iter().zip(&second).zip(&third) {
+        assert_ne!(pid(one), pid(two), "{id}");
+        assert_ne!(pid(two), pid(three), "{id}");
+    }
+
+    // `balancer restart POOL` asks for a third; an unknown pool is refused.
+    // (The CLI reads the admin address from its file: the real port here.)
+    let cli_config = dir.path().join("cli.toml");
+    let admin = format!("address = \"{}\"", lb.admin_addr());
+    std::fs::write(
+        &cli_config,
+        text.replacen("address = \"127.0.0.1:0\"", &admin, 1),
+    )
+    .unwrap();
+    let restart = |pool: &str| {
+        std::process::Command::new(bin("balancer"))
+            .args(["restart", pool, "--config"])
+            .arg(&cli_config)
+            .output()
+            .unwrap()
+    };
+    let out = restart("game");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"restarting\""),
+        "{out:?}"
+    );
+    lb.proc.wait_count("the third restart", 3, |v| {
+        v["message"] == "rolling restart done"
+    });
+    let out = restart("lobby");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("pool \\\"lobby\\\" has no supervised instances"),
+        "{out:?}"
+    );
+
+    more_answers(&load, 200).await;
+    let (passed, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_surge_0_each_instance_restarts_on_its_own_port() {
+    let lb = Balancer::start(&config(&backends(2, "surge = 0\ndrain_spread = \"200ms\"")));
+    let before = wait_status(&lb, "2 instances ready", all_ready).await;
+    let mut open = tunnels(&lb, 6).await;
+    let load = GetLoad::start(&lb.url("/whoami"), 64, Instant::now() + DEADLINE);
+    more_answers(&load, 200).await;
+    let r = admin_post(&lb, "/api/pools/game/restart").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    lb.proc.wait_message("rolling restart done");
+    let after = wait_status(&lb, "2 new processes ready", all_ready).await;
+    for ((id, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(pid(old), pid(new), "{id}");
+        assert_eq!(port_of(old), port_of(new), "{id}");
+    }
+    let until = Instant::now() + DEADLINE;
+    for (ws, id) in &mut open {
+        let (code, _) = ended(ws, until).await.expect("closed");
+        assert_eq!(code, 1012, "{id}");
+    }
+    more_answers(&load, 200).await;
+    let (passed, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", passed + failed);
+    // The same backends serve again: new tunnels stay open.
+    let mut again = tunnels(&lb, 4).await;
+    for (ws, id) in &mut again {
+        assert!(echoes(ws).await, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_never_gets_ready_stops_the_restart_and_the_old_one_serves() {
+    let lb = Balancer::start(&config(&backends(2, "ready_timeout = \"1s\"")));
+    let before = wait_status(&lb, "2 instances ready", all_ready).await;
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
+    // The new command line listens nowhere the balancer looks.
+    lb.rewrite_config(&text.replace("127.0.0.1:{port}", "127.0.0.1:0"));
+    let stopped = lb
+        .proc
+        .wait_message("rolling restart stopped: the instances after this one keep their processes");
+    assert_eq!(stopped["instance"], "game-1", "{stopped}");
+    assert!(
+        stopped["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not ready within ready_timeout"),
+        "{stopped}"
+    );
+    let now = processes(&lb).await;
+    assert_eq!(pids_of(&now), pids_of(&before));
+    assert!(all_ready(&now), "{now:?}");
+    assert_eq!(
+        whoami_ids(&lb, 10).await,
+        HashSet::from(["game-1".to_string(), "game-2".to_string()])
     );
 }

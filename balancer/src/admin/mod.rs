@@ -136,9 +136,13 @@ fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     resp
 }
 
-/// `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`.
+/// `POST /api/pools/{pool}/backends/{id}/{drain|enable|disable}`, and
+/// `POST /api/pools/{pool}/restart`.
 fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["api", "pools", pool, "restart"] = parts.as_slice() {
+        return restart(state, pool);
+    }
     let ["api", "pools", pool, "backends", id, action] = parts.as_slice() else {
         return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
     };
@@ -175,6 +179,30 @@ fn operator(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
             "open": backend.open_connections(),
         }),
     )
+}
+
+/// `POST /api/pools/{pool}/restart`: a rolling restart of a supervised
+/// pool, started (202) or queued after the one under way.
+fn restart(state: &AdminState, pool: &str) -> Response<Full<Bytes>> {
+    let already = state.supervisor.is_restarting(pool);
+    match state.supervisor.request_restart(pool) {
+        Ok(instances) => {
+            tracing::warn!(
+                pool,
+                instances,
+                "rolling restart asked for through the admin API"
+            );
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "pool": pool,
+                    "result": if already { "queued" } else { "restarting" },
+                    "instances": instances,
+                }),
+            )
+        }
+        Err(why) => json_response(StatusCode::NOT_FOUND, &json!({"error": why})),
+    }
 }
 
 async fn reload(state: &AdminState) -> Response<Full<Bytes>> {

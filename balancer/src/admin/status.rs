@@ -81,6 +81,7 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                     "instances": instances.len(),
                     "ready": ids("ready").len(),
                     "failed": ids("failed"),
+                    "restarting": state.supervisor.is_restarting(&p.name),
                 })
             });
             json!({
@@ -105,6 +106,10 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
                         "address": d.backend.address.to_string(),
                         "state": "draining",
                         "open": d.backend.open_connections(),
+                        "process": state
+                            .supervisor
+                            .retiring(&d.pool, &d.backend.id, d.backend.address)
+                            .map(|i| i.json(false)),
                     })
                 })
                 .collect()
@@ -226,20 +231,8 @@ fn processes(
             .and_then(|p| p.backends.iter().find(|b| b.id == i.id))
             .is_some_and(|b| b.is_up());
         let word = Instance::state(phase, up);
-        let pool = match pools.iter_mut().find(|p| p.pool == *i.pool) {
-            Some(p) => p,
-            None => {
-                pools.push(ProcessStatesSample {
-                    pool: i.pool.to_string(),
-                    by_state: Instance::STATES.iter().map(|s| (*s, 0)).collect(),
-                });
-                let last = pools.len() - 1;
-                &mut pools[last]
-            }
-        };
-        if let Some((_, n)) = pool.by_state.iter_mut().find(|(s, _)| *s == word) {
-            *n += 1;
-        }
+        let pool = state_counts(&mut pools, &i.pool);
+        count(pool, word);
         let restarts = i.restarts_by_reason();
         samples.push(ProcessSample {
             pool: i.pool.to_string(),
@@ -251,5 +244,35 @@ fn processes(
             usage: Instance::usage(phase).map(|u| (u.rss_bytes, u.cpu_seconds)),
         });
     }
+    // Old processes draining beside their replacements: counted, with no
+    // series of their own (the instance's id is the replacement's).
+    for i in state.supervisor.retiring_instances() {
+        let pool = state_counts(&mut pools, &i.pool);
+        count(pool, "draining");
+    }
     (samples, pools)
+}
+
+/// The state counts of `pool`, added (all 0) if it has none yet.
+fn state_counts<'a>(
+    pools: &'a mut Vec<ProcessStatesSample>,
+    pool: &str,
+) -> &'a mut ProcessStatesSample {
+    let pos = match pools.iter().position(|p| p.pool == pool) {
+        Some(pos) => pos,
+        None => {
+            pools.push(ProcessStatesSample {
+                pool: pool.to_string(),
+                by_state: Instance::STATES.iter().map(|s| (*s, 0)).collect(),
+            });
+            pools.len() - 1
+        }
+    };
+    &mut pools[pos]
+}
+
+fn count(pool: &mut ProcessStatesSample, word: &str) {
+    if let Some((_, n)) = pool.by_state.iter_mut().find(|(s, _)| *s == word) {
+        *n += 1;
+    }
 }

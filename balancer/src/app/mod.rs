@@ -224,8 +224,9 @@ impl App {
         }
         let control =
             upgrade::handover::control_socket(reloader.config().upgrade_socket.as_deref());
-        let supervisor =
+        let (supervisor, mut swaps) =
             crate::supervise::Supervisor::start(reloader.config(), Arc::clone(&proxy.snapshot));
+        reloader.set_supervisor(Arc::clone(&supervisor));
 
         let (admin_tx, mut admin_rx) = mpsc::channel::<oneshot::Sender<ReloadOutcome>>(4);
         if let Some((listener, config)) = admin.zip(reloader.config().admin.clone()) {
@@ -296,6 +297,10 @@ impl App {
                     if let Some(p) = &path {
                         reloader.reload(p, "file", true).await;
                     }
+                }
+                Some(swap) = swaps.recv() => {
+                    reloader.reapply(&swap.ready);
+                    let _ = swap.reply.send(());
                 }
                 Some(()) = hup_rx.recv() => {
                     if let Some(p) = &path {

@@ -92,7 +92,6 @@ pub async fn run(
     let mut upstream = Activity::new(upstream, last.clone())
         .count_reads(Arc::clone(&log.from_backend))
         .notify_eof(Arc::clone(&eof));
-    let drained = guard.backend().drained();
     let backend_ref = Arc::clone(guard.backend());
     log.outcome = {
         let copy = super::lazy_copy::copy_bidirectional(&mut client, &mut upstream, |cx, c| {
@@ -112,7 +111,7 @@ pub async fn run(
             r = copy => if r.is_ok() { "closed" } else { "reset" },
             () = half_closed => "half_closed_timeout",
             () = idle => "idle_timeout",
-            () = drained.cancelled() => "drained",
+            () = backend_ref.drain_turn() => "drained",
             () = backend_ref.disabled() => "drained",
             () = end.shutdown.cancelled() => "shutdown",
         }
@@ -136,9 +135,13 @@ pub async fn run(
             if let Some(k) = client.keepalive.as_mut() {
                 k.stop();
             }
-            let code = client
-                .broken
-                .map_or(end.close_code, MessageLimit::close_code);
+            // A supervised instance being replaced says 1012 (see
+            // `Backend::drain_now`).
+            let drain_code = match log.outcome {
+                "drained" => backend_ref.drain_code().unwrap_or(end.close_code),
+                _ => end.close_code,
+            };
+            let code = client.broken.map_or(drain_code, MessageLimit::close_code);
             let frame = close_frame(code);
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 client.write_all(&frame).await?;

@@ -6,7 +6,9 @@
 //! file change (notify, debounced) ─┐
 //! SIGHUP, POST /api/reload ────────┼─▶ Reloader::reload: read + config::parse (as `balancer check`)
 //!                                  │      │ invalid: log every error, keep the old config
-//!                                  │      │ a [pool.processes] table changed: refused (supervise::reload_refusal)
+//!                                  │      ▼
+//!                                  │   supervised backends get the addresses their processes run on
+//!                                  │      (Supervisor::place)
 //!                                  │      ▼
 //!                                  │   TLS listeners: kept ones re-read their files, changed ones are
 //!                                  │      rebuilt (certificates.rs); a bad file refuses the reload
@@ -19,7 +21,11 @@
 //!                                  │      ▼
 //!                                  └─  apply the plan: listeners started/stopped (kept ones never
 //!                                      re-bound), checkers started/restarted/stopped, leaving
-//!                                      backends drained (drain.rs); log plan.summary()
+//!                                      backends drained (drain.rs); log plan.summary();
+//!                                      the supervisor starts, retires and restarts instances
+//!                                      (Supervisor::reloaded)
+//! supervisor's Swap (rolling restart) ─▶ Reloader::reapply: the same build and apply, from the
+//!                                      config in force with the instances' new addresses
 //!
 //! certificate directory change (notify), poll ─▶ Reloader::refresh_certificates: re-read, swap
 //!                                               what loads, log and show what is refused
@@ -70,6 +76,8 @@ pub struct Reloader {
     tls: TlsListeners,
     /// Certificate refusals already logged (each is logged once).
     refusals_logged: std::collections::BTreeSet<String>,
+    /// The supervised processes, once started (after the first apply).
+    supervisor: Option<Arc<crate::supervise::Supervisor>>,
 }
 
 impl Reloader {
@@ -93,6 +101,7 @@ impl Reloader {
             last_text,
             tls: HashMap::new(),
             refusals_logged: std::collections::BTreeSet::new(),
+            supervisor: None,
         };
         let plan = ReloadPlan::initial(&config);
         let snapshot = reloader.proxy.snapshot.load_full();
@@ -108,6 +117,11 @@ impl Reloader {
             stats.certificate_errors = refused;
             stats.certificates = certificates::summaries(&self.tls);
         }
+    }
+
+    /// From now on, reloads place and tell `supervisor` (see the module doc).
+    pub fn set_supervisor(&mut self, supervisor: Arc<crate::supervise::Supervisor>) {
+        self.supervisor = Some(supervisor);
     }
 
     /// The config in force.
@@ -156,7 +170,7 @@ impl Reloader {
             tracing::debug!(trigger, "config file event without changes");
             return ReloadOutcome::Unchanged;
         }
-        let new = match config::parse(&text) {
+        let mut new = match config::parse(&text) {
             Ok(c) => c,
             Err(errors) => {
                 for e in errors.iter() {
@@ -173,10 +187,8 @@ impl Reloader {
                 };
             }
         };
-        if let Some(why) = crate::supervise::reload_refusal(&self.config, &new) {
-            tracing::error!(trigger, error = %why, "config reload refused: keeping the running config");
-            self.last_text = Some(text);
-            return ReloadOutcome::Rejected { errors: vec![why] };
+        if let Some(s) = &self.supervisor {
+            s.place(&mut new);
         }
         let built =
             certificates::build(&new, &self.tls, self.proxy.metrics.as_deref()).and_then(|tls| {
@@ -222,13 +234,7 @@ impl Reloader {
         }
 
         let old = self.proxy.snapshot.load_full();
-        let snapshot = Arc::new(Snapshot::build(
-            &new,
-            &plan.kept(&old),
-            old.generation + 1,
-            self.proxy.metrics.as_deref(),
-            &upstream_tls,
-        ));
+        let snapshot = self.successor(&old, &new, &plan, &upstream_tls);
         let generation = snapshot.generation;
         let leaving = plan.leaving(&old);
         let mut listeners = HashMap::new();
@@ -236,7 +242,11 @@ impl Reloader {
             tracing::info!(listener = %name, address = %local, "listening");
             listeners.insert(name, listener);
         }
+        let left = leaving.clone();
         self.apply(&plan, new, &snapshot, listeners, leaving, tls);
+        if let Some(s) = &self.supervisor {
+            s.reloaded(&self.config, &left);
+        }
         self.last_text = Some(text);
         let changes = plan.summary();
         tracing::info!(trigger, generation, changes = %changes, "config reloaded");
@@ -244,6 +254,51 @@ impl Reloader {
             generation,
             changes,
         }
+    }
+
+    /// A rolling restart moved instance `ready` to its replacement: the
+    /// config in force with the instances' addresses placed anew, built and
+    /// applied like a reload, `ready` up from the start (the supervisor saw
+    /// its check pass).
+    pub fn reapply(&mut self, ready: &crate::runtime::BackendKey) {
+        let mut new = self.config.clone();
+        if let Some(s) = &self.supervisor {
+            s.place(&mut new);
+        }
+        let plan = ReloadPlan::between(&self.config, &new);
+        let old = self.proxy.snapshot.load_full();
+        let snapshot = self.successor(&old, &new, &plan, &old.upstream_tls);
+        if let Some(b) = snapshot.backends().get(ready) {
+            b.set_health(Health::Up, now_ms());
+        }
+        let leaving = plan.leaving(&old);
+        let tls = self.tls.clone();
+        self.apply(&plan, new, &snapshot, HashMap::new(), leaving, tls);
+        tracing::info!(
+            generation = snapshot.generation,
+            pool = &*ready.0,
+            backend = &*ready.1,
+            changes = %plan.summary(),
+            "backend moved to its new process"
+        );
+    }
+
+    /// The snapshot of `new` after `old`: what `plan` keeps of it, the
+    /// next generation.
+    fn successor(
+        &self,
+        old: &Snapshot,
+        new: &config::Config,
+        plan: &ReloadPlan,
+        upstream_tls: &crate::runtime::UpstreamTlsByPool,
+    ) -> Arc<Snapshot> {
+        Arc::new(Snapshot::build(
+            new,
+            &plan.kept(old),
+            old.generation + 1,
+            self.proxy.metrics.as_deref(),
+            upstream_tls,
+        ))
     }
 
     /// Moves everything to `config` as `plan` says: the snapshot (one

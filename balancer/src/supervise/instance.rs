@@ -5,10 +5,16 @@
 //! ```text
 //!  starting ──spawned──▶ running ──exit──▶ backoff ──delay──▶ starting ...
 //!     (ready once its health check passes)   └──too many──▶ failed
-//!  any ──shutdown──▶ stopping ──exit (or SIGKILL after stop_timeout)──▶ stopped
+//!  any ──shutdown or retired──▶ stopping ──exit (or SIGKILL after stop_timeout)──▶ stopped
 //! ```
+//!
+//! A rolling restart replaces an instance's process with a new `Runner`
+//! (and a new [`Instance`], which carries the counts on): the old one is
+//! `draining` while its clients leave, then retired like at shutdown.
 
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,7 +34,15 @@ pub struct Instance {
     pub pool: Arc<str>,
     /// Its backend id (`{pool}-{index}`).
     pub id: Arc<str>,
+    /// Where this process listens (its own port or its surge port).
+    pub address: SocketAddr,
     status: Mutex<Status>,
+    /// Its clients are being moved off before it stops (rolling restart,
+    /// scaling down).
+    draining: AtomicBool,
+    /// The program file as it was when the process last started: a
+    /// reload that finds it changed restarts the instance.
+    program: Mutex<Option<super::program::Stamp>>,
 }
 
 /// Where an instance is in its life.
@@ -126,11 +140,19 @@ pub enum Reason {
     Clean,
     /// It could not be started.
     Spawn,
+    /// Replaced by a rolling restart (a deploy, not a failure).
+    Rolling,
 }
 
 impl Reason {
     /// In declaration order: `reason as usize` is its index.
-    pub const ALL: [Self; 4] = [Self::Exit, Self::Signal, Self::Clean, Self::Spawn];
+    pub const ALL: [Self; 5] = [
+        Self::Exit,
+        Self::Signal,
+        Self::Clean,
+        Self::Spawn,
+        Self::Rolling,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -138,6 +160,7 @@ impl Reason {
             Self::Signal => "signal",
             Self::Clean => "clean",
             Self::Spawn => "spawn",
+            Self::Rolling => "rolling",
         }
     }
 }
@@ -175,17 +198,47 @@ struct Status {
 }
 
 impl Instance {
-    pub fn new(pool: &str, id: &str) -> Self {
+    pub fn new(pool: &str, id: &str, address: SocketAddr) -> Self {
         Self {
             pool: pool.into(),
             id: id.into(),
+            address,
             status: Mutex::new(Status {
                 phase: Phase::Starting,
                 restarts: 0,
                 by_reason: [0; Reason::ALL.len()],
                 last_exit: None,
             }),
+            draining: AtomicBool::new(false),
+            program: Mutex::new(None),
         }
+    }
+
+    /// The instance a rolling restart starts in place of this one, at
+    /// `address`: the counts go on, one more restart for `rolling`.
+    pub fn successor(&self, address: SocketAddr) -> Self {
+        let next = Self::new(&self.pool, &self.id, address);
+        if let (Ok(old), Ok(mut new)) = (self.status.lock(), next.status.lock()) {
+            new.restarts = old.restarts + 1;
+            new.by_reason = old.by_reason;
+            new.by_reason[Reason::Rolling as usize] += 1;
+            new.last_exit = old.last_exit.clone();
+        }
+        next
+    }
+
+    /// See the field; set when its drain starts.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The program file when its process last started.
+    pub fn program(&self) -> Option<super::program::Stamp> {
+        self.program.lock().ok().and_then(|p| p.clone())
     }
 
     pub fn phase(&self) -> Phase {
@@ -221,8 +274,8 @@ impl Instance {
 
     /// Every word [`Self::state`] can say (`balancer_process_instances`
     /// lists each, 0 when no instance is in it).
-    pub const STATES: [&'static str; 6] = [
-        "starting", "ready", "backoff", "failed", "stopping", "stopped",
+    pub const STATES: [&'static str; 7] = [
+        "starting", "ready", "draining", "backoff", "failed", "stopping", "stopped",
     ];
 
     /// The state word of the status API; `up`: its backend passes its checks.
@@ -254,8 +307,13 @@ impl Instance {
             _ => None,
         };
         let usage = Self::usage(s.phase);
+        let state = match Self::state(s.phase, up) {
+            "ready" | "starting" if self.is_draining() => "draining",
+            other => other,
+        };
         json!({
-            "state": Self::state(s.phase, up),
+            "state": state,
+            "address": self.address.to_string(),
             "pid": pid,
             "uptime_seconds": uptime.map(|u| u.as_secs_f64()),
             "rss_bytes": usage.map(|u| u.rss_bytes),
@@ -271,8 +329,11 @@ impl Instance {
 #[derive(Debug)]
 pub(super) struct Runner {
     pub instance: Arc<Instance>,
-    pub config: config::InstanceConfig,
-    pub processes: Arc<config::ProcessesConfig>,
+    /// What it runs, at `instance.address`.
+    pub slot: config::Slot,
+    /// The pool's table: read when used, so a reload's new stop and
+    /// restart settings apply to running instances.
+    pub processes: Arc<ArcSwap<config::ProcessesConfig>>,
     /// The live snapshot: the instance's `Backend` is looked up in it when
     /// it exits (a reload that kept the pool kept the same `Backend`).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -281,7 +342,6 @@ pub(super) struct Runner {
 
 impl Runner {
     pub async fn run(self) {
-        let policy = RestartPolicy::of(&self.processes);
         let mut restarts = Restarts::default();
         let (pool, instance) = (&*self.instance.pool, &*self.instance.id);
         loop {
@@ -291,8 +351,13 @@ impl Runner {
             }
             self.instance.update(|s| s.phase = Phase::Starting);
             let started = Instant::now();
+            let processes = self.processes.load_full();
+            let stamp = super::program::Stamp::of(&self.slot.argv, processes.cwd.as_deref());
+            if let Ok(mut p) = self.instance.program.lock() {
+                *p = stamp;
+            }
             let (pid, exit) =
-                match spawn::command(&self.config, &self.processes).and_then(|mut c| c.spawn()) {
+                match spawn::command(&self.slot, &processes).and_then(|mut c| c.spawn()) {
                     Ok(child) => match self.supervise(child).await {
                         Some(exited) => exited,
                         None => return,
@@ -304,6 +369,7 @@ impl Runner {
                 };
             let uptime = started.elapsed();
             self.take_out_of_rotation();
+            let policy = RestartPolicy::of(&self.processes.load());
             let decision = restarts.on_exit(Instant::now(), uptime, &policy);
             let total = restarts.total();
             let last = exit.clone();
@@ -402,7 +468,7 @@ impl Runner {
             pool = &**pool,
             instance = &**instance,
             pid,
-            address = %self.config.address,
+            address = %self.slot.address,
             "instance started"
         );
         let waited = tokio::select! {
@@ -434,7 +500,8 @@ impl Runner {
                 pid: pid.unwrap_or(0),
             }
         });
-        let signal = self.processes.stop_signal;
+        let processes = self.processes.load_full();
+        let signal = processes.stop_signal;
         tracing::info!(
             pool,
             instance,
@@ -443,7 +510,7 @@ impl Runner {
             "stopping instance"
         );
         signal_group(pid, stop_signal(signal));
-        let timeout = self.processes.stop_timeout;
+        let timeout = processes.stop_timeout;
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => {
                 tracing::info!(pool, instance, pid, exit = %Exit::of(status), "instance stopped");
@@ -468,13 +535,16 @@ impl Runner {
         self.instance.update(|s| s.phase = Phase::Stopped);
     }
 
-    /// Its backend takes no request until its health check passes again.
+    /// Its backend takes no request until its health check passes again
+    /// (if the backend is this process's: not once a rolling restart moved
+    /// it to the replacement).
     fn take_out_of_rotation(&self) {
         let snap = self.snapshot.load();
-        let backend = snap
-            .pools
-            .get(&*self.instance.pool)
-            .and_then(|p| p.backends.iter().find(|b| b.id == self.instance.id));
+        let backend = snap.pools.get(&*self.instance.pool).and_then(|p| {
+            p.backends
+                .iter()
+                .find(|b| b.id == self.instance.id && b.address == self.instance.address)
+        });
         if let Some(b) = backend {
             b.take_down(now_ms());
         }

@@ -10,6 +10,9 @@
 //!                                                   ▼
 //!                                   Instance state ─▶ GET /api/status ("process"), /metrics
 //!                                   (+ RSS and CPU from /proc at read time: usage.rs)
+//!  reload ──Supervisor::reloaded──▶ start added instances, retire removed ones (drain, stop),
+//!                                   rolling restart of changed ones (rolling.rs)
+//!  POST /api/pools/P/restart ──────▶ rolling restart of every instance of P
 //! ```
 //!
 //! An instance is a backend like a listed one (`{pool}-{index}` at
@@ -18,20 +21,28 @@
 //! health check passes, and the moment its process exits the supervisor
 //! marks its backend down (no waiting for the next failed check).
 //!
-//! The set of instances is fixed while the balancer runs: a reload that
-//! changes a `[pool.processes]` table is refused ([`reload_refusal`]);
-//! scaling and rolling restarts come later. On shutdown, after client
-//! connections are drained, [`Supervisor::shutdown`] stops every instance.
+//! The running processes decide the backends' addresses: a reload's new
+//! config gets them written in ([`Supervisor::place`]) before its snapshot
+//! is built, so an instance moved to its surge port by a rolling restart
+//! stays there, and a new command line or port takes effect through a
+//! rolling restart, never by pointing a backend at a port nothing
+//! listens on. On shutdown, after client connections are drained,
+//! [`Supervisor::shutdown`] stops every instance.
 
 mod backoff;
 mod instance;
 pub mod output;
+mod program;
+mod rolling;
 pub mod spawn;
 mod usage;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,62 +50,425 @@ pub use backoff::{Decision, RestartPolicy, Restarts};
 pub use instance::{Exit, Instance, Phase, Reason};
 pub use usage::Usage;
 
-use crate::runtime::Snapshot;
+use crate::runtime::{BackendKey, Snapshot};
+use crate::upstream::Backend;
+
+/// Close code for the WebSocket clients of an instance a rolling restart
+/// replaces ("service restart": come back now).
+pub const RESTART_CLOSE_CODE: u16 = 1012;
+/// ...and of an instance scaling down removes ("going away").
+pub const RETIRE_CLOSE_CODE: u16 = 1001;
+
+/// A request to the serve loop: rebuild the snapshot with the instances'
+/// current addresses ([`Supervisor::place`]), `ready` counted up at once
+/// (the supervisor checked it), then reply.
+#[derive(Debug)]
+pub struct Swap {
+    pub ready: BackendKey,
+    pub reply: oneshot::Sender<()>,
+}
 
 /// Every supervised instance of the running config.
 #[derive(Debug)]
 pub struct Supervisor {
-    instances: Vec<Arc<Instance>>,
+    state: Mutex<State>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    swap: mpsc::Sender<Swap>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The instance serving each supervised backend, pool by pool in
+    /// config order, by index.
+    running: Vec<Handle>,
+    /// Processes on their way out (draining, then stopped).
+    retiring: Vec<Arc<Instance>>,
+    /// Each pool's table, shared with its runners (a reload swaps it).
+    pools: HashMap<String, Arc<ArcSwap<config::ProcessesConfig>>>,
+    /// The config in force.
+    config: Arc<config::Config>,
+    /// Pools with a rolling restart under way; `true`: another was asked
+    /// for meanwhile, and runs when this one ends.
+    restarting: HashMap<String, bool>,
+}
+
+/// One running instance and how to stop it.
+#[derive(Debug)]
+struct Handle {
+    instance: Arc<Instance>,
+    index: u32,
+    /// Which of its slots it runs (0: its port, 1: its surge port), and
+    /// the slot itself as it was started.
+    slot_n: usize,
+    slot: config::Slot,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Supervisor {
     /// Starts every instance of `config` (call from the balancer's main
     /// runtime: see [`spawn`] on why the spawning thread matters). Their
-    /// backends are looked up in `snapshot` when they exit.
-    pub fn start(config: &config::Config, snapshot: Arc<ArcSwap<Snapshot>>) -> Arc<Self> {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let mut instances = Vec::new();
-        for p in &config.processes {
-            let processes = Arc::new(p.clone());
-            for inst in &p.instances {
-                let instance = Arc::new(Instance::new(&p.pool, &inst.id));
-                instances.push(Arc::clone(&instance));
-                let runner = instance::Runner {
-                    instance,
-                    config: inst.clone(),
-                    processes: Arc::clone(&processes),
-                    snapshot: Arc::clone(&snapshot),
-                    stop: stop.clone(),
-                };
-                tasks.spawn(runner.run());
+    /// backends are looked up in `snapshot` when they exit. The serve loop
+    /// answers the returned receiver's [`Swap`] requests.
+    pub fn start(
+        config: &config::Config,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+    ) -> (Arc<Self>, mpsc::Receiver<Swap>) {
+        let (swap, swaps) = mpsc::channel(1);
+        let sup = Arc::new(Self {
+            state: Mutex::new(State {
+                running: Vec::new(),
+                retiring: Vec::new(),
+                pools: HashMap::new(),
+                config: Arc::new(config.clone()),
+                restarting: HashMap::new(),
+            }),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            snapshot,
+            swap,
+        });
+        if let Ok(mut st) = sup.state.lock() {
+            for p in &config.processes {
+                let shared = Arc::new(ArcSwap::from_pointee(p.clone()));
+                st.pools.insert(p.pool.clone(), Arc::clone(&shared));
+                for inst in &p.instances {
+                    let Some(slot) = inst.slot(0) else { continue };
+                    let instance = Arc::new(Instance::new(&p.pool, &inst.id, slot.address));
+                    let handle = sup.launch(&shared, inst.index, 0, slot, instance);
+                    st.running.push(handle);
+                }
             }
         }
-        tasks.close();
-        Arc::new(Self {
-            instances,
+        (sup, swaps)
+    }
+
+    /// Starts a runner for `instance`, which runs `slot`.
+    fn launch(
+        &self,
+        processes: &Arc<ArcSwap<config::ProcessesConfig>>,
+        index: u32,
+        slot_n: usize,
+        slot: config::Slot,
+        instance: Arc<Instance>,
+    ) -> Handle {
+        let stop = self.stop.child_token();
+        let runner = instance::Runner {
+            instance: Arc::clone(&instance),
+            slot: slot.clone(),
+            processes: Arc::clone(processes),
+            snapshot: Arc::clone(&self.snapshot),
+            stop: stop.clone(),
+        };
+        let task = self.tasks.spawn(runner.run());
+        Handle {
+            instance,
+            index,
+            slot_n,
+            slot,
             stop,
-            tasks,
-        })
+            task: Some(task),
+        }
     }
 
-    /// Whether no pool is supervised.
+    /// Whether no pool is supervised (and nothing is on its way out).
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
+        self.state
+            .lock()
+            .map_or(true, |st| st.running.is_empty() && st.retiring.is_empty())
     }
 
-    /// Every instance, pool by pool in config order, by index.
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
+    /// Every instance serving a backend now, pool by pool in config order,
+    /// by index.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.state.lock().map_or_else(
+            |_| Vec::new(),
+            |st| st.running.iter().map(|h| Arc::clone(&h.instance)).collect(),
+        )
     }
 
-    /// The instance behind backend `id` of `pool`, if it is supervised.
-    pub fn instance(&self, pool: &str, id: &str) -> Option<&Arc<Instance>> {
-        self.instances
+    /// The instance behind backend `id` of `pool`, if it is supervised
+    /// (the one on its way out while no replacement runs yet).
+    pub fn instance(&self, pool: &str, id: &str) -> Option<Arc<Instance>> {
+        let st = self.state.lock().ok()?;
+        let running = st
+            .running
             .iter()
-            .find(|i| &*i.pool == pool && &*i.id == id)
+            .map(|h| &h.instance)
+            .find(|i| &*i.pool == pool && &*i.id == id);
+        running
+            .or_else(|| {
+                st.retiring
+                    .iter()
+                    .find(|i| &*i.pool == pool && &*i.id == id)
+            })
+            .cloned()
+    }
+
+    /// The processes on their way out.
+    pub fn retiring_instances(&self) -> Vec<Arc<Instance>> {
+        self.state
+            .lock()
+            .map_or_else(|_| Vec::new(), |st| st.retiring.clone())
+    }
+
+    /// A process on its way out that served `id` of `pool` at `address`.
+    pub fn retiring(
+        &self,
+        pool: &str,
+        id: &str,
+        address: std::net::SocketAddr,
+    ) -> Option<Arc<Instance>> {
+        let st = self.state.lock().ok()?;
+        st.retiring
+            .iter()
+            .find(|i| &*i.pool == pool && &*i.id == id && i.address == address)
+            .cloned()
+    }
+
+    /// Writes the address each running instance listens on into the
+    /// backends of `config` (see the module doc).
+    pub fn place(&self, config: &mut config::Config) {
+        let Ok(st) = self.state.lock() else { return };
+        for h in &st.running {
+            let backend = config
+                .pools
+                .iter_mut()
+                .filter(|p| p.name == *h.instance.pool)
+                .flat_map(|p| p.backends.iter_mut())
+                .find(|b| b.id == *h.instance.id);
+            if let Some(b) = backend {
+                b.address = h.instance.address;
+            }
+        }
+    }
+
+    /// A reload moved the balancer to `new` (its backends placed), and
+    /// `leaving` left the snapshot: start the instances it added, retire
+    /// those it removed (highest index first), and restart those whose
+    /// command line, environment, directory or program file changed.
+    pub fn reloaded(
+        self: &Arc<Self>,
+        new: &config::Config,
+        leaving: &[(BackendKey, Arc<Backend>)],
+    ) {
+        let mut restart: Vec<(String, Vec<String>)> = Vec::new();
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            let old = Arc::clone(&st.config);
+            st.config = Arc::new(new.clone());
+            for p in &new.processes {
+                match st.pools.get(&p.pool) {
+                    Some(shared) => shared.store(Arc::new(p.clone())),
+                    None => {
+                        st.pools
+                            .insert(p.pool.clone(), Arc::new(ArcSwap::from_pointee(p.clone())));
+                    }
+                }
+            }
+            let wanted = |pool: &str, id: &str| {
+                new.processes
+                    .iter()
+                    .find(|p| p.pool == pool)
+                    .and_then(|p| p.instances.iter().find(|i| i.id == id).map(|i| (p, i)))
+            };
+            // Removed: retire, highest index first.
+            let mut gone = Vec::new();
+            st.running.retain_mut(|h| {
+                if wanted(&h.instance.pool, &h.instance.id).is_some() {
+                    return true;
+                }
+                gone.push(Handle {
+                    instance: Arc::clone(&h.instance),
+                    index: h.index,
+                    slot_n: h.slot_n,
+                    slot: h.slot.clone(),
+                    stop: h.stop.clone(),
+                    task: h.task.take(),
+                });
+                false
+            });
+            gone.sort_by_key(|h| std::cmp::Reverse(h.index));
+            for h in gone {
+                let backend = leaving
+                    .iter()
+                    .find(|((pool, id), b)| {
+                        *pool == h.instance.pool
+                            && *id == h.instance.id
+                            && b.address == h.instance.address
+                    })
+                    .map(|(_, b)| Arc::clone(b));
+                let settings = st.pools.get(&*h.instance.pool).map(|p| p.load_full());
+                st.retiring.push(Arc::clone(&h.instance));
+                tracing::info!(
+                    pool = &*h.instance.pool,
+                    instance = &*h.instance.id,
+                    "instance removed from the config: draining, then stopping it"
+                );
+                let sup = Arc::clone(self);
+                self.tasks.spawn(async move {
+                    if let Some(settings) = settings {
+                        sup.retire(h, backend, RETIRE_CLOSE_CODE, &settings).await;
+                    }
+                });
+            }
+            // Kept: restart what changed. Added: start.
+            for p in &new.processes {
+                let Some(shared) = st.pools.get(&p.pool).cloned() else {
+                    continue;
+                };
+                let old_cwd = old
+                    .processes
+                    .iter()
+                    .find(|o| o.pool == p.pool)
+                    .map(|o| o.cwd.clone());
+                let mut changed = Vec::new();
+                for inst in &p.instances {
+                    let running = st
+                        .running
+                        .iter()
+                        .find(|h| *h.instance.pool == p.pool && *h.instance.id == inst.id);
+                    match running {
+                        Some(h) => {
+                            let same_line = inst.slot(h.slot_n).as_ref() == Some(&h.slot);
+                            let same_dir = old_cwd.as_ref() == Some(&p.cwd);
+                            let same_program = program::Stamp::of(&h.slot.argv, p.cwd.as_deref())
+                                == h.instance.program();
+                            if !(same_line && same_dir && same_program) {
+                                changed.push(inst.id.clone());
+                            }
+                        }
+                        // Between its old process and its replacement
+                        // (surge = 0): the restart starts it.
+                        None if st.restarting.contains_key(&p.pool)
+                            && st
+                                .retiring
+                                .iter()
+                                .any(|i| *i.pool == p.pool && *i.id == inst.id) => {}
+                        None => {
+                            let Some(slot) = inst.slot(0) else { continue };
+                            let instance = Arc::new(Instance::new(&p.pool, &inst.id, slot.address));
+                            tracing::info!(pool = %p.pool, instance = %inst.id, "instance added by the config: starting it");
+                            let handle = self.launch(&shared, inst.index, 0, slot, instance);
+                            st.running.push(handle);
+                        }
+                    }
+                }
+                if !changed.is_empty() {
+                    restart.push((p.pool.clone(), changed));
+                }
+            }
+            let order: Vec<&str> = new.processes.iter().map(|p| p.pool.as_str()).collect();
+            st.running
+                .sort_by_key(|h| (order.iter().position(|p| *p == &*h.instance.pool), h.index));
+        }
+        for (pool, ids) in restart {
+            self.restart(&pool, Some(ids), "reload");
+        }
+    }
+
+    /// `POST /api/pools/POOL/restart`: a rolling restart of every instance
+    /// of `pool`; the number of instances, or why not.
+    pub fn request_restart(self: &Arc<Self>, pool: &str) -> Result<usize, String> {
+        let count = self.state.lock().map_or(0, |st| {
+            st.running
+                .iter()
+                .filter(|h| &*h.instance.pool == pool)
+                .count()
+        });
+        if count == 0 {
+            return Err(format!("pool {pool:?} has no supervised instances"));
+        }
+        self.restart(pool, None, "admin");
+        Ok(count)
+    }
+
+    /// Starts a rolling restart of `ids` (all when `None`) of `pool`, or
+    /// queues one after the restart under way.
+    fn restart(self: &Arc<Self>, pool: &str, ids: Option<Vec<String>>, trigger: &'static str) {
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            if let Some(again) = st.restarting.get_mut(pool) {
+                tracing::info!(
+                    pool,
+                    trigger,
+                    "rolling restart asked for during one: it runs again when this one ends"
+                );
+                *again = true;
+                return;
+            }
+            st.restarting.insert(pool.to_string(), false);
+        }
+        let sup = Arc::clone(self);
+        let pool = pool.to_string();
+        self.tasks.spawn(async move {
+            let mut ids = ids;
+            loop {
+                rolling::run(&sup, &pool, ids.take(), trigger).await;
+                let Ok(mut st) = sup.state.lock() else { return };
+                match st.restarting.get(&pool) {
+                    Some(true) if !sup.stop.is_cancelled() => {
+                        st.restarting.insert(pool.clone(), false);
+                    }
+                    _ => {
+                        st.restarting.remove(&pool);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether a rolling restart of `pool` is under way.
+    pub fn is_restarting(&self, pool: &str) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|st| st.restarting.contains_key(pool))
+    }
+
+    /// Moves `handle`'s clients off (Close `code` spread over
+    /// `drain_spread`, then up to `drain_timeout` for requests in flight),
+    /// then stops its process.
+    async fn retire(
+        &self,
+        mut handle: Handle,
+        backend: Option<Arc<Backend>>,
+        code: u16,
+        settings: &config::ProcessesConfig,
+    ) {
+        let (pool, id) = (&*handle.instance.pool, &*handle.instance.id);
+        handle.instance.set_draining();
+        if let Some(b) = &backend {
+            b.drain_now(code, settings.drain_spread);
+            let deadline =
+                tokio::time::Instant::now() + settings.drain_spread + settings.drain_timeout;
+            while b.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = self.stop.cancelled() => break,
+                }
+            }
+            tracing::info!(
+                pool,
+                instance = id,
+                address = %handle.instance.address,
+                left = b.open_connections(),
+                "instance drained: stopping it"
+            );
+        }
+        handle.stop.cancel();
+        if let Some(task) = handle.task.take() {
+            let _ = task.await;
+        }
+        if let Ok(mut st) = self.state.lock() {
+            st.retiring.retain(|i| !Arc::ptr_eq(i, &handle.instance));
+        }
     }
 
     /// Stops every instance (its stop signal, SIGKILL after its
@@ -104,83 +478,18 @@ impl Supervisor {
             return;
         }
         tracing::info!(
-            instances = self.instances.len(),
+            instances = self.instances().len(),
             "stopping supervised instances"
         );
         self.stop.cancel();
+        self.tasks.close();
         self.tasks.wait().await;
     }
-}
-
-/// Why a reload from `old` to `new` must be refused: supervised pools
-/// cannot change yet (scaling and rolling restarts are a later step).
-pub fn reload_refusal(old: &config::Config, new: &config::Config) -> Option<String> {
-    let pools: std::collections::BTreeSet<&str> = old
-        .processes
-        .iter()
-        .chain(&new.processes)
-        .map(|p| p.pool.as_str())
-        .collect();
-    let changed: Vec<&str> = pools
-        .into_iter()
-        .filter(|pool| {
-            let find =
-                |c: &'_ config::Config| c.processes.iter().find(|p| p.pool == *pool).cloned();
-            find(old) != find(new)
-        })
-        .collect();
-    (!changed.is_empty()).then(|| {
-        format!(
-            "changing [pool.processes] on reload is not supported yet; restart the balancer (pools: {})",
-            changed.join(", ")
-        )
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(processes: &str) -> config::Config {
-        config::parse(&format!(
-            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n\
-             [[pool]]\nname = \"game\"\n{processes}\n[pool.health]\npath = \"/healthz\"\n\
-             [[route]]\nlistener = \"l\"\npool = \"game\"\n"
-        ))
-        .unwrap()
-    }
-
-    const GAME: &str =
-        "[pool.processes]\ncommand = [\"backend\", \"{port}\"]\nbase_port = 9001\ninstances = 2";
-
-    #[test]
-    fn an_unchanged_processes_table_reloads() {
-        let old = config(GAME);
-        // Other pool settings may change.
-        let new = config(&format!("policy = \"least_connections\"\n{GAME}"));
-        assert_eq!(reload_refusal(&old, &new), None);
-    }
-
-    #[test]
-    fn changing_adding_or_removing_a_processes_table_is_refused() {
-        let old = config(GAME);
-        let listed = config("[[pool.backend]]\nid = \"a\"\naddress = \"127.0.0.1:9001\"");
-        for (old, new) in [
-            (
-                &old,
-                &config(&GAME.replace("instances = 2", "instances = 3")),
-            ),
-            (&old, &config(&format!("{GAME}\nstop_timeout = \"1s\""))),
-            (&old, &listed),
-            (&listed, &old),
-        ] {
-            let why = reload_refusal(old, new).expect("refused");
-            assert_eq!(
-                why,
-                "changing [pool.processes] on reload is not supported yet; restart the balancer (pools: game)"
-            );
-        }
-    }
 
     #[test]
     fn each_exit_has_its_restart_reason() {

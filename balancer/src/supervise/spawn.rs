@@ -23,10 +23,11 @@ use std::process::Stdio;
 /// The hidden subcommand that wraps every instance.
 pub const EXEC_SUBCOMMAND: &str = "supervise-exec";
 
-/// The command that starts `instance` through [`exec`]: stdout and stderr
-/// piped (see [`super::output`]), stdin closed, its own process group.
+/// The command that starts `instance` (one slot of an instance) through
+/// [`exec`]: stdout and stderr piped (see [`super::output`]), stdin
+/// closed, its own process group.
 pub fn command(
-    instance: &config::InstanceConfig,
+    instance: &config::Slot,
     processes: &config::ProcessesConfig,
 ) -> std::io::Result<tokio::process::Command> {
     let me = std::env::current_exe()?;

@@ -46,7 +46,9 @@ pub struct Backend {
     /// is later).
     up_since: AtomicU64,
     /// Fired when a removed backend's drain time is over: its tunnels close.
-    drained: tokio_util::sync::CancellationToken,
+    /// Replaced by [`Backend::undrain`] (a supervised instance whose new
+    /// process took the same port).
+    drained: std::sync::Mutex<tokio_util::sync::CancellationToken>,
     /// [`Operator`] as a byte: set through the admin API, survives reloads.
     operator: AtomicU8,
     /// Open WebSocket tunnels (also counted in `open`).
@@ -59,6 +61,16 @@ pub struct Backend {
     /// and their wake-up when a place frees.
     waiters: AtomicUsize,
     freed: tokio::sync::Notify,
+    /// Set by [`Backend::drain_now`]: the Close code its tunnels send
+    /// (0: the config's `drain_close_code`) and the window their Close
+    /// frames are spread over.
+    drain_code: std::sync::atomic::AtomicU16,
+    drain_spread_ms: AtomicU64,
+    /// Tunnels that took their turn in the spread so far.
+    drain_turns: AtomicU64,
+    /// The supervisor holds it down (its process is being replaced):
+    /// passing checks do not bring it up.
+    held: std::sync::atomic::AtomicBool,
 }
 
 /// The operator's say about a backend (admin API), separate from health.
@@ -130,25 +142,81 @@ impl Backend {
             health_epoch: AtomicU64::new(0),
             ejection: Ejection::default(),
             up_since: AtomicU64::new(0),
-            drained: tokio_util::sync::CancellationToken::new(),
+            drained: std::sync::Mutex::new(tokio_util::sync::CancellationToken::new()),
             operator: AtomicU8::new(Operator::Enabled as u8),
             tunnels: AtomicUsize::new(0),
             metrics: std::sync::OnceLock::new(),
             operator_close: tokio::sync::Notify::new(),
             waiters: AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
+            drain_code: std::sync::atomic::AtomicU16::new(0),
+            drain_spread_ms: AtomicU64::new(0),
+            drain_turns: AtomicU64::new(0),
+            held: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Fires when this backend, removed from the config, has drained for
-    /// `drain_timeout`: its remaining tunnels close.
-    pub fn drained(&self) -> tokio_util::sync::CancellationToken {
-        self.drained.clone()
+    /// Ends the drain now: each tunnel sends Close `code` at its own
+    /// moment within `spread` (so its clients do not all reconnect in the
+    /// same second), then closes.
+    pub fn drain_now(&self, code: u16, spread: std::time::Duration) {
+        self.drain_code.store(code, Ordering::Relaxed);
+        self.drain_spread_ms
+            .store(spread.as_millis() as u64, Ordering::Relaxed);
+        self.finish_drain();
+    }
+
+    /// The Close code set by [`Backend::drain_now`], if any.
+    pub fn drain_code(&self) -> Option<u16> {
+        Some(self.drain_code.load(Ordering::Relaxed)).filter(|&c| c != 0)
+    }
+
+    /// Resolves when this backend's tunnels are to close: at the end of
+    /// its drain, then after this tunnel's share of the spread. The k-th
+    /// tunnel waits the fractional part of k times the golden ratio of the
+    /// window: any number of them covers it evenly (no two clusters, no
+    /// luck involved), the first at once.
+    pub async fn drain_turn(&self) {
+        self.drain_token().cancelled().await;
+        let spread = self.drain_spread_ms.load(Ordering::Relaxed);
+        if spread > 0 {
+            let k = self.drain_turns.fetch_add(1, Ordering::Relaxed);
+            let share = (k as f64 * 0.618_033_988_749_895).fract();
+            tokio::time::sleep(std::time::Duration::from_millis(spread).mul_f64(share)).await;
+        }
+    }
+
+    /// The supervisor replaces its process: down now, and checks do not
+    /// bring it up until [`Backend::release`].
+    pub fn hold(&self, now: u64) {
+        self.held.store(true, Ordering::Relaxed);
+        self.take_down(now);
+    }
+
+    /// Ends [`Backend::hold`].
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Relaxed);
     }
 
     /// Ends the drain: remaining tunnels get a Close frame and close.
     pub fn finish_drain(&self) {
-        self.drained.cancel();
+        self.drain_token().cancel();
+    }
+
+    fn drain_token(&self) -> tokio_util::sync::CancellationToken {
+        self.drained
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Tunnels opened from now on are not drained (those that were go on
+    /// closing): the same backend serves again, through a new process.
+    pub fn undrain(&self) {
+        let mut token = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        *token = tokio_util::sync::CancellationToken::new();
+        self.drain_code.store(0, Ordering::Relaxed);
+        self.drain_turns.store(0, Ordering::Relaxed);
     }
 
     /// Whether picks may choose this backend at `now`: up, not out, and
@@ -186,6 +254,9 @@ impl Backend {
 
     /// Records the checker's verdict at `now`; true when it changed the state.
     pub fn set_health(&self, h: Health, now: u64) -> bool {
+        if h == Health::Up && self.held.load(Ordering::Relaxed) {
+            return false;
+        }
         let old = self.health.swap(h as u8, Ordering::Relaxed);
         let changed = old != h as u8;
         if changed {
@@ -384,5 +455,70 @@ mod tests {
         b.set_health(Health::Down, 40);
         assert!(!b.is_usable(&at(41), &r));
         assert_eq!(b.health_changes(), 1);
+    }
+    /// When each of `n` tunnels' turn comes after `drain_now`, in ms.
+    async fn turns(b: &Arc<Backend>, n: usize) -> Vec<u64> {
+        let start = tokio::time::Instant::now();
+        let waits: Vec<_> = (0..n)
+            .map(|_| {
+                let b = Arc::clone(b);
+                tokio::spawn(async move {
+                    b.drain_turn().await;
+                    start.elapsed().as_millis() as u64
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        b.drain_now(1012, std::time::Duration::from_millis(1000));
+        let mut at = Vec::new();
+        for w in waits {
+            at.push(w.await.unwrap());
+        }
+        at.sort_unstable();
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_tunnels_take_turns_spread_over_the_window() {
+        let b = Arc::new(Backend::new(
+            "b",
+            "127.0.0.1:9".parse().unwrap(),
+            Health::Up,
+            None,
+            None,
+        ));
+        let at = turns(&b, 8).await;
+        assert_eq!(b.drain_code(), Some(1012));
+        // Golden-ratio turns: 0, 618, 236, 854, 472, 90, 708, 326 ms (the
+        // timer may round a sleep up by 1 ms).
+        let want = [0, 90, 236, 326, 472, 618, 708, 854];
+        assert!(
+            at.iter().zip(want).all(|(a, w)| (w..=w + 1).contains(a)),
+            "{at:?}"
+        );
+        // No gap wider than a quarter of the window.
+        assert!(at.windows(2).all(|w| w[1] - w[0] <= 250), "{at:?}");
+        // A tunnel opened once the backend serves again is not drained.
+        b.undrain();
+        assert_eq!(b.drain_code(), None);
+        let later = tokio::time::timeout(std::time::Duration::from_secs(60), b.drain_turn()).await;
+        assert!(later.is_err(), "an undrained backend's tunnels stay");
+        let again = turns(&b, 2).await;
+        assert!(
+            again[0] <= 1 && (618..=619).contains(&again[1]),
+            "the turns start over: {again:?}"
+        );
+    }
+
+    #[test]
+    fn a_held_backend_stays_down_until_released() {
+        let b = Backend::new("b", "127.0.0.1:9".parse().unwrap(), Health::Up, None, None);
+        b.hold(10);
+        assert_eq!(b.health(), Health::Down);
+        assert!(!b.set_health(Health::Up, 20), "checks cannot bring it up");
+        assert_eq!(b.health(), Health::Down);
+        b.release();
+        assert!(b.set_health(Health::Up, 30));
+        assert!(b.is_up());
     }
 }

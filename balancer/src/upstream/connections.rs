@@ -284,6 +284,12 @@ impl ConnectionPool {
     }
 
     /// Whether connections to this backend are TLS.
+    /// Its TLS settings, if it has them (a probe of a replacement process
+    /// uses the same).
+    pub fn tls(&self) -> Option<Arc<UpstreamTls>> {
+        self.tls.load_full()
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.load().is_some()
     }
