@@ -25,6 +25,41 @@ use serde::Deserialize;
 use crate::validate::{int_in, positive_duration};
 use crate::ConfigError;
 
+/// A `[[process]]` entry: one supervised program that is not a backend
+/// (a local `redis-server`, a worker), with the same start, restart,
+/// output and stop rules as an instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcess {
+    pub name: String,
+    pub command: Vec<String>,
+    /// Its `{port}`; with one, it is ready once it accepts TCP there.
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    #[serde(default)]
+    pub restart_delay: Option<String>,
+    #[serde(default)]
+    pub restart_delay_max: Option<String>,
+    #[serde(default)]
+    pub min_uptime: Option<String>,
+    #[serde(default)]
+    pub max_restarts: Option<i64>,
+    #[serde(default)]
+    pub restart_window: Option<String>,
+    #[serde(default)]
+    pub ready_timeout: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProcesses {
@@ -192,7 +227,8 @@ pub const MAX_INSTANCES: i64 = 256;
 /// What the placeholders of one instance stand for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Vars<'a> {
-    pub port: u16,
+    /// `None` for a `[[process]]` without a `port`.
+    pub port: Option<u16>,
     pub id: &'a str,
     pub index: u32,
     pub pool: &'a str,
@@ -228,7 +264,12 @@ pub(crate) fn expand(
             };
             let name = &tail[1..end];
             match name {
-                "port" => out.push_str(&vars.port.to_string()),
+                "port" => match vars.port {
+                    Some(port) => out.push_str(&port.to_string()),
+                    None => return Err(format!(
+                        "{{port}} in {template:?}, but this [[process]] has no port: set `port`"
+                    )),
+                },
                 "id" => out.push_str(vars.id),
                 "index" => out.push_str(&vars.index.to_string()),
                 "pool" => out.push_str(vars.pool),
@@ -273,8 +314,71 @@ pub(crate) fn processes_with_env(
     raw: RawProcesses,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<ProcessesConfig> {
+    table_from(e, path, pool, Layout::Pool, raw, env)
+}
+
+/// Validates the `[[process]]` entry at `path` (`process[0]`); its one
+/// instance has the entry's name as its id.
+pub(crate) fn process_from(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    raw: RawProcess,
+) -> Option<ProcessesConfig> {
+    let has_port = raw.port.is_some();
+    let table = RawProcesses {
+        command: raw.command,
+        instances: None,
+        base_port: raw.port.unwrap_or(1),
+        host: raw.host,
+        cwd: raw.cwd,
+        env: raw.env,
+        stop_signal: raw.stop_signal,
+        stop_timeout: raw.stop_timeout,
+        restart_delay: raw.restart_delay,
+        restart_delay_max: raw.restart_delay_max,
+        min_uptime: raw.min_uptime,
+        max_restarts: raw.max_restarts,
+        restart_window: raw.restart_window,
+        surge: Some(0),
+        surge_port_offset: None,
+        drain_spread: None,
+        drain_timeout: None,
+        ready_timeout: raw.ready_timeout,
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    table_from(
+        e,
+        path,
+        &raw.name,
+        Layout::Process { has_port },
+        table,
+        &env,
+    )
+}
+
+/// A `[pool.processes]` table or a `[[process]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Pool,
+    Process { has_port: bool },
+}
+
+fn table_from(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    pool: &str,
+    layout: Layout,
+    raw: RawProcesses,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ProcessesConfig> {
     let before = e.len();
-    let count = instances(e, &format!("{path}.instances"), raw.instances.as_ref());
+    let (count, port_key) = match layout {
+        Layout::Pool => (
+            instances(e, &format!("{path}.instances"), raw.instances.as_ref()),
+            "base_port",
+        ),
+        Layout::Process { .. } => (1, "port"),
+    };
     let host = match raw.host.as_deref() {
         None => IpAddr::from([127, 0, 0, 1]),
         Some(h) => h.parse::<IpAddr>().unwrap_or_else(|_| {
@@ -289,11 +393,12 @@ pub(crate) fn processes_with_env(
         raw.base_port as u16
     } else {
         e.push(ConfigError::new(
-            format!("{path}.base_port"),
+            format!("{path}.{port_key}"),
             format!("{} is out of range (1 to 65535)", raw.base_port),
         ));
         1
     };
+    let has_port = layout != Layout::Process { has_port: false };
     if i64::from(base_port) + i64::from(count) - 1 > 65_535 {
         e.push(ConfigError::new(
             format!("{path}.base_port"),
@@ -310,9 +415,13 @@ pub(crate) fn processes_with_env(
             "needs the program to run, then its arguments, e.g. [\"target/release/backend\", \"--listen\", \"127.0.0.1:{port}\"]",
         ));
     }
-    let first_id = format!("{pool}-1");
+    let id_of = |index: u32| match layout {
+        Layout::Pool => format!("{pool}-{index}"),
+        Layout::Process { .. } => pool.to_string(),
+    };
+    let first_id = id_of(1);
     let first = Vars {
-        port: base_port,
+        port: has_port.then_some(base_port),
         id: &first_id,
         index: 1,
         pool,
@@ -449,9 +558,9 @@ pub(crate) fn processes_with_env(
     let instances = (1..=count)
         .map(|index| {
             let port = base_port + (index - 1) as u16;
-            let id = format!("{pool}-{index}");
+            let id = id_of(index);
             let vars = Vars {
-                port,
+                port: has_port.then_some(port),
                 id: &id,
                 index,
                 pool,
@@ -459,10 +568,13 @@ pub(crate) fn processes_with_env(
             // Checked above on the first instance; the same templates
             // cannot fail on another.
             let slot = |port: u16| {
-                let vars = Vars { port, ..vars };
+                let vars = Vars {
+                    port: has_port.then_some(port),
+                    ..vars
+                };
                 let x = |t: &str| expand(t, &vars, env).unwrap_or_default();
                 Slot {
-                    address: SocketAddr::new(host, port),
+                    address: SocketAddr::new(host, if has_port { port } else { 0 }),
                     argv: raw.command.iter().map(|a| x(a)).collect(),
                     env: raw.env.iter().map(|(k, v)| (k.clone(), x(v))).collect(),
                 }
@@ -538,6 +650,11 @@ pub(crate) fn check_ports(
     supervised: &[(String, &ProcessesConfig)],
     taken: &[Taken],
 ) {
+    // A `[[process]]` without a port listens nowhere the balancer knows.
+    let supervised: Vec<&(String, &ProcessesConfig)> = supervised
+        .iter()
+        .filter(|(_, p)| p.instances.iter().all(|i| i.address.port() != 0))
+        .collect();
     for (i, (path, p)) in supervised.iter().enumerate() {
         let others = supervised[..i].iter().flat_map(|(other_path, o)| {
             addresses(o).map(move |(id, address, spare)| Taken {
@@ -556,6 +673,8 @@ pub(crate) fn check_ports(
         if let Some(((id, address, spare), t)) = hit {
             let (key, what) = if spare {
                 ("surge_port_offset", "its replacement")
+            } else if path.starts_with("process[") {
+                ("port", "process")
             } else {
                 ("base_port", "instance")
             };
@@ -628,7 +747,7 @@ mod tests {
 
     fn vars() -> Vars<'static> {
         Vars {
-            port: 9002,
+            port: Some(9002),
             id: "game-2",
             index: 2,
             pool: "game",
@@ -962,6 +1081,68 @@ mod tests {
         assert_eq!(
             errs,
             ["pool[0].processes.base_port: instance game-2 would listen on 127.0.0.1:9002, which listener \"public\" uses already"]
+        );
+    }
+
+    /// `file(MINIMAL, "")` with `[[process]]` entries after it.
+    fn with_process(entries: &str) -> String {
+        format!("{}{entries}", file(MINIMAL, ""))
+    }
+
+    #[test]
+    fn a_process_entry_is_one_instance_named_after_it() {
+        let c = crate::parse(&with_process(
+            "[[process]]\nname = \"redis\"\ncommand = [\"redis-server\", \"--port\", \"{port}\", \"--save\", \"\"]\nport = 6390\n\
+             stop_signal = \"SIGINT\"\nready_timeout = \"5s\"\n\
+             [[process]]\nname = \"worker\"\ncommand = [\"worker\", \"--name\", \"{id}\"]\nenv = { QUEUE = \"{pool}\" }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.services.len(), 2);
+        let redis = &c.services[0];
+        assert_eq!(redis.pool, "redis");
+        assert_eq!(redis.instances.len(), 1);
+        let i = &redis.instances[0];
+        assert_eq!(i.id, "redis");
+        assert_eq!(i.address.to_string(), "127.0.0.1:6390");
+        assert_eq!(i.argv, ["redis-server", "--port", "6390", "--save", ""]);
+        assert_eq!(i.spare, None, "no surge for a process");
+        assert_eq!(redis.stop_signal, StopSignal::Int);
+        assert_eq!(redis.ready_timeout, Duration::from_secs(5));
+        let worker = &c.services[1].instances[0];
+        assert_eq!(worker.argv, ["worker", "--name", "worker"]);
+        assert_eq!(worker.env, [("QUEUE".to_string(), "worker".to_string())]);
+        assert_eq!(
+            worker.address.port(),
+            0,
+            "listens nowhere the balancer knows"
+        );
+        // Not a backend of any pool.
+        assert!(c
+            .pools
+            .iter()
+            .all(|p| p.backends.iter().all(|b| b.id.starts_with("game-"))));
+    }
+
+    #[test]
+    fn process_entries_report_every_bad_key() {
+        let errs = errors(&with_process(
+            "[[process]]\nname = \"w\"\ncommand = [\"worker\", \"{port}\"]\n\
+             [[process]]\nname = \"w\"\ncommand = []\nport = 0\n\
+             [[process]]\nname = \"game\"\ncommand = [\"x\"]\n\
+             [[process]]\nname = \"r\"\ncommand = [\"redis-server\"]\nport = 9002\n\
+             [[process]]\nname = \"s\"\ncommand = [\"x\"]\ninstances = 2\n",
+        ));
+        assert_exactly(
+            &errs,
+            &[
+                "process[0].command[1]: {port} in \"{port}\", but this [[process]] has no port: set `port`",
+                "process[1].name: duplicate process name \"w\"",
+                "process[1].port: 0 is out of range (1 to 65535)",
+                "process[1].command: needs the program to run",
+                "process[2].name: \"game\" names a pool already",
+                "process[3].port: process r would listen on 127.0.0.1:9002, which pool[0].processes (game-2) uses already",
+                "process[4].instances: unknown field `instances`",
+            ],
         );
     }
 }

@@ -15,6 +15,7 @@ pub struct RawFile {
     pub listener: Vec<(usize, RawListener)>,
     pub pool: Vec<(usize, RawPool)>,
     pub route: Vec<(usize, RawRoute)>,
+    pub process: Vec<(usize, crate::processes::RawProcess)>,
     pub timeouts: RawTimeouts,
     pub trusted_proxies: Vec<String>,
     pub client_ip_header: Option<String>,
@@ -233,6 +234,7 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
             "listener" => file.listener = elements(&key, value, &mut file.errors),
             "pool" => file.pool = elements(&key, value, &mut file.errors),
             "route" => file.route = elements(&key, value, &mut file.errors),
+            "process" => file.process = elements(&key, value, &mut file.errors),
             "timeouts" => {
                 if let Some(t) = one(&key, value, &mut file.errors) {
                     file.timeouts = t;
@@ -252,7 +254,7 @@ pub fn parse(text: &str) -> Result<RawFile, ConfigErrors> {
             "drain_close_code" => file.drain_close_code = one(&key, value, &mut file.errors),
             _ => file.errors.push(ConfigError::new(
                 key.clone(),
-                "unknown key (expected one of: listener, pool, route, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, buffer_dir, admin, limits)",
+                "unknown key (expected one of: listener, pool, route, process, timeouts, trusted_proxies, client_ip_header, drain_timeout, drain_close_code, upgrade_socket, buffer_dir, admin, limits)",
             )),
         }
     }

@@ -34,6 +34,9 @@ pub struct Config {
     /// `[pool.processes]` of every supervised pool, in pool order (kept
     /// beside the pools: their backends are in [`PoolConfig::backends`]).
     pub processes: Vec<crate::ProcessesConfig>,
+    /// `[[process]]` entries, in file order: each a table of one instance
+    /// whose id is the entry's name (its `pool` is the name too).
+    pub services: Vec<crate::ProcessesConfig>,
 }
 
 /// `[admin]`.

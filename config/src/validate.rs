@@ -19,6 +19,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         listener,
         pool,
         route,
+        process,
         timeouts,
         trusted_proxies,
         client_ip_header,
@@ -341,12 +342,38 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
         });
     }
 
+    let mut services = Vec::new();
+    let mut service_names = HashSet::new();
+    for (i, raw) in process {
+        let path = format!("process[{i}]");
+        check_name(e, &format!("{path}.name"), &raw.name);
+        if !service_names.insert(raw.name.clone()) {
+            e.push(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate process name {:?}", raw.name),
+            ));
+        }
+        if pool_names.contains(&raw.name) {
+            e.push(ConfigError::new(
+                format!("{path}.name"),
+                format!(
+                    "{:?} names a pool already (logs and the status API tell them apart by name)",
+                    raw.name
+                ),
+            ));
+        }
+        if let Some(p) = crate::processes::process_from(e, &path, raw) {
+            services.push((path, p));
+        }
+    }
     let supervised: Vec<(String, &crate::ProcessesConfig)> = processes
         .iter()
+        .chain(&services)
         .map(|(path, p)| (path.clone(), p))
         .collect();
     crate::processes::check_ports(e, &supervised, &taken);
     let processes: Vec<crate::ProcessesConfig> = processes.into_iter().map(|(_, p)| p).collect();
+    let services: Vec<crate::ProcessesConfig> = services.into_iter().map(|(_, p)| p).collect();
 
     let mut routes = Vec::new();
     let mut seen_routes = HashSet::new();
@@ -463,6 +490,7 @@ pub(crate) fn validate(file: RawFile) -> Result<Config, ConfigErrors> {
             limits,
             buffer_dir,
             processes,
+            services,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -188,3 +188,28 @@ impl Page {
         std::fs::write(path, png).unwrap();
     }
 }
+
+/// Logs a page of the game's browser client in as `name` and waits until
+/// it is connected and in the lobby: `(its player id, its process id)`.
+pub async fn play(page: &mut Page, name: &str) -> (String, String) {
+    // The page may still be loading: wait for its script first.
+    page.wait_for("typeof window.game", |v| v == "object").await;
+    let ok = page.eval(&format!("game.login({name:?})")).await;
+    assert_eq!(ok, true, "login from the page");
+    let me = page
+        .wait_for(
+            "game.state.connected && game.state.room === 'lobby' && game.state.player",
+            Value::is_string,
+        )
+        .await;
+    let process = page.eval("game.state.process").await;
+    (
+        me.as_str().unwrap().to_string(),
+        process.as_str().unwrap().to_string(),
+    )
+}
+
+/// A page expression: `"x,y"` of `player` on that page, or null.
+pub fn pos_expr(player: &str) -> String {
+    format!("(p => p ? p.x + ',' + p.y : null)(game.state.players[{player:?}])")
+}

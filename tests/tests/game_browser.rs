@@ -8,32 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use tests::browser::{Browser, Page};
+use tests::browser::{play, pos_expr, Browser};
 use tests::game::Cluster;
 use tests::DEADLINE;
-
-/// Logs a page in and waits until it is connected and in the lobby.
-async fn play(page: &mut Page, name: &str) -> (String, String) {
-    // The page may still be loading: wait for its script first.
-    page.wait_for("typeof window.game", |v| v == "object").await;
-    let ok = page.eval(&format!("game.login({name:?})")).await;
-    assert_eq!(ok, true, "login from the page");
-    let me = page
-        .wait_for(
-            "game.state.connected && game.state.room === 'lobby' && game.state.player",
-            Value::is_string,
-        )
-        .await;
-    let process = page.eval("game.state.process").await;
-    (
-        me.as_str().unwrap().to_string(),
-        process.as_str().unwrap().to_string(),
-    )
-}
-
-fn pos_expr(player: &str) -> String {
-    format!("(p => p ? p.x + ',' + p.y : null)(game.state.players[{player:?}])")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_on_different_processes_see_each_others_moves() {

@@ -74,20 +74,9 @@ async fn loaded(page: &mut Page, origin: &str) {
 /// Logs a page in and waits until it is connected and in the lobby;
 /// returns its player id and process, and checks that its socket is wss.
 async fn play(page: &mut Page, name: &str, origin: &str) -> (String, String) {
-    let ok = page.eval(&format!("game.login({name:?})")).await;
-    assert_eq!(ok, true, "login from the page");
-    let me = page
-        .wait_for(
-            "game.state.connected && game.state.room === 'lobby' && game.state.player",
-            Value::is_string,
-        )
-        .await;
+    let played = tests::browser::play(page, name).await;
     assert_socket_is_wss(page, origin).await;
-    let process = page.eval("game.state.process").await;
-    (
-        me.as_str().unwrap().to_string(),
-        process.as_str().unwrap().to_string(),
-    )
+    played
 }
 
 /// The page's current game socket (the classic script's global `ws`) is

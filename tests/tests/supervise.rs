@@ -788,3 +788,47 @@ async fn a_replacement_that_never_gets_ready_stops_the_restart_and_the_old_one_s
         HashSet::from(["game-1".to_string(), "game-2".to_string()])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_entry_starts_first_and_the_pool_waits_for_it() {
+    // It takes a second to listen; the pool's instances start only then.
+    let svc = closed_port().port();
+    let backend = bin("backend").display().to_string();
+    let entry = format!(
+        "[[process]]\nname = \"svc\"\nport = {svc}\n\
+         command = [\"sh\", \"-c\", \"sleep 1; exec {backend} --listen 127.0.0.1:{{port}} --id {{id}}\"]\n"
+    );
+    let lb = Balancer::start(&format!("{entry}{}", config(&backends(1, ""))));
+    wait_status(&lb, "the instance ready", all_ready).await;
+    let lines = lb.proc.lines();
+    let at = |pred: &dyn Fn(&Value) -> bool| lines.iter().position(pred);
+    let ready =
+        at(&|v| v["message"] == "process ready" && v["process"] == "svc").expect("svc ready");
+    let started = at(&|v| v["message"] == "instance started" && v["instance"] == "game-1")
+        .expect("game-1 started");
+    assert!(ready < started, "game-1 started before svc was ready");
+    let s = status(&lb).await;
+    assert_eq!(s["processes"][0]["name"], "svc", "{s}");
+    assert_eq!(s["processes"][0]["state"], "ready", "{s}");
+    let svc_pid = pid(&s["processes"][0]);
+    let m = scrape(&lb).await;
+    let l = [("pool", ""), ("instance", "svc"), ("reason", "signal")];
+    assert_eq!(sample(&m, "balancer_process_restarts_total", &l), Some(0.0));
+
+    // A reload without it stops it; the pool is untouched.
+    let text = std::fs::read_to_string(lb.config_path()).unwrap();
+    let game = processes(&lb).await;
+    lb.rewrite_config(&text.replace(&entry, ""));
+    wait_gone(&[svc_pid]);
+    let end = Instant::now() + DEADLINE;
+    while status(&lb).await["processes"] != serde_json::json!([]) {
+        assert!(Instant::now() < end, "svc still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pids_of(&processes(&lb).await), pids_of(&game));
+    // And one with it again starts it.
+    lb.rewrite_config(&text);
+    lb.proc.wait_count("svc started again", 2, |v| {
+        v["message"] == "process ready" && v["process"] == "svc"
+    });
+}

@@ -149,6 +149,19 @@ pub(super) fn status(state: &AdminState) -> serde_json::Value {
         "generation": snap.generation,
         "pools": pools,
         "draining": draining,
+        "processes": state
+            .supervisor
+            .services()
+            .iter()
+            .map(|i| {
+                // An entry has no health check: `ready` while it runs.
+                let mut j = i.json(true);
+                if let Some(o) = j.as_object_mut() {
+                    o.insert("name".into(), json!(&*i.id));
+                }
+                j
+            })
+            .collect::<Vec<_>>(),
         "reloads": reloads,
         "certificates": certificates,
     })
@@ -223,19 +236,28 @@ fn processes(
 ) -> (Vec<ProcessSample>, Vec<ProcessStatesSample>) {
     let mut samples = Vec::new();
     let mut pools: Vec<ProcessStatesSample> = Vec::new();
-    for i in state.supervisor.instances() {
+    let services = state.supervisor.services();
+    let supervised = state.supervisor.instances();
+    for (i, service) in supervised
+        .iter()
+        .map(|i| (i, false))
+        .chain(services.iter().map(|i| (i, true)))
+    {
         let phase = i.phase();
-        let up = snap
-            .pools
-            .get(&*i.pool)
-            .and_then(|p| p.backends.iter().find(|b| b.id == i.id))
-            .is_some_and(|b| b.is_up());
+        let up = service
+            || snap
+                .pools
+                .get(&*i.pool)
+                .and_then(|p| p.backends.iter().find(|b| b.id == i.id))
+                .is_some_and(|b| b.is_up());
         let word = Instance::state(phase, up);
-        let pool = state_counts(&mut pools, &i.pool);
+        // A [[process]] entry is in no pool: its `pool` label is empty.
+        let pool_label = if service { "" } else { &i.pool };
+        let pool = state_counts(&mut pools, pool_label);
         count(pool, word);
         let restarts = i.restarts_by_reason();
         samples.push(ProcessSample {
-            pool: i.pool.to_string(),
+            pool: pool_label.to_string(),
             instance: i.id.to_string(),
             restarts: Reason::ALL
                 .iter()

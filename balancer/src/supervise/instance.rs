@@ -338,12 +338,24 @@ pub(super) struct Runner {
     /// it exits (a reload that kept the pool kept the same `Backend`).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub stop: CancellationToken,
+    /// Fired once the `[[process]]` entries are ready: a pool's instance
+    /// starts only then (the game's Redis first).
+    pub after: Option<CancellationToken>,
 }
 
 impl Runner {
     pub async fn run(self) {
         let mut restarts = Restarts::default();
         let (pool, instance) = (&*self.instance.pool, &*self.instance.id);
+        if let Some(after) = &self.after {
+            tokio::select! {
+                () = after.cancelled() => {}
+                () = self.stop.cancelled() => {
+                    self.instance.update(|s| s.phase = Phase::Stopped);
+                    return;
+                }
+            }
+        }
         loop {
             if self.stop.is_cancelled() {
                 self.instance.update(|s| s.phase = Phase::Stopped);

@@ -13,6 +13,8 @@
 //!  reload ──Supervisor::reloaded──▶ start added instances, retire removed ones (drain, stop),
 //!                                   rolling restart of changed ones (rolling.rs)
 //!  POST /api/pools/P/restart ──────▶ rolling restart of every instance of P
+//!  [[process]] entries (services.rs) ─▶ started first, the pools' instances once they are
+//!                                   ready; stopped last
 //! ```
 //!
 //! An instance is a backend like a listed one (`{pool}-{index}` at
@@ -34,6 +36,7 @@ mod instance;
 pub mod output;
 mod program;
 mod rolling;
+mod services;
 pub mod spawn;
 mod usage;
 
@@ -72,8 +75,14 @@ pub struct Swap {
 #[derive(Debug)]
 pub struct Supervisor {
     state: Mutex<State>,
+    /// The pools' instances (and rolling restarts).
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The `[[process]]` entries: stopped after the pools.
+    services_stop: CancellationToken,
+    service_tasks: TaskTracker,
+    /// Fired when the `[[process]]` entries are ready (see services.rs).
+    services_ready: CancellationToken,
     snapshot: Arc<ArcSwap<Snapshot>>,
     swap: mpsc::Sender<Swap>,
 }
@@ -85,6 +94,8 @@ struct State {
     running: Vec<Handle>,
     /// Processes on their way out (draining, then stopped).
     retiring: Vec<Arc<Instance>>,
+    /// One per `[[process]]` entry, in file order.
+    services: Vec<Handle>,
     /// Each pool's table, shared with its runners (a reload swaps it).
     pools: HashMap<String, Arc<ArcSwap<config::ProcessesConfig>>>,
     /// The config in force.
@@ -121,15 +132,20 @@ impl Supervisor {
             state: Mutex::new(State {
                 running: Vec::new(),
                 retiring: Vec::new(),
+                services: Vec::new(),
                 pools: HashMap::new(),
                 config: Arc::new(config.clone()),
                 restarting: HashMap::new(),
             }),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            services_stop: CancellationToken::new(),
+            service_tasks: TaskTracker::new(),
+            services_ready: CancellationToken::new(),
             snapshot,
             swap,
         });
+        services::start(&sup, &config.services);
         if let Ok(mut st) = sup.state.lock() {
             for p in &config.processes {
                 let shared = Arc::new(ArcSwap::from_pointee(p.clone()));
@@ -161,6 +177,7 @@ impl Supervisor {
             processes: Arc::clone(processes),
             snapshot: Arc::clone(&self.snapshot),
             stop: stop.clone(),
+            after: Some(self.services_ready.clone()),
         };
         let task = self.tasks.spawn(runner.run());
         Handle {
@@ -173,11 +190,12 @@ impl Supervisor {
         }
     }
 
-    /// Whether no pool is supervised (and nothing is on its way out).
+    /// Whether nothing is supervised (no pool, no `[[process]]`, nothing
+    /// on its way out).
     pub fn is_empty(&self) -> bool {
-        self.state
-            .lock()
-            .map_or(true, |st| st.running.is_empty() && st.retiring.is_empty())
+        self.state.lock().map_or(true, |st| {
+            st.running.is_empty() && st.retiring.is_empty() && st.services.is_empty()
+        })
     }
 
     /// Every instance serving a backend now, pool by pool in config order,
@@ -261,6 +279,7 @@ impl Supervisor {
             };
             let old = Arc::clone(&st.config);
             st.config = Arc::new(new.clone());
+            services::reloaded(self, &mut st, &old.services, &new.services);
             for p in &new.processes {
                 match st.pools.get(&p.pool) {
                     Some(shared) => shared.store(Arc::new(p.clone())),
@@ -484,6 +503,10 @@ impl Supervisor {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        // What the game needed beside its servers goes last.
+        self.services_stop.cancel();
+        self.service_tasks.close();
+        self.service_tasks.wait().await;
     }
 }
 
