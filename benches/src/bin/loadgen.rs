@@ -253,6 +253,13 @@ struct Counters {
     reconnects: AtomicU64,
     reconnect_failures: AtomicU64,
     away: AtomicU64,
+    /// Of the reconnects: on a process with another id than before (a
+    /// supervised instance's replacement keeps its id), with another
+    /// player id than before (the session was lost), and with no room
+    /// snapshot after `welcome` (the room was lost: joined again).
+    resumed_elsewhere: AtomicU64,
+    resumed_new_session: AtomicU64,
+    resumed_rejoined: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -507,6 +514,8 @@ struct Me {
     i: usize,
     room: usize,
     id: String,
+    /// The process that served the last connection.
+    process: String,
     local: Local,
     track: Track,
     rng: fastrand::Rng,
@@ -664,8 +673,19 @@ async fn connect(ctx: &Shared, me: &mut Me, token: &str, resume: bool) -> anyhow
             _ => {}
         }
     };
-    me.id = welcome["player"].as_str().unwrap_or_default().to_string();
-    ctx.set_process(me.i, welcome["process"].as_str().unwrap_or("?"));
+    let id = welcome["player"].as_str().unwrap_or_default().to_string();
+    let process = welcome["process"].as_str().unwrap_or("?").to_string();
+    if resume {
+        if id != me.id {
+            ctx.c.resumed_new_session.fetch_add(1, Ordering::Relaxed);
+        }
+        if process != me.process {
+            ctx.c.resumed_elsewhere.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    me.id = id;
+    ctx.set_process(me.i, &process);
+    me.process = process;
 
     let room = &ctx.rooms[me.room].name;
     let join = serde_json::json!({"v": 1, "t": "join", "room": room}).to_string();
@@ -707,6 +727,9 @@ async fn connect(ctx: &Shared, me: &mut Me, token: &str, resume: bool) -> anyhow
                     .position_in(&v)
                     .ok_or_else(|| anyhow!("room: the snapshot does not list the player"))?;
                 me.track.reset(at);
+                if resume && joined {
+                    ctx.c.resumed_rejoined.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(Conn { sink, stream });
             }
             "moved" | "chat" => {
@@ -752,6 +775,7 @@ async fn player(
         i,
         room: ctx.room_of(i),
         id: String::new(),
+        process: String::new(),
         local: Local::default(),
         track: Track::default(),
         rng: fastrand::Rng::new(),
@@ -1033,6 +1057,11 @@ struct Report {
     room_actions_while_away: u64,
     latency: Latency,
     reconnects: u64,
+    /// Of `reconnects`: on another process, with a new session, joined
+    /// their room again (see the counters).
+    resumed_elsewhere: u64,
+    resumed_new_session: u64,
+    resumed_rejoined: u64,
     reconnect_failures: u64,
     reconnect_failure_reasons: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
@@ -1288,6 +1317,9 @@ fn build_report(
         room_actions_while_away: c.away.load(Ordering::Relaxed),
         latency,
         reconnects: c.reconnects.load(Ordering::Relaxed),
+        resumed_elsewhere: c.resumed_elsewhere.load(Ordering::Relaxed),
+        resumed_new_session: c.resumed_new_session.load(Ordering::Relaxed),
+        resumed_rejoined: c.resumed_rejoined.load(Ordering::Relaxed),
         reconnect_failures: c.reconnect_failures.load(Ordering::Relaxed),
         reconnect_failure_reasons: lock(&ctx.reconnect_failures).clone(),
         rate_limited: errors.get("rate_limited").copied().unwrap_or(0),
@@ -1352,6 +1384,10 @@ fn print_text(r: &Report) {
     println!(
         "reconnects   {} ({} failed attempts), room actions while away {}",
         r.reconnects, r.reconnect_failures, r.room_actions_while_away
+    );
+    println!(
+        "resumes      {} on another backend id, {} with a new session (lost), {} had to join their room again",
+        r.resumed_elsewhere, r.resumed_new_session, r.resumed_rejoined
     );
     for (reason, n) in &r.reconnect_failure_reasons {
         println!("  reconnect failure x{n}: {reason}");
