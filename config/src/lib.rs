@@ -34,7 +34,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::Limits;
-pub use processes::{InstanceConfig, ProcessesConfig, Slot, StopSignal};
+pub use processes::{InstanceConfig, ProcessesConfig, RunAs, Slot, StopSignal};
 pub use protocols::{ProxyVersion, DEFAULT_UPGRADES};
 pub use tls::{CertificateFiles, HttpsRedirect, ListenerTls, PoolTls, TlsVersion, UnknownName};
 pub use types::{

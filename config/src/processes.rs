@@ -58,6 +58,10 @@ pub struct RawProcess {
     pub restart_window: Option<String>,
     #[serde(default)]
     pub ready_timeout: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +102,16 @@ pub struct RawProcesses {
     pub drain_timeout: Option<String>,
     #[serde(default)]
     pub ready_timeout: Option<String>,
+    #[serde(default)]
+    pub max_memory: Option<i64>,
+    #[serde(default)]
+    pub max_memory_for: Option<String>,
+    #[serde(default)]
+    pub ready: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// A validated `[pool.processes]` table of pool `pool`.
@@ -139,6 +153,26 @@ pub struct ProcessesConfig {
     /// How long a replacement may take to pass the pool's health check
     /// before the rolling restart gives up (and keeps the old process).
     pub ready_timeout: Duration,
+    /// Resident memory (bytes) an instance may stay above for
+    /// `max_memory_for` before it is replaced (gracefully: a rolling
+    /// restart of that instance); `None`: no limit.
+    pub max_memory: Option<u64>,
+    pub max_memory_for: Duration,
+    /// `ready = "line"`: an instance takes traffic only once it has also
+    /// written the line `READY=1` on its stdout (for servers that must
+    /// load something first, or have no HTTP to check).
+    pub ready_line: bool,
+    /// `user` (and `group`): who the processes run as; `None`: the
+    /// balancer's own user.
+    pub run_as: Option<RunAs>,
+}
+
+/// A user and group, looked up when the file loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One instance, everything resolved.
@@ -344,6 +378,11 @@ pub(crate) fn process_from(
         drain_spread: None,
         drain_timeout: None,
         ready_timeout: raw.ready_timeout,
+        max_memory: None,
+        max_memory_for: None,
+        ready: None,
+        user: raw.user,
+        group: raw.group,
     };
     let env = |name: &str| std::env::var(name).ok();
     table_from(
@@ -509,6 +548,11 @@ fn table_from(
         raw.ready_timeout.as_deref(),
         DEFAULT_READY_TIMEOUT,
     );
+    let max_memory_for = dur(
+        "max_memory_for",
+        raw.max_memory_for.as_deref(),
+        DEFAULT_MAX_MEMORY_FOR,
+    );
     if restart_delay_max < restart_delay {
         e.push(ConfigError::new(
             format!("{path}.restart_delay_max"),
@@ -523,6 +567,27 @@ fn table_from(
         i64::from(DEFAULT_MAX_RESTARTS),
     ) as u32;
     let surge = int_in(e, &format!("{path}.surge"), raw.surge, 0..=1, 1) as u32;
+    let run_as = run_as(e, path, raw.user.as_deref(), raw.group.as_deref());
+    let ready_line = match raw.ready.as_deref() {
+        None | Some("health") => false,
+        Some("line") => true,
+        Some(other) => {
+            e.push(ConfigError::new(
+                format!("{path}.ready"),
+                format!("unknown value {other:?} (expected \"health\": the pool's check, or \"line\": the check once it printed READY=1)"),
+            ));
+            false
+        }
+    };
+    let max_memory = raw.max_memory.map(|_| {
+        int_in(
+            e,
+            &format!("{path}.max_memory"),
+            raw.max_memory,
+            1_048_576..=1 << 50,
+            0,
+        ) as u64
+    });
     let surge_port_offset = int_in(
         e,
         &format!("{path}.surge_port_offset"),
@@ -606,7 +671,69 @@ fn table_from(
         drain_spread,
         drain_timeout,
         ready_timeout,
+        max_memory,
+        max_memory_for,
+        ready_line,
+        run_as,
     })
+}
+
+/// `user` and `group`: names (or numbers) looked up in `/etc/passwd` and
+/// `/etc/group`; the group defaults to the user's own.
+fn run_as(
+    e: &mut Vec<ConfigError>,
+    path: &str,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Option<RunAs> {
+    let Some(user) = user else {
+        if group.is_some() {
+            e.push(ConfigError::new(
+                format!("{path}.group"),
+                "needs `user` (the group of the user the processes run as)",
+            ));
+        }
+        return None;
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some((uid, own_gid)) = lookup(&passwd, user)
+        .and_then(|f| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+    else {
+        e.push(ConfigError::new(
+            format!("{path}.user"),
+            format!("no user {user:?} in /etc/passwd"),
+        ));
+        return None;
+    };
+    let gid = match group {
+        None => own_gid,
+        Some(g) => {
+            let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            match lookup(&groups, g).and_then(|f| f.get(2)?.parse().ok()) {
+                Some(gid) => gid,
+                None => {
+                    e.push(ConfigError::new(
+                        format!("{path}.group"),
+                        format!("no group {g:?} in /etc/group"),
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(RunAs {
+        user: user.to_string(),
+        uid,
+        gid,
+    })
+}
+
+/// The `:`-separated fields of the line of `file` (passwd or group format)
+/// whose name, or number, is `key`.
+fn lookup<'a>(file: &'a str, key: &str) -> Option<Vec<&'a str>> {
+    file.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && (f[0] == key || f[2] == key))
 }
 
 /// `instances`: 1 to 256, or `"cores"`.
@@ -708,6 +835,8 @@ pub const DEFAULT_SURGE_PORT_OFFSET: u16 = MAX_INSTANCES as u16;
 pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(5);
 /// Default for `processes.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `processes.max_memory_for`.
+pub const DEFAULT_MAX_MEMORY_FOR: Duration = Duration::from_secs(10);
 /// Default for `processes.ready_timeout`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for `processes.stop_timeout`.
@@ -811,6 +940,10 @@ mod tests {
         assert_eq!(p.drain_spread, Duration::from_secs(5));
         assert_eq!(p.drain_timeout, Duration::from_secs(30));
         assert_eq!(p.ready_timeout, Duration::from_secs(60));
+        assert_eq!(p.max_memory, None);
+        assert!(!p.ready_line);
+        assert_eq!(p.run_as, None);
+        assert_eq!(p.max_memory_for, Duration::from_secs(10));
         // Its replacement's slot: the surge port, expanded the same way.
         let spare = p.instances[1].spare.as_ref().unwrap();
         assert_eq!(spare.address.to_string(), "127.0.0.1:9258");
@@ -828,7 +961,7 @@ mod tests {
     #[test]
     fn rolling_restart_keys() {
         let c = crate::parse(&file(
-            &format!("{MINIMAL}\nsurge = 0\ndrain_spread = \"0s\"\ndrain_timeout = \"2s\"\nready_timeout = \"3s\""),
+            &format!("{MINIMAL}\nsurge = 0\ndrain_spread = \"0s\"\ndrain_timeout = \"2s\"\nready_timeout = \"3s\"\nmax_memory = 268435456\nmax_memory_for = \"1m\"\nready = \"line\""),
             "",
         ))
         .unwrap();
@@ -837,6 +970,9 @@ mod tests {
         assert_eq!(p.drain_spread, Duration::ZERO);
         assert_eq!(p.drain_timeout, Duration::from_secs(2));
         assert_eq!(p.ready_timeout, Duration::from_secs(3));
+        assert_eq!(p.max_memory, Some(256 << 20));
+        assert!(p.ready_line);
+        assert_eq!(p.max_memory_for, Duration::from_secs(60));
         assert!(p
             .instances
             .iter()
@@ -853,7 +989,7 @@ mod tests {
         );
 
         let errs = errors(&file(
-            &format!("{MINIMAL}\nsurge = 2\ndrain_spread = \"soon\"\ndrain_timeout = \"0s\"\nready_timeout = \"x\""),
+            &format!("{MINIMAL}\nsurge = 2\ndrain_spread = \"soon\"\ndrain_timeout = \"0s\"\nready_timeout = \"x\"\nmax_memory = 1000\nmax_memory_for = \"0s\"\nready = \"soon\""),
             "",
         ));
         assert_exactly(
@@ -863,6 +999,9 @@ mod tests {
                 "pool[0].processes.drain_spread: invalid duration \"soon\"",
                 "pool[0].processes.drain_timeout: must be longer than zero",
                 "pool[0].processes.ready_timeout: invalid duration \"x\"",
+                "pool[0].processes.max_memory: 1000 is out of range (1048576 to 1125899906842624)",
+                "pool[0].processes.max_memory_for: must be longer than zero",
+                "pool[0].processes.ready: unknown value \"soon\"",
             ],
         );
         let errs = errors(&file(&format!("{MINIMAL}\nsurge_port_offset = 1"), ""));
@@ -997,12 +1136,9 @@ mod tests {
             errs[0].starts_with("pool[0].processes.command: invalid type"),
             "{errs:?}"
         );
-        let errs = errors(&file(
-            "command = [\"b\"]\nbase_port = 9001\nuser = \"game\"",
-            "",
-        ));
+        let errs = errors(&file("command = [\"b\"]\nbase_port = 9001\nuid = 5", ""));
         assert!(
-            errs[0].starts_with("pool[0].processes.user: unknown field `user`"),
+            errs[0].starts_with("pool[0].processes.uid: unknown field `uid`"),
             "{errs:?}"
         );
         let errs = errors(&file(
@@ -1144,5 +1280,42 @@ mod tests {
                 "process[4].instances: unknown field `instances`",
             ],
         );
+    }
+
+    #[test]
+    fn user_and_group_are_looked_up_when_the_file_loads() {
+        let root = Some(RunAs {
+            user: "root".into(),
+            uid: 0,
+            gid: 0,
+        });
+        let c = crate::parse(&file(&format!("{MINIMAL}\nuser = \"root\""), "")).unwrap();
+        assert_eq!(c.processes[0].run_as, root);
+        let c = crate::parse(&file(
+            &format!("{MINIMAL}\nuser = \"root\"\ngroup = \"0\""),
+            "",
+        ))
+        .unwrap();
+        assert_eq!(c.processes[0].run_as, root);
+        let c = crate::parse(&with_process(
+            "[[process]]\nname = \"w\"\ncommand = [\"w\"]\nuser = \"root\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.services[0].run_as, root);
+        let errs = errors(&file(&format!("{MINIMAL}\nuser = \"lb-no-such-user\""), ""));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.user: no user \"lb-no-such-user\" in /etc/passwd"]
+        );
+        let errs = errors(&file(
+            &format!("{MINIMAL}\nuser = \"root\"\ngroup = \"lb-no-such-group\""),
+            "",
+        ));
+        assert_eq!(
+            errs,
+            ["pool[0].processes.group: no group \"lb-no-such-group\" in /etc/group"]
+        );
+        let errs = errors(&file(&format!("{MINIMAL}\ngroup = \"root\""), ""));
+        assert_eq!(errs, ["pool[0].processes.group: needs `user` (the group of the user the processes run as)"]);
     }
 }

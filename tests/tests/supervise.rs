@@ -885,3 +885,129 @@ async fn a_random_instance_sigkilled_every_2s_fails_no_request_at_64_connections
 async fn a_random_instance_sigkilled_every_2s_fails_no_request_at_256_connections() {
     sigkill_every_2s(256).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stays_over_max_memory_is_replaced_gracefully() {
+    // Any backend is over 1 MiB: it is replaced once it has been for 200 ms.
+    let lb = Balancer::start(&config(&backends(
+        1,
+        "max_memory = 1048576\nmax_memory_for = \"200ms\"\ndrain_spread = \"0s\"",
+    )));
+    let before = wait_status(&lb, "the instance ready", all_ready).await;
+    let (mut ws, id) = tests::ws::open_tunnel(lb.addr()).await;
+    assert_eq!(id, "game-1");
+    let over = lb
+        .proc
+        .wait_message("instance over max_memory: replacing it");
+    assert_eq!(over["max_memory"], 1_048_576, "{over}");
+    assert!(over["rss_bytes"].as_u64().unwrap() > 1_048_576, "{over}");
+    assert!(over["over_ms"].as_u64().unwrap() >= 200, "{over}");
+    // Its player is moved the way a deploy moves it: 1012, not a cut.
+    let (code, _) = ended(&mut ws, Instant::now() + DEADLINE)
+        .await
+        .expect("closed");
+    assert_eq!(code, 1012);
+    let after = wait_status(&lb, "a new process, counted as a memory restart", |p| {
+        all_ready(p) && pid(&p[0].1) != pid(&before[0].1)
+    })
+    .await;
+    assert!(after[0].1["restarts"].as_u64().unwrap() >= 1, "{after:?}");
+    let m = scrape(&lb).await;
+    let l = [
+        ("pool", "game"),
+        ("instance", "game-1"),
+        ("reason", "memory"),
+    ];
+    assert!(sample(&m, "balancer_process_restarts_total", &l).unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ready_line_an_instance_takes_traffic_only_after_it_prints_ready() {
+    // The backend answers its check at once, but says READY=1 only when
+    // the file `go` appears (a server still loading its world).
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let backend = bin("backend").display().to_string();
+    let script = format!(
+        "{backend} --listen 127.0.0.1:$1 --id $2 & while [ ! -e {go} ]; do sleep 0.05; done; echo READY=1; wait",
+        go = go.display()
+    );
+    let lb = Balancer::start(&config(&format!(
+        "command = [\"sh\", \"-c\", {script:?}, \"sh\", \"{{port}}\", \"{{id}}\"]\n\
+         base_port = {}\nready = \"line\"\nstop_timeout = \"5s\"",
+        free_ports(PORTS)
+    )));
+    lb.proc.wait_log("the backend listening", |v| {
+        v["instance"] == "game-1"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("listening"))
+    });
+    // Its check would pass; it is still held down.
+    let checks = lb.proc.count_messages("backend up");
+    let r = get(&h1(), &lb.url("/whoami")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let p = processes(&lb).await;
+    assert_eq!(p[0].1["state"], "starting", "{p:?}");
+    assert_eq!(checks, 0);
+
+    std::fs::write(&go, b"").unwrap();
+    wait_status(&lb, "ready after READY=1", all_ready).await;
+    let lines = lb.proc.lines();
+    let at = |pred: &dyn Fn(&Value) -> bool| lines.iter().position(pred);
+    let said =
+        at(&|v| v["instance"] == "game-1" && v["message"] == "READY=1").expect("READY=1 logged");
+    let up = at(&|v| v["message"] == "backend up" && v["backend"] == "game-1").expect("up");
+    assert!(said < up, "up before READY=1");
+    assert_eq!(
+        whoami_ids(&lb, 3).await,
+        HashSet::from(["game-1".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_runs_the_instances_as_that_user() {
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("nobody:")
+                .map(|r| r.split(':').nth(1).unwrap().to_string())
+        })
+        .expect("a nobody user");
+    let lb = Balancer::start(&config(&backends(1, "user = \"nobody\"")));
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        // Only root may switch users: the spawn fails, and says so.
+        let p = wait_status(&lb, "the spawn refused", |p| {
+            p[0].1["last_exit"]["error"].is_string()
+        })
+        .await;
+        let error = p[0].1["last_exit"]["error"].as_str().unwrap();
+        assert!(error.contains("not permitted"), "{error}");
+        return;
+    }
+    let p = wait_status(&lb, "the instance ready", all_ready).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid(&p[0].1))).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(field("Uid:"), nobody);
+    // No group of root's is left over.
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(
+        groups.split_whitespace().skip(1).all(|g| g != "0"),
+        "{groups}"
+    );
+    assert_eq!(
+        whoami_ids(&lb, 2).await,
+        HashSet::from(["game-1".to_string()])
+    );
+}

@@ -43,6 +43,8 @@ pub struct Instance {
     /// The program file as it was when the process last started: a
     /// reload that finds it changed restarts the instance.
     program: Mutex<Option<super::program::Stamp>>,
+    /// `ready = "line"`: fired when its current process printed READY=1.
+    announced: Mutex<CancellationToken>,
 }
 
 /// Where an instance is in its life.
@@ -142,16 +144,19 @@ pub enum Reason {
     Spawn,
     /// Replaced by a rolling restart (a deploy, not a failure).
     Rolling,
+    /// Replaced (gracefully) for staying above `max_memory`.
+    Memory,
 }
 
 impl Reason {
     /// In declaration order: `reason as usize` is its index.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Exit,
         Self::Signal,
         Self::Clean,
         Self::Spawn,
         Self::Rolling,
+        Self::Memory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +166,7 @@ impl Reason {
             Self::Clean => "clean",
             Self::Spawn => "spawn",
             Self::Rolling => "rolling",
+            Self::Memory => "memory",
         }
     }
 }
@@ -211,17 +217,27 @@ impl Instance {
             }),
             draining: AtomicBool::new(false),
             program: Mutex::new(None),
+            announced: Mutex::new(CancellationToken::new()),
         }
     }
 
+    /// Fired once its current process printed READY=1 (`ready = "line"`).
+    pub fn announced(&self) -> CancellationToken {
+        self.announced
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
     /// The instance a rolling restart starts in place of this one, at
-    /// `address`: the counts go on, one more restart for `rolling`.
-    pub fn successor(&self, address: SocketAddr) -> Self {
+    /// `address`: the counts go on, one more restart for `why`
+    /// ([`Reason::Rolling`] or [`Reason::Memory`]).
+    pub fn successor(&self, address: SocketAddr, why: Reason) -> Self {
         let next = Self::new(&self.pool, &self.id, address);
         if let (Ok(old), Ok(mut new)) = (self.status.lock(), next.status.lock()) {
             new.restarts = old.restarts + 1;
             new.by_reason = old.by_reason;
-            new.by_reason[Reason::Rolling as usize] += 1;
+            new.by_reason[why as usize] += 1;
             new.last_exit = old.last_exit.clone();
         }
         next
@@ -444,6 +460,28 @@ impl Runner {
     async fn supervise(&self, mut child: tokio::process::Child) -> Option<(Option<u32>, Exit)> {
         let (pool, instance) = (&self.instance.pool, &self.instance.id);
         let pid = child.id();
+        // `ready = "line"`: held down until this process says READY=1.
+        let gone = CancellationToken::new();
+        let _gone = gone.clone().drop_guard();
+        let announced = self.processes.load().ready_line.then(|| {
+            let token = CancellationToken::new();
+            if let Ok(mut t) = self.instance.announced.lock() {
+                *t = token.clone();
+            }
+            if let Some(b) = self.backend() {
+                b.hold(now_ms());
+                let token = token.clone();
+                let gone = gone.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = token.cancelled() => b.release(),
+                        // Exited first: the next process holds it anew.
+                        () = gone.cancelled() => {}
+                    }
+                });
+            }
+            token
+        });
         for (reader, stream) in [
             (
                 child
@@ -466,6 +504,7 @@ impl Runner {
                     Arc::clone(pool),
                     Arc::clone(instance),
                     stream,
+                    announced.clone().filter(|_| stream == "stdout"),
                 ));
             }
         }
@@ -551,15 +590,20 @@ impl Runner {
     /// (if the backend is this process's: not once a rolling restart moved
     /// it to the replacement).
     fn take_out_of_rotation(&self) {
+        if let Some(b) = self.backend() {
+            b.take_down(now_ms());
+        }
+    }
+
+    /// This process's backend in the live snapshot, if it has one there.
+    fn backend(&self) -> Option<Arc<crate::upstream::Backend>> {
         let snap = self.snapshot.load();
-        let backend = snap.pools.get(&*self.instance.pool).and_then(|p| {
+        snap.pools.get(&*self.instance.pool).and_then(|p| {
             p.backends
                 .iter()
                 .find(|b| b.id == self.instance.id && b.address == self.instance.address)
-        });
-        if let Some(b) = backend {
-            b.take_down(now_ms());
-        }
+                .cloned()
+        })
     }
 }
 

@@ -33,6 +33,7 @@
 
 mod backoff;
 mod instance;
+mod memory;
 pub mod output;
 mod program;
 mod rolling;
@@ -146,6 +147,7 @@ impl Supervisor {
             swap,
         });
         services::start(&sup, &config.services);
+        sup.tasks.spawn(memory::watch(Arc::clone(&sup)));
         if let Ok(mut st) = sup.state.lock() {
             for p in &config.processes {
                 let shared = Arc::new(ArcSwap::from_pointee(p.clone()));
@@ -266,7 +268,7 @@ impl Supervisor {
     /// A reload moved the balancer to `new` (its backends placed), and
     /// `leaving` left the snapshot: start the instances it added, retire
     /// those it removed (highest index first), and restart those whose
-    /// command line, environment, directory or program file changed.
+    /// command line, environment, directory, user or program file changed.
     pub fn reloaded(
         self: &Arc<Self>,
         new: &config::Config,
@@ -340,11 +342,12 @@ impl Supervisor {
                 let Some(shared) = st.pools.get(&p.pool).cloned() else {
                     continue;
                 };
-                let old_cwd = old
+                // Where and as whom it runs: a change restarts it too.
+                let old_place = old
                     .processes
                     .iter()
                     .find(|o| o.pool == p.pool)
-                    .map(|o| o.cwd.clone());
+                    .map(|o| (&o.cwd, &o.run_as));
                 let mut changed = Vec::new();
                 for inst in &p.instances {
                     let running = st
@@ -354,7 +357,7 @@ impl Supervisor {
                     match running {
                         Some(h) => {
                             let same_line = inst.slot(h.slot_n).as_ref() == Some(&h.slot);
-                            let same_dir = old_cwd.as_ref() == Some(&p.cwd);
+                            let same_dir = old_place == Some((&p.cwd, &p.run_as));
                             let same_program = program::Stamp::of(&h.slot.argv, p.cwd.as_deref())
                                 == h.instance.program();
                             if !(same_line && same_dir && same_program) {

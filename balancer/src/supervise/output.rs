@@ -77,16 +77,26 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The line that says an instance is ready (`ready = "line"`), as
+/// systemd's `sd_notify` spells it.
+pub const READY_LINE: &[u8] = b"READY=1";
+
 /// Logs every line of `reader` until it ends (the child closed the stream
-/// or exited).
+/// or exited); fires `ready` at a [`READY_LINE`], when given.
 pub async fn log_lines(
     mut reader: impl AsyncRead + Unpin,
     pool: std::sync::Arc<str>,
     instance: std::sync::Arc<str>,
     stream: &'static str,
+    ready: Option<tokio_util::sync::CancellationToken>,
 ) {
     let mut lines = LineSplitter::default();
     let emit = |bytes: &[u8], truncated: bool| {
+        if let Some(r) = &ready {
+            if !truncated && bytes.trim_ascii() == READY_LINE {
+                r.cancel();
+            }
+        }
         let text = String::from_utf8_lossy(bytes);
         let (pool, instance) = (&*pool, &*instance);
         if truncated {

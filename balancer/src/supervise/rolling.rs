@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Handle, Instance, Phase, Supervisor, Swap, RESTART_CLOSE_CODE};
+use super::{Handle, Instance, Phase, Reason, Supervisor, Swap, RESTART_CLOSE_CODE};
 use crate::clock::now_ms;
 use crate::upstream::{Backend, Health};
 
@@ -52,7 +52,12 @@ pub(super) async fn run(
         if sup.stop.is_cancelled() {
             return;
         }
-        if let Err(why) = replace(sup, pool, id).await {
+        let reason = if trigger == "memory" {
+            Reason::Memory
+        } else {
+            Reason::Rolling
+        };
+        if let Err(why) = replace(sup, pool, id, reason).await {
             tracing::error!(
                 pool,
                 instance = %id,
@@ -80,7 +85,12 @@ struct Plan {
     health: Option<config::HealthConfig>,
 }
 
-async fn replace(sup: &Arc<Supervisor>, pool: &str, id: &str) -> Result<(), String> {
+async fn replace(
+    sup: &Arc<Supervisor>,
+    pool: &str,
+    id: &str,
+    reason: Reason,
+) -> Result<(), String> {
     let plan = {
         let st = sup.state.lock().map_err(|_| "state lock poisoned")?;
         let Some(h) = st
@@ -131,6 +141,7 @@ async fn replace(sup: &Arc<Supervisor>, pool: &str, id: &str) -> Result<(), Stri
         tls: old_backend.as_ref().and_then(|b| b.connections.tls()),
         proxy_header: live.and_then(|p| p.upstream.proxy_header),
         timeout: settings.ready_timeout,
+        ready_line: settings.ready_line,
     };
     // The surge port unless the new config puts it where the old process is.
     let surge_slot = 1 - plan.old_slot.min(1);
@@ -140,7 +151,7 @@ async fn replace(sup: &Arc<Supervisor>, pool: &str, id: &str) -> Result<(), Stri
         .filter(|s| s.address != plan.old.address);
 
     if let Some(slot) = surge {
-        let next = Arc::new(plan.old.successor(slot.address));
+        let next = Arc::new(plan.old.successor(slot.address, reason));
         log_step(pool, id, &plan.old, &slot, "replacement starting");
         let handle = sup.launch(
             &plan.processes,
@@ -174,7 +185,7 @@ async fn replace(sup: &Arc<Supervisor>, pool: &str, id: &str) -> Result<(), Stri
     if let Some(b) = &old_backend {
         b.hold(now_ms());
     }
-    let next = Arc::new(plan.old.successor(slot.address));
+    let next = Arc::new(plan.old.successor(slot.address, reason));
     log_step(
         pool,
         id,
@@ -291,10 +302,33 @@ struct Probe {
     tls: Option<Arc<crate::upstream::UpstreamTls>>,
     proxy_header: Option<crate::upstream::ProxyHeader>,
     timeout: Duration,
+    /// `ready = "line"`: READY=1 first.
+    ready_line: bool,
 }
 
 impl Probe {
     async fn wait(&self, sup: &Supervisor, id: &str, next: &Instance) -> Result<(), String> {
+        if self.ready_line {
+            let announced = next.announced();
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                tokio::select! {
+                    () = announced.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = sup.stop.cancelled() => return Err("shutdown".into()),
+                }
+                match next.phase() {
+                    Phase::Running { .. } | Phase::Starting => {}
+                    _ => return Err("exited before it printed READY=1".into()),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "did not print READY=1 within ready_timeout ({:?})",
+                        self.timeout
+                    ));
+                }
+            }
+        }
         let Some(health) = &self.health else {
             return Ok(());
         };

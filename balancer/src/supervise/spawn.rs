@@ -47,6 +47,12 @@ pub fn command(
     if let Some(dir) = &processes.cwd {
         cmd.current_dir(dir);
     }
+    // Set in the child before it execs the wrapper (std drops the
+    // supplementary groups too when the balancer is root), so the
+    // wrapper's parent-death signal is set as that user and survives.
+    if let Some(u) = &processes.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
     Ok(cmd)
 }
 
