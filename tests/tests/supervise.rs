@@ -963,6 +963,16 @@ async fn with_ready_line_an_instance_takes_traffic_only_after_it_prints_ready() 
         whoami_ids(&lb, 3).await,
         HashSet::from(["game-1".to_string()])
     );
+
+    // A rolling restart waits for the replacement's READY=1 too.
+    let before = processes(&lb).await;
+    let r = admin_post(&lb, "/api/pools/game/restart").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let done = lb.proc.wait_message("rolling restart done");
+    assert_eq!(done["trigger"], "admin", "{done}");
+    let after = wait_status(&lb, "the replacement ready", all_ready).await;
+    assert_ne!(pid(&after[0].1), pid(&before[0].1));
+    assert_eq!(lb.proc.count_messages("READY=1"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

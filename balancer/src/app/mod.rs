@@ -299,7 +299,7 @@ impl App {
                     }
                 }
                 Some(swap) = swaps.recv() => {
-                    reloader.reapply(&swap.ready);
+                    reloader.reapply(swap.ready.as_ref());
                     let _ = swap.reply.send(());
                 }
                 Some(()) = hup_rx.recv() => {
@@ -356,7 +356,10 @@ impl App {
                 "grace period over: closing the remaining connections"
             );
         }
-        // Players are drained: now the processes that served them.
+        // Players are drained: now the processes that served them. Nothing
+        // answers a rolling restart's Swap any more: dropping the receiver
+        // drops what it holds, so no restart waits on an answer.
+        drop(swaps);
         supervisor.shutdown().await;
         tracing::info!("stopped");
     }

@@ -260,7 +260,7 @@ impl Reloader {
     /// config in force with the instances' addresses placed anew, built and
     /// applied like a reload, `ready` up from the start (the supervisor saw
     /// its check pass).
-    pub fn reapply(&mut self, ready: &crate::runtime::BackendKey) {
+    pub fn reapply(&mut self, ready: Option<&crate::runtime::BackendKey>) {
         let mut new = self.config.clone();
         if let Some(s) = &self.supervisor {
             s.place(&mut new);
@@ -268,7 +268,7 @@ impl Reloader {
         let plan = ReloadPlan::between(&self.config, &new);
         let old = self.proxy.snapshot.load_full();
         let snapshot = self.successor(&old, &new, &plan, &old.upstream_tls);
-        if let Some(b) = snapshot.backends().get(ready) {
+        if let Some(b) = ready.and_then(|k| snapshot.backends().get(k).cloned()) {
             b.set_health(Health::Up, now_ms());
         }
         let leaving = plan.leaving(&old);
@@ -276,10 +276,9 @@ impl Reloader {
         self.apply(&plan, new, &snapshot, HashMap::new(), leaving, tls);
         tracing::info!(
             generation = snapshot.generation,
-            pool = &*ready.0,
-            backend = &*ready.1,
+            ready = ready.is_some(),
             changes = %plan.summary(),
-            "backend moved to its new process"
+            "backends moved to their new processes"
         );
     }
 

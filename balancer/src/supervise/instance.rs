@@ -474,10 +474,12 @@ impl Runner {
                 let gone = gone.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        () = token.cancelled() => b.release(),
-                        // Exited first: the next process holds it anew.
+                        () = token.cancelled() => {}
+                        // Exited first (it is down already): the next
+                        // process, if it waits for the line, holds it anew.
                         () = gone.cancelled() => {}
                     }
+                    b.release();
                 });
             }
             token

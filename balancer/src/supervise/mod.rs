@@ -68,7 +68,7 @@ pub const RETIRE_CLOSE_CODE: u16 = 1001;
 /// (the supervisor checked it), then reply.
 #[derive(Debug)]
 pub struct Swap {
-    pub ready: BackendKey,
+    pub ready: Option<BackendKey>,
     pub reply: oneshot::Sender<()>,
 }
 
@@ -101,10 +101,16 @@ struct State {
     pools: HashMap<String, Arc<ArcSwap<config::ProcessesConfig>>>,
     /// The config in force.
     config: Arc<config::Config>,
-    /// Pools with a rolling restart under way; `true`: another was asked
-    /// for meanwhile, and runs when this one ends.
-    restarting: HashMap<String, bool>,
+    /// Pools with a rolling restart under way, and the one asked for
+    /// meanwhile (which ids, `None`: all; and why), run when it ends.
+    restarting: HashMap<String, Option<Queued>>,
+    /// `[[process]]` names a reload is stopping or starting (see services.rs).
+    pending_services: std::collections::HashSet<String>,
 }
+
+/// A rolling restart asked for while one runs: the ids (`None`: all) and
+/// the trigger.
+type Queued = (Option<Vec<String>>, &'static str);
 
 /// One running instance and how to stop it.
 #[derive(Debug)]
@@ -137,6 +143,7 @@ impl Supervisor {
                 pools: HashMap::new(),
                 config: Arc::new(config.clone()),
                 restarting: HashMap::new(),
+                pending_services: std::collections::HashSet::new(),
             }),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -333,7 +340,8 @@ impl Supervisor {
                 let sup = Arc::clone(self);
                 self.tasks.spawn(async move {
                     if let Some(settings) = settings {
-                        sup.retire(h, backend, RETIRE_CLOSE_CODE, &settings).await;
+                        sup.retire(h, backend, RETIRE_CLOSE_CODE, &settings, true)
+                            .await;
                     }
                 });
             }
@@ -364,13 +372,17 @@ impl Supervisor {
                                 changed.push(inst.id.clone());
                             }
                         }
-                        // Between its old process and its replacement
-                        // (surge = 0): the restart starts it.
-                        None if st.restarting.contains_key(&p.pool)
-                            && st
-                                .retiring
-                                .iter()
-                                .any(|i| *i.pool == p.pool && *i.id == inst.id) => {}
+                        // Its old process still drains (scaled down a moment
+                        // ago, or a surge = 0 restart): it would hold the
+                        // port. Started once that one is gone, if still
+                        // wanted and nobody started it meanwhile.
+                        None if st
+                            .retiring
+                            .iter()
+                            .any(|i| *i.pool == p.pool && *i.id == inst.id) =>
+                        {
+                            self.start_after_retired(&p.pool, &inst.id);
+                        }
                         None => {
                             let Some(slot) = inst.slot(0) else { continue };
                             let instance = Arc::new(Instance::new(&p.pool, &inst.id, slot.address));
@@ -410,33 +422,45 @@ impl Supervisor {
     }
 
     /// Starts a rolling restart of `ids` (all when `None`) of `pool`, or
-    /// queues one after the restart under way.
+    /// queues one after the restart under way (requests queued meanwhile
+    /// merge: their ids add up, `None` covers all).
     fn restart(self: &Arc<Self>, pool: &str, ids: Option<Vec<String>>, trigger: &'static str) {
         {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
-            if let Some(again) = st.restarting.get_mut(pool) {
+            if let Some(queued) = st.restarting.get_mut(pool) {
                 tracing::info!(
                     pool,
                     trigger,
-                    "rolling restart asked for during one: it runs again when this one ends"
+                    "rolling restart asked for during one: it runs when this one ends"
                 );
-                *again = true;
+                *queued = Some(match (queued.take(), ids) {
+                    (None, ids) => (ids, trigger),
+                    (Some((Some(mut a), t)), Some(b)) => {
+                        for id in b {
+                            if !a.contains(&id) {
+                                a.push(id);
+                            }
+                        }
+                        (Some(a), t)
+                    }
+                    (Some((_, t)), _) => (None, t),
+                });
                 return;
             }
-            st.restarting.insert(pool.to_string(), false);
+            st.restarting.insert(pool.to_string(), None);
         }
         let sup = Arc::clone(self);
         let pool = pool.to_string();
         self.tasks.spawn(async move {
-            let mut ids = ids;
+            let (mut ids, mut trigger) = (ids, trigger);
             loop {
                 rolling::run(&sup, &pool, ids.take(), trigger).await;
                 let Ok(mut st) = sup.state.lock() else { return };
-                match st.restarting.get(&pool) {
-                    Some(true) if !sup.stop.is_cancelled() => {
-                        st.restarting.insert(pool.clone(), false);
+                match st.restarting.get_mut(&pool).and_then(Option::take) {
+                    Some((next, why)) if !sup.stop.is_cancelled() => {
+                        (ids, trigger) = (next, why);
                     }
                     _ => {
                         st.restarting.remove(&pool);
@@ -445,6 +469,67 @@ impl Supervisor {
                 }
             }
         });
+    }
+
+    /// Starts instance `id` of `pool` once no old process of it is on its
+    /// way out, if the config still has it and nothing runs it by then.
+    fn start_after_retired(self: &Arc<Self>, pool: &str, id: &str) {
+        let (sup, pool, id) = (Arc::clone(self), pool.to_string(), id.to_string());
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = sup.stop.cancelled() => return,
+                }
+                let Ok(mut st) = sup.state.lock() else { return };
+                if st.retiring.iter().any(|i| *i.pool == pool && *i.id == id) {
+                    continue;
+                }
+                sup.launch_if_wanted(&mut st, &pool, &id, None);
+                return;
+            }
+        });
+    }
+
+    /// With the state locked: starts `id` of `pool` on its own port if the
+    /// config in force has it and no process serves it; the handle goes
+    /// into `running`, in order.
+    /// `after`: the process it replaces (its counts go on, one more for
+    /// the reason given).
+    fn launch_if_wanted(
+        &self,
+        st: &mut State,
+        pool: &str,
+        id: &str,
+        after: Option<(&Instance, Reason)>,
+    ) -> Option<Arc<Instance>> {
+        if st
+            .running
+            .iter()
+            .any(|h| &*h.instance.pool == pool && &*h.instance.id == id)
+        {
+            return None;
+        }
+        let shared = st.pools.get(pool).cloned()?;
+        let inst = st
+            .config
+            .processes
+            .iter()
+            .find(|p| p.pool == pool)
+            .and_then(|p| p.instances.iter().find(|i| i.id == id))?
+            .clone();
+        let slot = inst.slot(0)?;
+        let instance = Arc::new(match after {
+            Some((old, why)) => old.successor(slot.address, why),
+            None => Instance::new(pool, id, slot.address),
+        });
+        tracing::info!(pool, instance = id, address = %slot.address, "instance starting now that its old process is gone");
+        let handle = self.launch(&shared, inst.index, 0, slot, Arc::clone(&instance));
+        st.running.push(handle);
+        let order: Vec<String> = st.config.processes.iter().map(|p| p.pool.clone()).collect();
+        st.running
+            .sort_by_key(|h| (order.iter().position(|p| **p == *h.instance.pool), h.index));
+        Some(instance)
     }
 
     /// Whether a rolling restart of `pool` is under way.
@@ -456,13 +541,15 @@ impl Supervisor {
 
     /// Moves `handle`'s clients off (Close `code` spread over
     /// `drain_spread`, then up to `drain_timeout` for requests in flight),
-    /// then stops its process.
+    /// then stops its process; `unlist`: then take it off `retiring` (the
+    /// caller does it otherwise, together with what comes next).
     async fn retire(
         &self,
         mut handle: Handle,
         backend: Option<Arc<Backend>>,
         code: u16,
         settings: &config::ProcessesConfig,
+        unlist: bool,
     ) {
         let (pool, id) = (&*handle.instance.pool, &*handle.instance.id);
         handle.instance.set_draining();
@@ -488,8 +575,10 @@ impl Supervisor {
         if let Some(task) = handle.task.take() {
             let _ = task.await;
         }
-        if let Ok(mut st) = self.state.lock() {
-            st.retiring.retain(|i| !Arc::ptr_eq(i, &handle.instance));
+        if unlist {
+            if let Ok(mut st) = self.state.lock() {
+                st.retiring.retain(|i| !Arc::ptr_eq(i, &handle.instance));
+            }
         }
     }
 

@@ -168,12 +168,14 @@ async fn replace(
             return Ok(()); // removed meanwhile: swap_running stopped the replacement
         };
         let (reply, done) = tokio::sync::oneshot::channel();
-        let ready = (Arc::from(pool), Arc::from(id));
+        let ready = Some((Arc::from(pool), Arc::from(id)));
         if sup.swap.send(Swap { ready, reply }).await.is_ok() {
+            // Answered by the serve loop; at shutdown it reads no more,
+            // and dropping its receiver drops the request (and `reply`).
             let _ = done.await;
         }
         tracing::info!(pool, instance = id, from = %plan.old.address, to = %next.address, "backend moved to the replacement");
-        sup.retire(old, old_backend, RESTART_CLOSE_CODE, &settings)
+        sup.retire(old, old_backend, RESTART_CLOSE_CODE, &settings, true)
             .await;
         return Ok(());
     }
@@ -185,7 +187,6 @@ async fn replace(
     if let Some(b) = &old_backend {
         b.hold(now_ms());
     }
-    let next = Arc::new(plan.old.successor(slot.address, reason));
     log_step(
         pool,
         id,
@@ -208,24 +209,32 @@ async fn replace(
         st.retiring.push(Arc::clone(&plan.old));
         st.running.remove(pos)
     };
-    sup.retire(old, old_backend.clone(), RESTART_CLOSE_CODE, &settings)
-        .await;
-    if sup.stop.is_cancelled() {
+    sup.retire(
+        old,
+        old_backend.clone(),
+        RESTART_CLOSE_CODE,
+        &settings,
+        false,
+    )
+    .await;
+    // In one step: the old one leaves `retiring`, and the replacement
+    // starts from the config in force now (a reload may have changed or
+    // removed the instance while the old one drained).
+    let next = {
+        let mut st = sup.state.lock().map_err(|_| "state lock poisoned")?;
+        st.retiring.retain(|i| !Arc::ptr_eq(i, &plan.old));
+        if sup.stop.is_cancelled() {
+            None
+        } else {
+            sup.launch_if_wanted(&mut st, pool, id, Some((&plan.old, reason)))
+        }
+    };
+    let Some(next) = next else {
+        if let Some(b) = &old_backend {
+            b.release();
+        }
         return Ok(());
-    }
-    let handle = sup.launch(
-        &plan.processes,
-        plan.instance.index,
-        0,
-        slot,
-        Arc::clone(&next),
-    );
-    if let Ok(mut st) = sup.state.lock() {
-        st.running.push(handle);
-        let order: Vec<String> = st.config.processes.iter().map(|p| p.pool.clone()).collect();
-        st.running
-            .sort_by_key(|h| (order.iter().position(|p| **p == *h.instance.pool), h.index));
-    }
+    };
     let ready = probe.wait(sup, id, &next).await;
     match &old_backend {
         Some(b) if b.address == next.address => {
@@ -236,9 +245,15 @@ async fn replace(
             }
         }
         _ => {
+            // Another port (the config changed it): move the backend
+            // there, counted up only if the probe passed.
             let (reply, done) = tokio::sync::oneshot::channel();
             let key = (Arc::from(pool), Arc::from(id));
-            if sup.swap.send(Swap { ready: key, reply }).await.is_ok() {
+            let swap = Swap {
+                ready: ready.is_ok().then_some(key),
+                reply,
+            };
+            if sup.swap.send(swap).await.is_ok() {
                 let _ = done.await;
             }
         }
@@ -309,9 +324,11 @@ struct Probe {
 impl Probe {
     async fn wait(&self, sup: &Supervisor, id: &str, next: &Instance) -> Result<(), String> {
         if self.ready_line {
-            let announced = next.announced();
             let deadline = tokio::time::Instant::now() + self.timeout;
             loop {
+                // Read anew each turn: the runner puts a fresh one in
+                // place for each process it starts.
+                let announced = next.announced();
                 tokio::select! {
                     () = announced.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}

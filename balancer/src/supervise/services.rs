@@ -112,14 +112,25 @@ pub(super) fn reloaded(
         }
         keep
     });
+    // Names a reload is still stopping or starting are left to it: the
+    // next reload after it compares again.
     let starting: Vec<config::ProcessesConfig> = new
         .iter()
-        .filter(|p| !st.services.iter().any(|h| *h.instance.id == p.pool))
+        .filter(|p| {
+            !st.services.iter().any(|h| *h.instance.id == p.pool)
+                && !st.pending_services.contains(&p.pool)
+        })
         .cloned()
         .collect();
     if leaving.is_empty() && starting.is_empty() {
         return;
     }
+    let names: Vec<String> = leaving
+        .iter()
+        .map(|(_, _, i)| i.id.to_string())
+        .chain(starting.iter().map(|p| p.pool.clone()))
+        .collect();
+    st.pending_services.extend(names.iter().cloned());
     let sup = Arc::clone(sup);
     sup.service_tasks.clone().spawn(async move {
         for (stop, task, instance) in leaving {
@@ -129,7 +140,15 @@ pub(super) fn reloaded(
                 let _ = task.await;
             }
         }
+        let done = |sup: &Supervisor| {
+            if let Ok(mut st) = sup.state.lock() {
+                for n in &names {
+                    st.pending_services.remove(n);
+                }
+            }
+        };
         if sup.services_stop.is_cancelled() {
+            done(&sup);
             return;
         }
         for p in &starting {
@@ -145,6 +164,7 @@ pub(super) fn reloaded(
                 tokio::spawn(async move { wait_ready(&instance, timeout, &stop).await });
             }
         }
+        done(&sup);
     });
 }
 
