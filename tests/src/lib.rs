@@ -647,3 +647,40 @@ pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A first port with `n - 1` free ports after it (each bound, then
+/// released): room for a supervised pool's instances and surge ports.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..50 {
+        let base = closed_port().port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let free = (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports in 50 tries");
+}
+
+/// Whether process `pid` is gone (a zombie nobody reaped yet counts as gone).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (up to [`DEADLINE`]) until every one of `pids` is gone.
+pub fn wait_gone(pids: &[u32]) {
+    let end = Instant::now() + DEADLINE;
+    while !pids.iter().all(|&p| gone(p)) {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| !gone(p)).collect();
+        assert!(Instant::now() < end, "children still running: {left:?}");
+        // No event tells this process when another's child exits.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -16,23 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tests::http::{get, h1};
 use tests::load::GetLoad;
-use tests::{bin, closed_port, Balancer, DEADLINE};
+use tests::{bin, closed_port, free_ports, wait_gone, Balancer, DEADLINE};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A first port with `n - 1` free ports after it (each bound, then released).
-fn free_ports(n: u16) -> u16 {
-    for _ in 0..50 {
-        let base = closed_port().port();
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        let free = (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports in 50 tries");
-}
 
 /// A balancer with an admin listener and one supervised pool `game` whose
 /// `[pool.processes]` table is `processes`.
@@ -154,26 +139,6 @@ fn all_ready(p: &[(String, Value)]) -> bool {
 
 fn pid(v: &Value) -> u32 {
     v["pid"].as_u64().unwrap() as u32
-}
-
-/// Whether `pid` is gone (a zombie nobody reaped yet counts as gone).
-fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn wait_gone(pids: &[u32]) {
-    let end = Instant::now() + DEADLINE;
-    while !pids.iter().all(|&p| gone(p)) {
-        let left: Vec<u32> = pids.iter().copied().filter(|&p| !gone(p)).collect();
-        assert!(Instant::now() < end, "children still running: {left:?}");
-        // No event tells this process when another's child exits.
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn kill(pid: u32, sig: &str) {
